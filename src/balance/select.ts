@@ -1,0 +1,163 @@
+// Choosing a backend for a client: pure and synchronous, no sockets.
+//
+// Groups are walked in order (group 0 first; later groups are failover tiers). Within a group the policy
+// picks among *usable* backends: enabled by the operator, not down (health, autodisable, passive
+// ejection), below maxc, weight > 0, and not already tried for this client. A group with nothing usable
+// passes the client to the next group.
+
+import type { BackendEntry, GroupEntry, ListenerEntry } from '../config/table.ts';
+import type { BackendState, GroupState, ListenerState } from './state.ts';
+
+export interface Choice {
+  readonly group: number;
+  readonly index: number;
+  readonly entry: BackendEntry;
+  readonly state: BackendState;
+}
+
+/** Why a backend cannot take a new connection right now (null = usable). */
+export type Unusable = 'disabled' | 'down' | 'full' | 'drained' | 'tried';
+
+export function unusable(
+  entry: BackendEntry,
+  st: BackendState,
+  now: number,
+  tried: readonly BackendState[] | null,
+): Unusable | null {
+  if (!entry.enabled) return 'disabled';
+  if (st.isDown(now)) return 'down';
+  if (entry.weight === 0) return 'drained';
+  if (entry.maxc > 0 && st.cur >= entry.maxc) return 'full';
+  if (tried !== null && tried.includes(st)) return 'tried';
+  return null;
+}
+
+/**
+ * The backend for a client, or null when no group has a usable one. `tried` holds the backends that
+ * already failed for this client, so a failover retry moves on instead of repeating them.
+ */
+export function chooseBackend(
+  listener: ListenerEntry,
+  state: ListenerState,
+  clientIp: string,
+  now: number,
+  tried: readonly BackendState[] | null = null,
+  random: () => number = Math.random,
+): Choice | null {
+  for (let g = 0; g < listener.groups.length; g++) {
+    const group = listener.groups[g]!;
+    const gs = state.groups[g];
+    if (!gs || group.backends.length === 0) continue;
+    const index = pickInGroup(group, gs, listener.hashFailover, clientIp, now, tried, random);
+    if (index >= 0) return { group: g, index, entry: group.backends[index]!, state: gs.backends[index]! };
+  }
+  return null;
+}
+
+export function pickInGroup(
+  group: GroupEntry,
+  gs: GroupState,
+  hashFailover: boolean,
+  clientIp: string,
+  now: number,
+  tried: readonly BackendState[] | null,
+  random: () => number,
+): number {
+  const list = group.backends;
+  const n = list.length;
+  const ok = (i: number): boolean => unusable(list[i]!, gs.backends[i]!, now, tried) === null;
+  switch (group.policy) {
+    case 'rr': {
+      // Continue after the backend last *chosen* (balance continued after the last *successful* one, so a
+      // dead backend right after it was every new client's first try).
+      for (let k = 0; k < n; k++) {
+        const i = (gs.cursor + k) % n;
+        if (ok(i)) {
+          gs.cursor = (i + 1) % n;
+          return i;
+        }
+      }
+      return -1;
+    }
+    case 'first':
+      for (let i = 0; i < n; i++) if (ok(i)) return i;
+      return -1;
+    case 'hash': {
+      const order = hashOrder(clientIp, list);
+      if (!hashFailover) return ok(order[0]!) ? order[0]! : -1;
+      for (const i of order) if (ok(i)) return i;
+      return -1;
+    }
+    case 'leastconn': {
+      // Fewest connections per unit of weight; ties go round robin so equal backends share new clients.
+      let best = -1;
+      let bestLoad = Infinity;
+      for (let k = 0; k < n; k++) {
+        const i = (gs.cursor + k) % n;
+        if (!ok(i)) continue;
+        const load = gs.backends[i]!.cur / list[i]!.weight;
+        if (load < bestLoad) {
+          bestLoad = load;
+          best = i;
+        }
+      }
+      if (best >= 0) gs.cursor = (best + 1) % n;
+      return best;
+    }
+    case 'weighted': {
+      // Smooth weighted round robin (nginx): spreads a heavy backend's turns instead of bunching them.
+      if (gs.swrr.length !== n) gs.swrr = new Array<number>(n).fill(0);
+      let best = -1;
+      let total = 0;
+      for (let i = 0; i < n; i++) {
+        if (!ok(i)) continue;
+        const w = list[i]!.weight;
+        gs.swrr[i]! += w;
+        total += w;
+        if (best < 0 || gs.swrr[i]! > gs.swrr[best]!) best = i;
+      }
+      if (best >= 0) gs.swrr[best]! -= total;
+      return best;
+    }
+    case 'random': {
+      let count = 0;
+      for (let i = 0; i < n; i++) if (ok(i)) count++;
+      if (count === 0) return -1;
+      let pick = Math.floor(random() * count);
+      for (let i = 0; i < n; i++) if (ok(i) && pick-- === 0) return i;
+      return -1;
+    }
+  }
+}
+
+/** `::ffff:10.0.0.1` → `10.0.0.1`, so a client hashes alike on IPv4 and dual-stack listeners. */
+export function normaliseClientIp(ip: string): string {
+  return ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip;
+}
+
+/**
+ * Rendezvous (highest random weight) hashing: every backend gets a score from (client IP, backend
+ * host:port) and the client goes to the highest. Adding or removing one of N backends moves only the
+ * clients whose top score changes (about 1/N), and the scores depend on nothing but those strings, so
+ * every `lb` instance and every restart maps a client the same way.
+ */
+export function hashScore(clientIp: string, backendKey: string): number {
+  let h = 0x811c9dc5; // FNV-1a 32-bit over "ip|host:port", then murmur3's finaliser to spread the bits
+  const s = `${clientIp}|${backendKey}`;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+/** Backend indexes in descending score order for this client (ties: lower index first). */
+export function hashOrder(clientIp: string, backends: readonly BackendEntry[]): number[] {
+  const scores = backends.map((b) => hashScore(clientIp, b.key));
+  return scores.map((_, i) => i).sort((a, b) => scores[b]! - scores[a]! || a - b);
+}

@@ -1,0 +1,101 @@
+// balance's command line, `lb [-b addr] [-B addr] [-t sec] [-T sec] [-adfpH6] PORT CHANNEL... [!|%] CHANNEL...`,
+// turned into the same config document a TOML file gives, so it is validated by the same schema and
+// compiled by the same code (no second code path).
+
+import { parseArgs } from 'node:util';
+import type { ConfigDoc, GroupDoc } from '../config/doc.ts';
+import type { PathSegment } from '../config/locate.ts';
+import { isIP } from 'node:net';
+
+export const BALANCE_OPTIONS = {
+  b: { type: 'string' },
+  B: { type: 'string' },
+  t: { type: 'string' },
+  T: { type: 'string' },
+  a: { type: 'boolean' },
+  d: { type: 'boolean' },
+  f: { type: 'boolean' },
+  p: { type: 'boolean' },
+  H: { type: 'boolean' },
+  M: { type: 'boolean' },
+  '6': { type: 'boolean' },
+  c: { type: 'string' },
+  i: { type: 'boolean' },
+} as const;
+
+export interface BalanceCommandLine {
+  doc: ConfigDoc;
+  /** The operand a config path came from, so errors name what the user typed. */
+  operandAt(path: readonly PathSegment[]): string | null;
+  debug: boolean;
+}
+
+export class BalanceArgsError extends Error {}
+
+function seconds(flag: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  if (!/^\d+$/.test(text) || Number(text) < 1) throw new BalanceArgsError(`-${flag} takes whole seconds >= 1, not "${text}"`);
+  return Number(text);
+}
+
+export function parseBalanceArgs(argv: readonly string[]): BalanceCommandLine {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: [...argv], options: BALANCE_OPTIONS, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new BalanceArgsError((err as Error).message);
+  }
+  const { values: v, positionals } = parsed;
+  const [port, ...operands] = positionals;
+  if (port === undefined) throw new BalanceArgsError('missing PORT');
+  if (!/^[A-Za-z0-9_-]+$/.test(port)) throw new BalanceArgsError(`invalid port "${port}"`);
+
+  const groups: GroupDoc[] = [];
+  const origin: string[][] = [];
+  let current: string[] = [];
+  for (const op of operands) {
+    if (op === '!' || op === '%') {
+      if (current.length === 0) throw new BalanceArgsError(`"${op}" with no channel before it: no channels in group ${groups.length}`);
+      groups.push({ policy: op === '%' ? 'hash' : 'rr', backends: current });
+      origin.push(current);
+      current = [];
+    } else {
+      current.push(op);
+    }
+  }
+  if (current.length) {
+    groups.push({ policy: 'rr', backends: current });
+    origin.push(current);
+  }
+  if (groups.length === 0) throw new BalanceArgsError('no channels given (balance would accept clients and close them)');
+
+  let listen: string | number = port;
+  if (v.b !== undefined) listen = isIP(v.b) === 6 ? `[${v.b}]:${port}` : `${v.b}:${port}`;
+  else if (/^\d+$/.test(port)) listen = Number(port);
+
+  const connectTimeout = seconds('t', v.t);
+  const idleTimeout = seconds('T', v.T);
+  const doc: ConfigDoc = {
+    listeners: {
+      [port]: {
+        listen,
+        ...(v.B !== undefined ? { source: v.B } : {}),
+        ...(connectTimeout !== undefined ? { connect_timeout: connectTimeout } : {}),
+        ...(idleTimeout !== undefined ? { idle_timeout: idleTimeout } : {}),
+        ...(v.H ? { hash_failover: true } : {}),
+        ...(v.a ? { autodisable: true } : {}),
+        ...(v.p ? { packet_dump: 'balance' } : {}),
+        groups,
+      },
+    },
+  };
+  return {
+    doc,
+    debug: v.d ?? false,
+    operandAt(path) {
+      const [root, , g, sub, i] = path;
+      if (root !== 'listeners' || sub !== 'backends' || typeof g !== 'number' || typeof i !== 'number') return null;
+      return origin[g]?.[i] ?? null;
+    },
+  };
+}

@@ -1,0 +1,206 @@
+// Stage 3 of the config pipeline: semantic checks and the routing table.
+//
+// Pure and synchronous: the validated document in, a table (not yet frozen, host names not yet resolved)
+// and every problem found out. Name resolution is a separate, asynchronous stage (resolve.ts).
+
+import { isIP } from 'node:net';
+import { Code } from '../errors.ts';
+import { diagnostic, type Diagnostic } from './diagnostics.ts';
+import type { BackendDoc, ConfigDoc, DurationValue, GroupDoc, ListenerDoc } from './doc.ts';
+import type { PathSegment } from './locate.ts';
+import type {
+  BackendEntry,
+  ControlEntry,
+  Endpoint,
+  GroupEntry,
+  ListenerEntry,
+  LogFormat,
+  PacketDump,
+  Policy,
+  RoutingTable,
+} from './table.ts';
+import { formatHostPort, parseBackendString, parseDuration, parseListenAddress, parsePort } from './values.ts';
+
+export interface CompileResult {
+  table: RoutingTable | null;
+  diagnostics: Diagnostic[];
+}
+
+export function compileConfig(doc: ConfigDoc): CompileResult {
+  return new Compiler().compile(doc);
+}
+
+/** The identity of a backend: stable across reloads and instances, and the rendezvous-hash input. */
+export function backendKey(host: string, port: number): string {
+  return formatHostPort(host, port);
+}
+
+class Compiler {
+  private readonly diags: Diagnostic[] = [];
+
+  compile(doc: ConfigDoc): CompileResult {
+    const defaults = {
+      connectTimeoutMs: this.duration(doc.defaults?.connect_timeout ?? '5s', ['defaults', 'connect_timeout']),
+      idleTimeoutMs: this.duration(doc.defaults?.idle_timeout ?? '0', ['defaults', 'idle_timeout']),
+    };
+    const global = {
+      drainTimeoutMs: this.duration(doc.global?.drain_timeout ?? '30s', ['global', 'drain_timeout']),
+      logFormat: (doc.global?.log_format ?? 'text') as LogFormat,
+      accessLog: doc.global?.access_log ?? true,
+    };
+    const control = doc.control ? this.control(doc.control) : null;
+    const listeners = Object.entries(doc.listeners).map(([name, l]) => this.listener(name, l, defaults));
+    this.checkAddressClashes(listeners, control);
+    const table: RoutingTable = { global, control, defaults, listeners };
+    const failed = this.diags.some((d) => d.severity === 'error');
+    return { table: failed ? null : table, diagnostics: this.diags };
+  }
+
+  private error(path: PathSegment[], message: string, code: Diagnostic['code'] = Code.CONFIG_VALUE): void {
+    this.diags.push(diagnostic(code, path, message));
+  }
+
+  private warn(path: PathSegment[], message: string, code: Diagnostic['code'] = Code.CONFIG_VALUE): void {
+    this.diags.push(diagnostic(code, path, message, 'warning'));
+  }
+
+  private duration(value: DurationValue, path: PathSegment[]): number {
+    const parsed = parseDuration(value);
+    if (parsed.ok) return parsed.value;
+    this.error(path, parsed.error);
+    return 0;
+  }
+
+  private endpoint(value: string | number, path: PathSegment[]): Endpoint {
+    const parsed = parseListenAddress(value);
+    if (parsed.ok) return parsed.value;
+    this.error(path, parsed.error);
+    return { host: null, port: 0 };
+  }
+
+  private control(doc: NonNullable<ConfigDoc['control']>): ControlEntry {
+    const allow = doc.allow ?? ['127.0.0.0/8', '::1/128'];
+    allow.forEach((cidr, i) => {
+      if (!isCidr(cidr)) this.error(['control', 'allow', i], `invalid CIDR block "${cidr}" (e.g. "10.0.0.0/8", "::1/128")`);
+    });
+    if (doc.listen === undefined && doc.socket === undefined) {
+      this.warn(['control'], 'neither listen nor socket is set: the control port is off');
+    }
+    return {
+      listen: doc.listen === undefined ? null : this.endpoint(doc.listen, ['control', 'listen']),
+      socket: doc.socket ?? null,
+      admin: doc.admin ?? false,
+      allow,
+      idleTimeoutMs: this.duration(doc.idle_timeout ?? '5m', ['control', 'idle_timeout']),
+    };
+  }
+
+  private listener(
+    name: string,
+    doc: ListenerDoc,
+    defaults: { connectTimeoutMs: number; idleTimeoutMs: number },
+  ): ListenerEntry {
+    const at = (...rest: PathSegment[]): PathSegment[] => ['listeners', name, ...rest];
+    const listen = this.endpoint(doc.listen, at('listen'));
+    const packetDump = (doc.packet_dump ?? 'off') as PacketDump;
+    if (doc.packet_dump_file !== undefined && packetDump === 'off') {
+      this.warn(at('packet_dump_file'), 'packet_dump_file is set but packet_dump is "off": nothing is dumped');
+    }
+    if (doc.source !== undefined && isIP(doc.source) === 0 && !/^[A-Za-z0-9.-]+$/.test(doc.source)) {
+      this.error(at('source'), `invalid source address "${doc.source}"`);
+    }
+    return {
+      name,
+      listen,
+      source: doc.source ?? null,
+      hashFailover: doc.hash_failover ?? false,
+      autodisable: doc.autodisable ?? false,
+      packetDump,
+      packetDumpFile: doc.packet_dump_file ?? null,
+      connectTimeoutMs:
+        doc.connect_timeout === undefined ? defaults.connectTimeoutMs : this.duration(doc.connect_timeout, at('connect_timeout')),
+      idleTimeoutMs:
+        doc.idle_timeout === undefined ? defaults.idleTimeoutMs : this.duration(doc.idle_timeout, at('idle_timeout')),
+      groups: doc.groups.map((g, i) => this.group(g, listen.port, at('groups', i))),
+    };
+  }
+
+  private group(doc: GroupDoc, listenPort: number, path: PathSegment[]): GroupEntry {
+    const policy = (doc.policy ?? 'rr') as Policy;
+    if (doc.backends.length === 0) {
+      const why =
+        policy === 'hash'
+          ? 'a hash group needs at least one backend (balance crashed with SIGFPE on this)'
+          : 'group has no backends';
+      this.error([...path, 'backends'], why, Code.CONFIG_EMPTY_GROUP);
+    }
+    const backends = doc.backends.map((b, i) => this.backend(b, listenPort, [...path, 'backends', i]));
+    return { policy, backends };
+  }
+
+  private backend(doc: string | BackendDoc, listenPort: number, path: PathSegment[]): BackendEntry {
+    let host: string;
+    let port: number | null = null;
+    let maxc = 0;
+    let weight = 1;
+    let enabled = true;
+    if (typeof doc === 'string') {
+      const parsed = parseBackendString(doc);
+      if (!parsed.ok) {
+        this.error(path, parsed.error);
+        return { host: doc, port: 1, address: doc, maxc: 0, weight: 1, enabled: false, key: doc };
+      }
+      host = parsed.value.host;
+      port = parsed.value.port;
+      maxc = parsed.value.maxc ?? 0;
+    } else {
+      host = doc.host.startsWith('[') && doc.host.endsWith(']') ? doc.host.slice(1, -1) : doc.host;
+      if (doc.port !== undefined) {
+        const p = parsePort(doc.port);
+        if (p.ok) port = p.value;
+        else this.error([...path, 'port'], p.error);
+      }
+      maxc = doc.maxc ?? 0;
+      weight = doc.weight ?? 1;
+      enabled = doc.enabled ?? true;
+      if (weight < 0) this.error([...path, 'weight'], `weight must be >= 0, not ${weight}`);
+    }
+    if (port === null) {
+      if (listenPort === 0 && !(typeof doc === 'object' && doc.port !== undefined)) {
+        this.error(path, 'backend port missing, and the listener port is 0 so it cannot be the default');
+      }
+      port = listenPort || 1;
+    }
+    return { host, port, address: host, maxc, weight, enabled, key: backendKey(host, port) };
+  }
+
+  private checkAddressClashes(listeners: ListenerEntry[], control: ControlEntry | null): void {
+    const seen: { ep: Endpoint; path: PathSegment[] }[] = [];
+    const check = (ep: Endpoint, path: PathSegment[]): void => {
+      if (ep.port === 0) return; // every port-0 listener gets its own free port
+      const clash = seen.find(
+        (s) => s.ep.port === ep.port && (isWildcard(s.ep.host) || isWildcard(ep.host) || s.ep.host === ep.host),
+      );
+      if (clash) {
+        const what = formatHostPort(ep.host, ep.port);
+        this.error(path, `address ${what} is already used by ${clash.path.slice(0, -1).join('.')}`, Code.CONFIG_DUPLICATE_LISTEN);
+      }
+      seen.push({ ep, path });
+    };
+    if (control?.listen) check(control.listen, ['control', 'listen']);
+    for (const l of listeners) check(l.listen, ['listeners', l.name, 'listen']);
+  }
+}
+
+/** A listener on the wildcard address conflicts with every other listener on the same port. */
+function isWildcard(host: string | null): boolean {
+  return host === null || host === '0.0.0.0' || host === '::';
+}
+
+export function isCidr(text: string): boolean {
+  const m = /^(.+)\/(\d{1,3})$/.exec(text);
+  const family = isIP(m ? m[1]! : text);
+  if (family === 0) return false;
+  if (!m) return true;
+  return Number(m[2]) <= (family === 4 ? 32 : 128);
+}

@@ -1,0 +1,89 @@
+// The compiled routing table: what the data path, the control port and the stats read.
+//
+// It is a plain object graph, deeply frozen once built. Nothing mutates it: a runtime change (reload,
+// `enable`, `maxc`, ...) builds a new table and swaps it in one assignment, so a connection being set up
+// always sees one consistent table, never half of an edit.
+
+export const POLICIES = ['rr', 'hash', 'leastconn', 'random', 'weighted', 'first'] as const;
+export type Policy = (typeof POLICIES)[number];
+
+export type PacketDump = 'off' | 'hex' | 'balance';
+export type LogFormat = 'text' | 'json';
+
+export interface Endpoint {
+  /** Host as written (name or literal); `null` for "all addresses". */
+  readonly host: string | null;
+  readonly port: number;
+}
+
+export interface BackendEntry {
+  /** Host as configured: a name or an IP literal (IPv6 without brackets). */
+  readonly host: string;
+  readonly port: number;
+  /** The IP that connections go to: resolved at start and on reload, so connects never wait for DNS. */
+  readonly address: string;
+  readonly maxc: number;
+  readonly weight: number;
+  /** Operator state: false = disabled by an operator (DIS). Health and ejection live in runtime state. */
+  readonly enabled: boolean;
+  /** Stable identity ("host:port", IPv6 in brackets): the rendezvous-hash input and the stats key. */
+  readonly key: string;
+}
+
+export interface GroupEntry {
+  readonly policy: Policy;
+  readonly backends: readonly BackendEntry[];
+}
+
+export interface ListenerEntry {
+  readonly name: string;
+  readonly listen: Endpoint;
+  readonly source: string | null;
+  readonly hashFailover: boolean;
+  readonly autodisable: boolean;
+  readonly packetDump: PacketDump;
+  readonly packetDumpFile: string | null;
+  readonly connectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  readonly groups: readonly GroupEntry[];
+}
+
+export interface ControlEntry {
+  readonly listen: Endpoint | null;
+  readonly socket: string | null;
+  readonly admin: boolean;
+  readonly allow: readonly string[];
+  readonly idleTimeoutMs: number;
+}
+
+export interface GlobalEntry {
+  readonly drainTimeoutMs: number;
+  readonly logFormat: LogFormat;
+  readonly accessLog: boolean;
+}
+
+export interface RoutingTable {
+  readonly global: GlobalEntry;
+  readonly control: ControlEntry | null;
+  readonly defaults: { readonly connectTimeoutMs: number; readonly idleTimeoutMs: number };
+  readonly listeners: readonly ListenerEntry[];
+}
+
+/** Recursively freezes a plain object graph; returns it typed as read-only. */
+export function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const key of Object.keys(value)) deepFreeze((value as Record<string, unknown>)[key]);
+  }
+  return value;
+}
+
+export function tableSummary(table: RoutingTable): { listeners: number; groups: number; backends: number } {
+  let groups = 0;
+  let backends = 0;
+  for (const l of table.listeners) {
+    groups += l.groups.length;
+    for (const g of l.groups) backends += g.backends.length;
+  }
+  return { listeners: table.listeners.length, groups, backends };
+}

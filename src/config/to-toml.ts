@@ -1,0 +1,88 @@
+// The routing table written back as TOML that `lb --check` accepts: used by `lb --print-toml`
+// (balance's command line → config), `show config` and `save` on the control port.
+
+import type { ConfigDoc, ListenerDoc } from './doc.ts';
+import type { BackendEntry, RoutingTable } from './table.ts';
+import { formatDuration, formatHostPort } from './values.ts';
+
+/** The document that compiles back to `table` (addresses re-resolve from the host names). */
+export function tableToDoc(table: RoutingTable): ConfigDoc {
+  const doc: ConfigDoc = {
+    global: {
+      drain_timeout: formatDuration(table.global.drainTimeoutMs),
+      log_format: table.global.logFormat,
+      access_log: table.global.accessLog,
+    },
+    defaults: {
+      connect_timeout: formatDuration(table.defaults.connectTimeoutMs),
+      idle_timeout: formatDuration(table.defaults.idleTimeoutMs),
+    },
+    listeners: {},
+  };
+  if (table.control) {
+    const c = table.control;
+    doc.control = {
+      ...(c.listen ? { listen: formatHostPort(c.listen.host, c.listen.port) } : {}),
+      ...(c.socket ? { socket: c.socket } : {}),
+      admin: c.admin,
+      allow: [...c.allow],
+      idle_timeout: formatDuration(c.idleTimeoutMs),
+    };
+  }
+  for (const l of table.listeners) {
+    const ld: ListenerDoc = {
+      listen: l.listen.host === null ? l.listen.port : formatHostPort(l.listen.host, l.listen.port),
+      groups: l.groups.map((g) => ({ policy: g.policy, backends: g.backends.map((b) => backendDoc(b)) })),
+    };
+    if (l.source) ld.source = l.source;
+    if (l.hashFailover) ld.hash_failover = true;
+    if (l.autodisable) ld.autodisable = true;
+    if (l.packetDump !== 'off') ld.packet_dump = l.packetDump;
+    if (l.packetDumpFile) ld.packet_dump_file = l.packetDumpFile;
+    if (l.connectTimeoutMs !== table.defaults.connectTimeoutMs) ld.connect_timeout = formatDuration(l.connectTimeoutMs);
+    if (l.idleTimeoutMs !== table.defaults.idleTimeoutMs) ld.idle_timeout = formatDuration(l.idleTimeoutMs);
+    doc.listeners[l.name] = ld;
+  }
+  return doc;
+}
+
+function backendDoc(b: BackendEntry): string | { host: string; port: number; maxc: number; weight: number; enabled: boolean } {
+  if (b.weight === 1 && b.enabled) return `${formatHostPort(b.host, b.port)}${b.maxc ? `:${b.maxc}` : ''}`;
+  return { host: b.host, port: b.port, maxc: b.maxc, weight: b.weight, enabled: b.enabled };
+}
+
+const BARE = /^[A-Za-z0-9_-]+$/;
+const key = (k: string): string => (BARE.test(k) ? k : JSON.stringify(k));
+
+function value(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  if (Array.isArray(v)) return `[${v.map(value).join(', ')}]`;
+  const entries = Object.entries(v as object).filter(([, x]) => x !== undefined);
+  return `{ ${entries.map(([k, x]) => `${key(k)} = ${value(x)}`).join(', ')} }`;
+}
+
+function section(name: string, body: object | undefined): string {
+  if (!body) return '';
+  const lines = Object.entries(body)
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => `${key(k)} = ${value(v)}`);
+  return `[${name}]\n${lines.join('\n')}\n\n`;
+}
+
+export function docToToml(doc: ConfigDoc, header = ''): string {
+  let out = header;
+  out += section('global', doc.global);
+  out += section('control', doc.control);
+  out += section('defaults', doc.defaults);
+  for (const [name, l] of Object.entries(doc.listeners)) {
+    const { groups, ...rest } = l;
+    out += section(`listeners.${key(name)}`, rest);
+    for (const g of groups) {
+      out += `[[listeners.${key(name)}.groups]]\n`;
+      if (g.policy) out += `policy = ${value(g.policy)}\n`;
+      out += `backends = [\n${g.backends.map((b) => `  ${value(b)},\n`).join('')}]\n\n`;
+    }
+  }
+  return out.trimEnd() + '\n';
+}

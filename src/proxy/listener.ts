@@ -1,0 +1,153 @@
+// A listening socket for one configured listener: accepts clients and hands each to a Relay.
+
+import { createWriteStream, type WriteStream } from 'node:fs';
+import net, { type Server, type Socket } from 'node:net';
+import { rebuildListenerState, type ListenerState } from '../balance/state.ts';
+import type { ListenerEntry } from '../config/table.ts';
+import { formatHostPort } from '../config/values.ts';
+import { Code, Exit, LbError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { Relay, type RelayHost } from './relay.ts';
+
+export class ListenerRuntime implements RelayHost {
+  entry: ListenerEntry;
+  state: ListenerState;
+  readonly log: Logger;
+  accessLog: boolean;
+  dump: ((text: string) => void) | null = null;
+  private dumpFile: WriteStream | null = null;
+  private server: Server | null = null;
+  private onIdle: (() => void) | null = null;
+
+  constructor(entry: ListenerEntry, log: Logger, accessLog: boolean, state: ListenerState | null = null) {
+    this.entry = entry;
+    this.log = log;
+    this.accessLog = accessLog;
+    this.state = rebuildListenerState(entry, state);
+    this.setDump();
+  }
+
+  /** Binds the listening socket. Rejects with LB_BIND (exit 69) when the address cannot be used. */
+  async listen(): Promise<void> {
+    this.server = await this.bind(this.entry);
+  }
+
+  /**
+   * Moves to a new address: the new socket is bound before the old one closes, so a failed move leaves
+   * the listener where it was. Only a move to the same port has to close the old socket first.
+   */
+  async rebind(entry: ListenerEntry, accessLog: boolean): Promise<void> {
+    const old = this.server;
+    let server: Server;
+    try {
+      server = await this.bind(entry);
+    } catch (err) {
+      if (!old || entry.listen.port !== this.entry.listen.port) throw err;
+      await this.stopAccepting();
+      try {
+        server = await this.bind(entry);
+      } catch (err2) {
+        this.server = await this.bind(this.entry);
+        throw err2;
+      }
+    }
+    if (this.server) await this.stopAccepting();
+    this.server = server;
+    this.update(entry, accessLog);
+  }
+
+  private bind(entry: ListenerEntry): Promise<Server> {
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true, keepAlive: true });
+    server.on('connection', (socket: Socket) => this.accept(socket));
+    const { host, port } = entry.listen;
+    return new Promise((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException): void => {
+        const where = formatHostPort(host, port);
+        const exit = err.code === 'EACCES' ? Exit.NOPERM : Exit.UNAVAILABLE;
+        reject(new LbError(Code.BIND, `listener ${entry.name}: cannot listen on ${where}: ${err.code ?? err.message}`, exit));
+      };
+      server.once('error', onError);
+      server.listen({ host: host ?? undefined, port, backlog: 511 }, () => {
+        server.removeListener('error', onError);
+        server.on('error', (err) => this.log.log('error', 'listener-error', { listener: entry.name, error: err.message }));
+        resolve(server);
+      });
+    });
+  }
+
+  /** The address actually bound (port 0 in the config means "any free port"). */
+  address(): { host: string; port: number } | null {
+    const a = this.server?.address();
+    return a && typeof a === 'object' ? { host: a.address, port: a.port } : null;
+  }
+
+  accept(socket: Socket): void {
+    new Relay(socket, this.entry, this);
+  }
+
+  /** A new table: future clients use the new entry; running relays keep the one they started with. */
+  update(entry: ListenerEntry, accessLog: boolean): void {
+    this.entry = entry;
+    this.accessLog = accessLog;
+    this.state = rebuildListenerState(entry, this.state);
+    this.setDump();
+  }
+
+  /** Stops accepting; open connections go on. */
+  stopAccepting(): Promise<void> {
+    const server = this.server;
+    this.server = null;
+    if (!server) return Promise.resolve();
+    return new Promise((resolve) => server.close(() => resolve()));
+  }
+
+  get connections(): number {
+    return this.state.live.size;
+  }
+
+  /** Resolves when the last open connection has finished. */
+  idle(): Promise<void> {
+    if (this.state.live.size === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.onIdle = resolve;
+    });
+  }
+
+  closeAll(): void {
+    for (const flow of [...this.state.live]) (flow as Relay).abort('shutdown');
+  }
+
+  relayFinished(_relay: Relay): void {
+    if (this.onIdle && this.state.live.size === 0) {
+      const done = this.onIdle;
+      this.onIdle = null;
+      done();
+    }
+  }
+
+  async dispose(): Promise<void> {
+    await this.stopAccepting();
+    const file = this.dumpFile;
+    this.dumpFile = null;
+    if (file) await new Promise<void>((resolve) => file.end(() => resolve()));
+  }
+
+  private setDump(): void {
+    const { packetDump, packetDumpFile } = this.entry;
+    if (packetDump === 'off') {
+      this.dump = null;
+      return;
+    }
+    if (packetDumpFile) {
+      if (this.dumpFile?.path !== packetDumpFile) {
+        this.dumpFile?.end();
+        this.dumpFile = createWriteStream(packetDumpFile, { flags: 'a' });
+        this.dumpFile.on('error', (err) => this.log.log('error', 'packet-dump-error', { listener: this.entry.name, error: err.message }));
+      }
+      const file = this.dumpFile;
+      this.dump = (text) => void file.write(text);
+    } else {
+      this.dump = (text) => void process.stdout.write(text);
+    }
+  }
+}

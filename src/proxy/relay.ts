@@ -1,0 +1,312 @@
+// One client connection: choose a backend, connect (failing over), then relay bytes both ways.
+//
+// The data path is socket to socket: each chunk read from one side is handed, as the same Buffer, to the
+// other side's write(); when that write reports a full buffer the reading side pauses until 'drain'.
+// So nothing is copied, at most one high-water mark per direction is buffered, and a slow reader slows
+// the sender instead of growing memory. Handlers are shared functions (no closures per connection);
+// each socket points back at its relay.
+
+import net, { type Socket } from 'node:net';
+import { chooseBackend, normaliseClientIp, type Choice } from '../balance/select.ts';
+import type { BackendState, LiveFlow, ListenerState } from '../balance/state.ts';
+import type { ListenerEntry } from '../config/table.ts';
+import { formatHostPort } from '../config/values.ts';
+import { Code } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { balanceDump, hexDump, type Direction } from './dump.ts';
+
+export type EndReason =
+  | 'client-close'
+  | 'backend-close'
+  | 'reset'
+  | 'idle-timeout'
+  | 'connect-failed'
+  | 'no-backend'
+  | 'shutdown';
+
+/** What a relay needs from the listener that accepted it. */
+export interface RelayHost {
+  readonly state: ListenerState;
+  readonly log: Logger;
+  readonly accessLog: boolean;
+  /** Packet dump sink, or null (then the relay installs no dump handlers at all). */
+  readonly dump: ((text: string) => void) | null;
+  relayFinished(relay: Relay): void;
+}
+
+interface RelaySocket extends Socket {
+  lbRelay?: Relay;
+}
+
+let nextId = 1;
+
+export class Relay implements LiveFlow {
+  readonly id = nextId++;
+  readonly client: RelaySocket;
+  readonly entry: ListenerEntry;
+  readonly host: RelayHost;
+  readonly clientIp: string;
+  readonly clientPort: number;
+  readonly startedAt = Date.now();
+  backend: RelaySocket | null = null;
+  choice: Choice | null = null;
+  /** Backends that failed for this client (allocated on the first failure only). */
+  tried: BackendState[] | null = null;
+  connected = false;
+  reason: EndReason | null = null;
+  private closedSockets = 0;
+  private finished = false;
+
+  constructor(client: Socket, entry: ListenerEntry, host: RelayHost) {
+    this.client = client;
+    this.entry = entry;
+    this.host = host;
+    this.clientIp = normaliseClientIp(client.remoteAddress ?? '');
+    this.clientPort = client.remotePort ?? 0;
+    this.client.lbRelay = this;
+    const st = host.state;
+    st.cur++;
+    st.total++;
+    if (st.cur > st.max) st.max = st.cur;
+    st.open(this);
+    client.on('error', onClientError);
+    client.on('close', onClientClose);
+    this.connectNext();
+  }
+
+  sentBytes(): number {
+    return this.client.bytesRead;
+  }
+
+  rcvdBytes(): number {
+    return this.backend?.bytesRead ?? 0;
+  }
+
+  /** Picks the next candidate and connects; closes the client when none is left. */
+  connectNext(): void {
+    const now = Date.now();
+    const choice = chooseBackend(this.entry, this.host.state, this.clientIp, now, this.tried);
+    if (choice === null) {
+      this.reason = this.tried === null ? 'no-backend' : 'connect-failed';
+      this.host.state.noBackend++;
+      this.host.log.log('warn', 'no-backend', {
+        code: Code.NO_BACKEND,
+        listener: this.entry.name,
+        client: formatHostPort(this.clientIp, this.clientPort),
+        tried: this.tried?.length ?? 0,
+      });
+      // balance compatible: the client sees the accepted connection close (a queue is a later feature).
+      this.client.destroy();
+      return;
+    }
+    this.choice = choice;
+    const st = choice.state;
+    st.picked();
+    st.cur++;
+    if (st.cur > st.max) st.max = st.cur;
+    const backend: RelaySocket = net.connect({
+      host: choice.entry.address,
+      port: choice.entry.port,
+      localAddress: this.entry.source ?? undefined,
+      allowHalfOpen: true,
+      noDelay: true,
+      keepAlive: true,
+    });
+    backend.lbRelay = this;
+    this.backend = backend;
+    if (this.entry.connectTimeoutMs > 0) {
+      backend.setTimeout(this.entry.connectTimeoutMs);
+      backend.on('timeout', onConnectTimeout);
+    }
+    backend.on('connect', onBackendConnect);
+    backend.on('error', onBackendError);
+    backend.on('close', onBackendClose);
+  }
+
+  /** The current backend attempt failed before connecting: eject it and fail over. */
+  connectFailed(reason: string): void {
+    const backend = this.backend!;
+    const choice = this.choice!;
+    backend.lbRelay = undefined; // its late events no longer concern this relay
+    backend.destroy();
+    this.backend = null;
+    this.choice = null;
+    const st = choice.state;
+    st.cur--;
+    st.connectFailed(Date.now(), reason, this.entry.autodisable);
+    this.host.log.log('warn', 'connect-failed', {
+      code: Code.CONNECT_FAILED,
+      listener: this.entry.name,
+      group: choice.group,
+      backend: choice.entry.key,
+      reason,
+      ...(this.entry.autodisable ? { action: 'autodisabled until enabled by an operator' } : { retry_ms: st.backoffMs }),
+    });
+    if (this.client.destroyed) {
+      this.finish();
+      return;
+    }
+    (this.tried ??= []).push(st);
+    this.connectNext();
+  }
+
+  connectSucceeded(): void {
+    const backend = this.backend!;
+    const client = this.client;
+    const st = this.choice!.state;
+    this.connected = true;
+    backend.setTimeout(0);
+    backend.removeListener('timeout', onConnectTimeout);
+    st.connectSucceeded(Date.now());
+    st.total++;
+    st.open(this);
+    if (this.entry.idleTimeoutMs > 0) {
+      // Reads and writes both reset a socket's timer, so the client socket alone sees traffic either way.
+      client.setTimeout(this.entry.idleTimeoutMs);
+      client.on('timeout', onIdleTimeout);
+    }
+    if (this.host.dump === null) {
+      client.on('data', forwardToBackend);
+      backend.on('data', forwardToClient);
+    } else {
+      client.on('data', dumpToBackend);
+      backend.on('data', dumpToClient);
+    }
+    client.on('end', onClientEnd);
+    backend.on('end', onBackendEnd);
+    client.on('drain', onClientDrain);
+    backend.on('drain', onBackendDrain);
+    client.resume();
+  }
+
+  /** Ends the relay at once (idle timeout, reset, shutdown). */
+  abort(reason: EndReason): void {
+    this.reason ??= reason;
+    this.client.destroy();
+    this.backend?.destroy();
+  }
+
+  socketClosed(): void {
+    this.closedSockets++;
+    if (this.closedSockets === (this.backend === null ? 1 : 2)) this.finish();
+  }
+
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    const st = this.host.state;
+    st.cur--;
+    st.close(this);
+    const choice = this.choice;
+    if (choice) {
+      choice.state.cur--;
+      if (this.connected) choice.state.close(this);
+    }
+    if (this.host.accessLog) {
+      this.host.log.log('info', 'conn', {
+        id: this.id,
+        listener: this.entry.name,
+        client: formatHostPort(this.clientIp, this.clientPort),
+        backend: choice?.entry.key ?? '-',
+        group: choice?.group ?? '-',
+        sent: this.sentBytes(),
+        rcvd: this.rcvdBytes(),
+        ms: Date.now() - this.startedAt,
+        end: this.reason ?? 'client-close',
+      });
+    }
+    this.host.relayFinished(this);
+  }
+
+  dump(dir: Direction, chunk: Uint8Array): void {
+    const format = this.entry.packetDump;
+    this.host.dump!(format === 'hex' ? hexDump(this.id, dir, chunk) : balanceDump(dir, chunk));
+  }
+}
+
+// Shared handlers: `this` is the socket, its relay is `lbRelay`.
+
+function onClientError(this: RelaySocket): void {
+  const r = this.lbRelay;
+  if (r) r.abort('reset');
+}
+
+function onClientClose(this: RelaySocket): void {
+  const r = this.lbRelay;
+  if (!r) return;
+  if (!r.connected && r.backend) {
+    // The client left while we were still connecting: drop the attempt, nothing was relayed.
+    r.reason ??= 'client-close';
+    r.backend.destroy();
+  }
+  r.socketClosed();
+}
+
+function onBackendError(this: RelaySocket, err: NodeJS.ErrnoException): void {
+  const r = this.lbRelay;
+  if (!r || r.backend !== this) return;
+  if (!r.connected) r.connectFailed(err.code ?? err.message);
+  else r.abort('reset');
+}
+
+function onConnectTimeout(this: RelaySocket): void {
+  const r = this.lbRelay;
+  if (r && r.backend === this && !r.connected) r.connectFailed('ETIMEDOUT');
+}
+
+function onBackendConnect(this: RelaySocket): void {
+  const r = this.lbRelay;
+  if (r && r.backend === this) r.connectSucceeded();
+}
+
+function onBackendClose(this: RelaySocket): void {
+  const r = this.lbRelay;
+  if (r && r.backend === this) r.socketClosed();
+}
+
+function onIdleTimeout(this: RelaySocket): void {
+  this.lbRelay?.abort('idle-timeout');
+}
+
+function forwardToBackend(this: RelaySocket, chunk: Buffer): void {
+  if (!this.lbRelay!.backend!.write(chunk)) this.pause();
+}
+
+function forwardToClient(this: RelaySocket, chunk: Buffer): void {
+  if (!this.lbRelay!.client.write(chunk)) this.pause();
+}
+
+function dumpToBackend(this: RelaySocket, chunk: Buffer): void {
+  this.lbRelay!.dump('c>b', chunk);
+  forwardToBackend.call(this, chunk);
+}
+
+function dumpToClient(this: RelaySocket, chunk: Buffer): void {
+  this.lbRelay!.dump('b>c', chunk);
+  forwardToClient.call(this, chunk);
+}
+
+/** Half-close: the client's FIN becomes a FIN to the backend; the other direction keeps flowing. */
+function onClientEnd(this: RelaySocket): void {
+  const r = this.lbRelay!;
+  r.reason ??= 'client-close';
+  if (r.host.dump !== null && r.entry.packetDump === 'balance') r.dump('c>b', EMPTY);
+  r.backend!.end();
+}
+
+function onBackendEnd(this: RelaySocket): void {
+  const r = this.lbRelay!;
+  r.reason ??= 'backend-close';
+  if (r.host.dump !== null && r.entry.packetDump === 'balance') r.dump('b>c', EMPTY);
+  r.client.end();
+}
+
+function onClientDrain(this: RelaySocket): void {
+  this.lbRelay!.backend?.resume();
+}
+
+function onBackendDrain(this: RelaySocket): void {
+  this.lbRelay!.client.resume();
+}
+
+const EMPTY = new Uint8Array(0);

@@ -1,0 +1,153 @@
+// The running balancer: the current routing table, its listeners and their state.
+//
+// The table is swapped, never edited: `apply` binds what a new table adds, stops what it removes,
+// points the kept listeners at their new entries, and assigns the new table in one step. Connections
+// that are running keep the entry they started with.
+
+import { loadConfigFile } from './config/pipeline.ts';
+import type { Diagnostic } from './config/diagnostics.ts';
+import type { ListenerEntry, RoutingTable } from './config/table.ts';
+import { formatHostPort } from './config/values.ts';
+import { Code } from './errors.ts';
+import { createLogger, type Logger } from './log.ts';
+import { ListenerRuntime } from './proxy/listener.ts';
+
+export interface RuntimeOptions {
+  /** The file SIGHUP and `reload` re-read; null when started from balance's command line. */
+  configFile?: string | null;
+  log?: Logger;
+}
+
+export class Runtime {
+  table: RoutingTable;
+  readonly configFile: string | null;
+  readonly log: Logger;
+  readonly startedAt = Date.now();
+  readonly listeners = new Map<string, ListenerRuntime>();
+  private stopping: Promise<void> | null = null;
+
+  constructor(table: RoutingTable, opts: RuntimeOptions = {}) {
+    this.table = table;
+    this.configFile = opts.configFile ?? null;
+    this.log = opts.log ?? createLogger(table.global.logFormat);
+  }
+
+  /** Binds every listener; if one fails, closes those already bound and rejects (nothing half-started). */
+  async start(): Promise<void> {
+    try {
+      for (const entry of this.table.listeners) {
+        const lr = new ListenerRuntime(entry, this.log, this.table.global.accessLog);
+        this.listeners.set(entry.name, lr);
+        await lr.listen();
+      }
+    } catch (err) {
+      await Promise.all([...this.listeners.values()].map((l) => l.dispose()));
+      this.listeners.clear();
+      throw err;
+    }
+  }
+
+  /** Swaps in a new table. On a bind failure the listeners bound so far are undone and it rejects. */
+  async apply(table: RoutingTable): Promise<void> {
+    this.log.format = table.global.logFormat;
+    const added: ListenerRuntime[] = [];
+    try {
+      for (const entry of table.listeners) {
+        const lr = this.listeners.get(entry.name);
+        if (!lr) {
+          const fresh = new ListenerRuntime(entry, this.log, table.global.accessLog);
+          await fresh.listen();
+          added.push(fresh);
+        } else if (!sameEndpoint(lr.entry, entry)) {
+          await lr.rebind(entry, table.global.accessLog);
+        }
+      }
+    } catch (err) {
+      await Promise.all(added.map((l) => l.dispose()));
+      throw err;
+    }
+    const wanted = new Set(table.listeners.map((l) => l.name));
+    for (const [name, lr] of this.listeners) {
+      if (!wanted.has(name)) {
+        await lr.dispose(); // stops accepting; its open connections run to their end
+        this.listeners.delete(name);
+      }
+    }
+    for (const fresh of added) this.listeners.set(fresh.entry.name, fresh);
+    for (const entry of table.listeners) {
+      const lr = this.listeners.get(entry.name)!;
+      if (lr.entry !== entry) lr.update(entry, table.global.accessLog);
+    }
+    this.table = table;
+  }
+
+  /** SIGHUP: re-read the file; on any error keep running the old table and report why. */
+  async reload(): Promise<{ ok: boolean; diagnostics: Diagnostic[]; error?: string }> {
+    if (!this.configFile) {
+      return { ok: false, diagnostics: [], error: 'started from the command line: there is no file to reload' };
+    }
+    const result = await loadConfigFile(this.configFile, { resolve: 'error' });
+    if (!result.ok) {
+      this.log.log('error', 'reload-failed', {
+        code: Code.RELOAD_FAILED,
+        file: this.configFile,
+        errors: result.diagnostics.length,
+        detail: 'the running configuration is unchanged',
+      });
+      return { ok: false, diagnostics: result.diagnostics };
+    }
+    try {
+      await this.apply(result.table);
+    } catch (err) {
+      this.log.log('error', 'reload-failed', { code: Code.RELOAD_FAILED, file: this.configFile, error: (err as Error).message });
+      return { ok: false, diagnostics: [], error: (err as Error).message };
+    }
+    this.log.log('info', 'reloaded', { file: this.configFile, listeners: this.table.listeners.length });
+    return { ok: true, diagnostics: result.warnings };
+  }
+
+  /**
+   * Graceful stop: stop accepting everywhere, let open connections finish for up to the drain timeout,
+   * then close what is left. Idempotent: a second signal waits for the same stop.
+   */
+  shutdown(drainMs = this.table.global.drainTimeoutMs): Promise<void> {
+    this.stopping ??= (async () => {
+      const all = [...this.listeners.values()];
+      await Promise.all(all.map((l) => l.stopAccepting()));
+      const open = all.reduce((n, l) => n + l.connections, 0);
+      if (open > 0) {
+        this.log.log('info', 'draining', { connections: open, timeout_ms: drainMs });
+        let timer: NodeJS.Timeout | undefined;
+        const timedOut = new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, drainMs);
+        });
+        await Promise.race([Promise.all(all.map((l) => l.idle())), timedOut]);
+        clearTimeout(timer);
+        const left = all.reduce((n, l) => n + l.connections, 0);
+        if (left > 0) {
+          this.log.log('warn', 'drain-timeout', { closing: left });
+          for (const l of all) l.closeAll();
+          await Promise.all(all.map((l) => l.idle()));
+        }
+      }
+      await Promise.all(all.map((l) => l.dispose()));
+    })();
+    return this.stopping;
+  }
+
+  /** Where each listener is actually bound ("host:port"), for the start-up line and tests. */
+  boundAddresses(): { name: string; address: string; port: number }[] {
+    return [...this.listeners.values()].map((l) => {
+      const a = l.address();
+      return { name: l.entry.name, address: a ? formatHostPort(a.host, a.port) : '-', port: a?.port ?? 0 };
+    });
+  }
+
+  port(listener: string): number {
+    return this.listeners.get(listener)?.address()?.port ?? 0;
+  }
+}
+
+function sameEndpoint(a: ListenerEntry, b: ListenerEntry): boolean {
+  return a.listen.host === b.listen.host && a.listen.port === b.listen.port;
+}
