@@ -4,6 +4,10 @@
 // points the kept listeners at their new entries, and assigns the new table in one step. Connections
 // that are running keep the entry they started with.
 
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import type { BackendState } from './balance/state.ts';
+import type { BackendRef } from './config/edit.ts';
 import { loadConfigFile } from './config/pipeline.ts';
 import type { Diagnostic } from './config/diagnostics.ts';
 import type { ListenerEntry, RoutingTable } from './config/table.ts';
@@ -11,6 +15,10 @@ import { formatHostPort } from './config/values.ts';
 import { Code } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { ListenerRuntime } from './proxy/listener.ts';
+import type { ControlTarget } from './control/commands.ts';
+import { ControlServer } from './control/server.ts';
+import { takeSnapshot, type Snapshot } from './stats/snapshot.ts';
+import { VERSION } from './version.ts';
 
 export interface RuntimeOptions {
   /** The file SIGHUP and `reload` re-read; null when started from balance's command line. */
@@ -18,8 +26,12 @@ export interface RuntimeOptions {
   log?: Logger;
 }
 
-export class Runtime {
+export class Runtime implements ControlTarget {
   table: RoutingTable;
+  readonly version = VERSION;
+  control: ControlServer | null = null;
+  /** Set by whoever owns the process (the CLI): the `kill` command asks it to stop. */
+  onStopRequest: ((reason: string) => void) | null = null;
   readonly configFile: string | null;
   readonly log: Logger;
   readonly startedAt = Date.now();
@@ -40,9 +52,14 @@ export class Runtime {
         this.listeners.set(entry.name, lr);
         await lr.listen();
       }
+      if (this.table.control) {
+        this.control = new ControlServer(this.table.control, this, this.log);
+        await this.control.start();
+      }
     } catch (err) {
       await Promise.all([...this.listeners.values()].map((l) => l.dispose()));
       this.listeners.clear();
+      this.control = null;
       throw err;
     }
   }
@@ -78,7 +95,62 @@ export class Runtime {
       const lr = this.listeners.get(entry.name)!;
       if (lr.entry !== entry) lr.update(entry, table.global.accessLog);
     }
+    const oldControl = this.table.control;
     this.table = table;
+    await this.applyControl(oldControl, table.control);
+  }
+
+  /** The control port follows the table: rebound when its addresses change, else updated in place. */
+  private async applyControl(before: RoutingTable['control'], after: RoutingTable['control']): Promise<void> {
+    const sameAddress =
+      before && after && before.socket === after.socket &&
+      before.listen?.host === after.listen?.host && before.listen?.port === after.listen?.port;
+    if (this.control && after && sameAddress) {
+      this.control.update(after);
+      return;
+    }
+    if (this.control) await this.control.close();
+    this.control = null;
+    if (after) {
+      const control = new ControlServer(after, this, this.log);
+      try {
+        await control.start();
+        this.control = control;
+      } catch (err) {
+        this.log.log('error', 'control-error', { error: (err as Error).message });
+      }
+    }
+  }
+
+  // --- ControlTarget: what the control port reads and changes -------------------------------------
+
+  listenerViews() {
+    return [...this.listeners.values()].map((l) => {
+      const a = l.address();
+      return { entry: l.entry, state: l.state, address: a ? formatHostPort(a.host, a.port) : '-' };
+    });
+  }
+
+  snapshot(): Snapshot {
+    return takeSnapshot(this, this.version);
+  }
+
+  backendState(ref: BackendRef): BackendState | undefined {
+    return this.listeners.get(ref.listener)?.state.groups[ref.group]?.backends[ref.index];
+  }
+
+  async applyEdit(table: RoutingTable, carry?: { ref: BackendRef; state: BackendState }): Promise<void> {
+    await this.apply(table);
+    const group = carry && this.listeners.get(carry.ref.listener)?.state.groups[carry.ref.group];
+    if (carry && group) group.backends[carry.ref.index] = carry.state;
+  }
+
+  async resolveHost(host: string): Promise<string> {
+    return isIP(host) ? host : (await lookup(host)).address;
+  }
+
+  requestStop(reason: string): void {
+    this.onStopRequest?.(reason);
   }
 
   /** SIGHUP: re-read the file; on any error keep running the old table and report why. */
@@ -131,6 +203,7 @@ export class Runtime {
         }
       }
       await Promise.all(all.map((l) => l.dispose()));
+      await this.control?.close();
     })();
     return this.stopping;
   }

@@ -27,6 +27,8 @@ export interface BalanceCommandLine {
   doc: ConfigDoc;
   /** The operand a config path came from, so errors name what the user typed. */
   operandAt(path: readonly PathSegment[]): string | null;
+  port: string;
+  bind: string | undefined;
   debug: boolean;
 }
 
@@ -38,14 +40,33 @@ function seconds(flag: string, text: string | undefined): number | undefined {
   return Number(text);
 }
 
-export function parseBalanceArgs(argv: readonly string[]): BalanceCommandLine {
-  let parsed;
+function parse(argv: readonly string[]) {
   try {
-    parsed = parseArgs({ args: [...argv], options: BALANCE_OPTIONS, allowPositionals: true, strict: true });
+    return parseArgs({ args: [...argv], options: BALANCE_OPTIONS, allowPositionals: true, strict: true });
   } catch (err) {
     throw new BalanceArgsError((err as Error).message);
   }
-  const { values: v, positionals } = parsed;
+}
+
+/**
+ * balance's shell forms, `-c "CMD" PORT` and `-i PORT`: null when argv starts a balancer instead.
+ * Unlike balance, the command may also be given as several words (`-c mrtg-bytes 0 0 PORT` was a usage
+ * error there); the port is the last word.
+ */
+export function parseBalanceControl(argv: readonly string[]): { port: string; bind?: string; command?: string } | null {
+  const { values: v, positionals } = parse(argv);
+  if (v.c === undefined && !v.i) return null;
+  const port = positionals.at(-1);
+  if (port === undefined) throw new BalanceArgsError(`${v.i ? '-i' : '-c'} needs the PORT of the instance`);
+  if (v.i) {
+    if (positionals.length !== 1) throw new BalanceArgsError('-i takes only PORT');
+    return { port, bind: v.b };
+  }
+  return { port, bind: v.b, command: [v.c!, ...positionals.slice(0, -1)].join(' ') };
+}
+
+export function parseBalanceArgs(argv: readonly string[]): BalanceCommandLine {
+  const { values: v, positionals } = parse(argv);
   const [port, ...operands] = positionals;
   if (port === undefined) throw new BalanceArgsError('missing PORT');
   if (!/^[A-Za-z0-9_-]+$/.test(port)) throw new BalanceArgsError(`invalid port "${port}"`);
@@ -91,6 +112,8 @@ export function parseBalanceArgs(argv: readonly string[]): BalanceCommandLine {
   };
   return {
     doc,
+    port,
+    bind: v.b,
     debug: v.d ?? false,
     operandAt(path) {
       const [root, , g, sub, i] = path;

@@ -2,18 +2,20 @@
 // The `lb` command: config checking, running, and balance's own command line.
 
 import { parseArgs } from 'node:util';
-import pkg from '../../package.json' with { type: 'json' };
 import { formatDiagnostic, type Diagnostic } from '../config/diagnostics.ts';
 import { buildTable, loadConfigFile, type PipelineResult } from '../config/pipeline.ts';
 import { tableSummary, type RoutingTable } from '../config/table.ts';
 import { docToToml, tableToDoc } from '../config/to-toml.ts';
-import { formatDuration, formatHostPort } from '../config/values.ts';
+import { formatDuration, formatHostPort, parseListenAddress } from '../config/values.ts';
 import { Exit, LbError } from '../errors.ts';
 import { Runtime } from '../runtime.ts';
-import { BalanceArgsError, parseBalanceArgs } from './balance-args.ts';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { balanceSocketPath, interactive, sendCommand, type ControlAddress } from '../control/client.ts';
+import { BalanceArgsError, parseBalanceArgs, parseBalanceControl } from './balance-args.ts';
 import { USAGE } from './usage.ts';
+import { VERSION } from '../version.ts';
 
-export const VERSION: string = pkg.version;
 
 export interface Io {
   out(text: string): void;
@@ -58,6 +60,7 @@ async function dispatch(argv: readonly string[], io: Io): Promise<number> {
   }
   if (first === '--print-toml') return printToml(rest, io);
   if (first === 'run') return runFile(rest, io);
+  if (first === 'ctl') return ctl(rest, io);
   if (argv.includes('--check')) return check(argv, io);
   // `lb FILE` runs a config file; anything else is balance's command line (`lb PORT CHANNEL...`).
   if (argv.length === 1 && !/^\d+$/.test(first) && !first.startsWith('-')) return runFile(argv, io);
@@ -134,8 +137,19 @@ async function runFile(argv: readonly string[], io: Io): Promise<number> {
 }
 
 /** balance's errors name the operand the user typed, not a TOML path they never wrote. */
-function balanceTable(argv: readonly string[], io: Io, resolve: 'error' | 'warning'): Promise<PipelineResult | null> {
+function balanceTable(
+  argv: readonly string[],
+  io: Io,
+  resolve: 'error' | 'warning',
+  withSocket = false,
+): Promise<PipelineResult | null> {
   const cmd = parseBalanceArgs(argv);
+  if (withSocket) {
+    // balance's shell reached its instance through a per-port rendezvous; ours is a 0600 Unix socket.
+    const path = balanceSocketPath(cmd.port, cmd.bind);
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    cmd.doc.control = { socket: path, admin: true };
+  }
   return buildTable(cmd.doc, { resolve }).then((result) => {
     if (result.ok) return result;
     for (const d of result.diagnostics) {
@@ -155,7 +169,13 @@ async function printToml(argv: readonly string[], io: Io): Promise<number> {
 }
 
 async function runBalance(argv: readonly string[], io: Io): Promise<number> {
-  const result = await balanceTable(argv, io, 'error');
+  const shell = parseBalanceControl(argv);
+  if (shell) {
+    const addr = { path: balanceSocketPath(shell.port, shell.bind) };
+    if (shell.command === undefined) return interactive(addr, shell.port);
+    return printReply(await sendCommand(addr, shell.command), io);
+  }
+  const result = await balanceTable(argv, io, 'error', true);
   if (!result?.ok) return Exit.USAGE;
   return serve(result.table, null, io);
 }
@@ -165,7 +185,13 @@ async function serve(table: RoutingTable, configFile: string | null, io: Io): Pr
   const runtime = new Runtime(table, { configFile });
   await runtime.start();
   const where = runtime.boundAddresses().map((b) => `${b.name}=${b.address}`).join(' ');
-  io.err(`lb ${VERSION} listening on ${where} (pid ${process.pid})\n`);
+  const c = table.control;
+  const controlAt = [
+    ...(c?.listen ? [formatHostPort(c.listen.host ?? '*', runtime.control?.port() ?? c.listen.port)] : []),
+    ...(c?.socket ? [c.socket] : []),
+  ];
+  const control = controlAt.length ? `; control ${controlAt.join(' ')}` : '';
+  io.err(`lb ${VERSION} listening on ${where}${control} (pid ${process.pid})\n`);
   return new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
       runtime.log.log('info', 'stopping', { signal });
@@ -180,10 +206,52 @@ async function serve(table: RoutingTable, configFile: string | null, io: Io): Pr
         if (!r.ok) reportDiagnostics(configFile ?? '-', r.diagnostics, io);
       });
     };
+    runtime.onStopRequest = (reason) => stop(reason);
     process.on('SIGHUP', hup);
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
+}
+
+function printReply(reply: { text: string; error: boolean }, io: Io): number {
+  if (reply.text !== '') io.out(reply.text + '\n');
+  return reply.error ? Exit.SOFTWARE : Exit.OK;
+}
+
+/** `lb ctl [--control HOST:PORT | --socket PATH | --config FILE] COMMAND [ARGS...]` */
+async function ctl(argv: readonly string[], io: Io): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: [...argv],
+    options: { control: { type: 'string' }, socket: { type: 'string' }, config: { type: 'string' }, help: { type: 'boolean' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (values.help) {
+    io.out(USAGE);
+    return Exit.OK;
+  }
+  if (positionals.length === 0) throw new UsageError('ctl needs a COMMAND (try: lb ctl help)');
+  let addr: ControlAddress = { host: '127.0.0.1', port: 8023 };
+  if (values.socket) addr = { path: values.socket };
+  else if (values.control) {
+    const parsed = parseListenAddress(values.control);
+    if (!parsed.ok) throw new UsageError(`--control: ${parsed.error}`);
+    addr = { host: parsed.value.host ?? '127.0.0.1', port: parsed.value.port };
+  } else if (values.config) {
+    const result = await loadConfigFile(values.config, { resolve: 'skip' });
+    if (!result.ok) {
+      reportDiagnostics(values.config, result.diagnostics, io);
+      return result.exitCode;
+    }
+    const c = result.table.control;
+    if (!c || (!c.listen && !c.socket)) throw new UsageError(`${values.config} has no [control] section`);
+    if (c.socket) addr = { path: c.socket };
+    else {
+      const host = c.listen!.host;
+      addr = { host: host === null || host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host, port: c.listen!.port };
+    }
+  }
+  return printReply(await sendCommand(addr, positionals.join(' ')), io);
 }
 
 const isEntry = process.argv[1] !== undefined && import.meta.filename === (await import('node:fs')).realpathSync(process.argv[1]);

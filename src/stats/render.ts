@@ -1,0 +1,125 @@
+// Renderers of a Snapshot: balance's `show` table, HAProxy's `show stat` CSV and `show info`, JSON, MRTG.
+
+import type { Policy } from '../config/table.ts';
+import { formatHostPort } from '../config/values.ts';
+import type { BackendSnap, GroupSnap, ListenerSnap, Snapshot, TrafficSnap } from './snapshot.ts';
+
+const TYPE: Record<Policy, string> = { rr: 'RR', hash: 'Hash', leastconn: 'LC', random: 'Rnd', weighted: 'WRR', first: 'Frst' };
+
+const r = (v: string | number, width: number): string => String(v).padStart(width);
+
+/** balance's header and column widths, with lb's own columns (`fail`, `host`) at the right. */
+export const SHOW_HEADER =
+  'GRP Type  #   S       ip-address  port    c      totalc maxc        sent        rcvd     fail host';
+
+function showRow(g: GroupSnap, b: BackendSnap): string {
+  const e = b.entry;
+  const host = e.host !== e.address ? e.host : '';
+  return [
+    r(g.index, 3), r(TYPE[g.policy], 4), r(b.index, 2), r(b.status, 3), r(e.address, 16), r(e.port, 5),
+    r(b.cur, 4), r(b.attempts, 11), r(e.maxc, 4), r(b.sent, 11), r(b.rcvd, 11), r(b.failures, 8), host,
+  ].join(' ').trimEnd();
+}
+
+export function renderShow(snap: Snapshot, only?: string): string {
+  const blocks = snap.listeners
+    .filter((l) => only === undefined || l.name === only)
+    .map((l) => {
+      const head = `listener ${l.name} ${l.address}  current ${l.cur}  total ${l.total}  no-backend ${l.noBackend}`;
+      const rows = l.groups.flatMap((g) => g.backends.map((b) => showRow(g, b)));
+      return [head, SHOW_HEADER, ...rows].join('\n');
+    });
+  // No blank lines inside a reply: on the control port a blank line marks the reply's end.
+  return blocks.join('\n');
+}
+
+export function formatUptime(sec: number): string {
+  const d = Math.floor(sec / 86400);
+  const h = Math.floor((sec % 86400) / 3600);
+  const m = Math.floor((sec % 3600) / 60);
+  const s = sec % 60;
+  return `${d}d ${h}h${String(m).padStart(2, '0')}m${String(s).padStart(2, '0')}s`;
+}
+
+/** MRTG's external-script protocol: exactly four lines. */
+export function renderMrtg(first: number, second: number, uptimeSec: number, name: string): string {
+  return `${first}\n${second}\n${formatUptime(uptimeSec)}\n${name}`;
+}
+
+// HAProxy's `show stat` columns 0..38, in its order: tools index them by position. lb's own follow.
+const HAPROXY_COLUMNS = [
+  'pxname', 'svname', 'qcur', 'qmax', 'scur', 'smax', 'slim', 'stot', 'bin', 'bout', 'dreq', 'dresp', 'ereq',
+  'econ', 'eresp', 'wretr', 'wredis', 'status', 'weight', 'act', 'bck', 'chkfail', 'chkdown', 'lastchg',
+  'downtime', 'qlimit', 'pid', 'iid', 'sid', 'throttle', 'lbtot', 'tracked', 'type', 'rate', 'rate_lim',
+  'rate_max', 'check_status', 'check_code', 'check_duration',
+] as const;
+const LB_COLUMNS = ['addr', 'algo', 'lb_listener', 'lb_group', 'lb_backend', 'lb_state'] as const;
+type Column = (typeof HAPROXY_COLUMNS)[number] | (typeof LB_COLUMNS)[number];
+type Row = Partial<Record<Column, string | number>>;
+
+const STATUS = { ENA: 'UP', dis: 'DOWN', DIS: 'MAINT' } as const;
+
+function csvField(v: string | number | undefined): string {
+  if (v === undefined) return '';
+  const s = String(v);
+  return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+
+function trafficCols(t: TrafficSnap): Row {
+  return { scur: t.cur, smax: t.max, stot: t.total, bin: t.sent, bout: t.rcvd };
+}
+
+export function renderStatCsv(snap: Snapshot): string {
+  const rows: Row[] = [];
+  snap.listeners.forEach((l: ListenerSnap, li) => {
+    rows.push({
+      pxname: l.name, svname: 'FRONTEND', ...trafficCols(l), ereq: l.noBackend, status: 'OPEN',
+      pid: snap.pid, iid: li + 1, sid: 0, type: 0, addr: l.address, lb_listener: l.name,
+    });
+    for (const g of l.groups) {
+      const px = `${l.name}/${g.index}`;
+      for (const b of g.backends) {
+        rows.push({
+          pxname: px, svname: b.entry.key, ...trafficCols(b), slim: b.entry.maxc || undefined, econ: b.failures,
+          status: STATUS[b.status], weight: b.entry.weight, act: g.index === 0 ? 1 : 0, bck: g.index === 0 ? 0 : 1,
+          lastchg: b.lastChangeSec, pid: snap.pid, iid: li + 1, sid: b.index + 1, lbtot: b.attempts, type: 2,
+          addr: formatHostPort(b.entry.address, b.entry.port), lb_listener: l.name, lb_group: g.index,
+          lb_backend: b.index, lb_state: b.status,
+        });
+      }
+      rows.push({
+        pxname: px, svname: 'BACKEND', ...trafficCols(g), econ: g.backends.reduce((n, b) => n + b.failures, 0),
+        status: g.up > 0 ? 'UP' : 'DOWN', weight: g.backends.reduce((n, b) => n + (b.status === 'ENA' ? b.entry.weight : 0), 0),
+        act: g.index === 0 ? g.up : 0, bck: g.index === 0 ? 0 : g.up, pid: snap.pid, iid: li + 1, sid: 0,
+        lbtot: g.backends.reduce((n, b) => n + b.attempts, 0), type: 1, algo: g.policy, lb_listener: l.name, lb_group: g.index,
+      });
+    }
+  });
+  const columns: Column[] = [...HAPROXY_COLUMNS, ...LB_COLUMNS];
+  const lines = rows.map((row) => columns.map((c) => csvField(row[c])).join(','));
+  return [`# ${columns.join(',')}`, ...lines].join('\n');
+}
+
+export function renderInfo(snap: Snapshot): string {
+  const sum = (f: (l: ListenerSnap) => number): number => snap.listeners.reduce((n, l) => n + f(l), 0);
+  const lines: [string, string | number][] = [
+    ['Name', 'lb'],
+    ['Version', snap.version],
+    ['Pid', snap.pid],
+    ['Uptime', formatUptime(snap.uptimeSec)],
+    ['Uptime_sec', snap.uptimeSec],
+    ['Node', process.version],
+    ['Listeners', snap.listeners.length],
+    ['CurrConns', sum((l) => l.cur)],
+    ['CumConns', sum((l) => l.total)],
+    ['NoBackend', sum((l) => l.noBackend)],
+    ['BytesIn', sum((l) => l.sent)],
+    ['BytesOut', sum((l) => l.rcvd)],
+    ['Memory_rss_bytes', process.memoryUsage.rss()],
+  ];
+  return lines.map(([k, v]) => `${k}: ${v}`).join('\n');
+}
+
+export function renderJson(snap: Snapshot): string {
+  return JSON.stringify(snap, null, 2);
+}

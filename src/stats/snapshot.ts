@@ -1,0 +1,116 @@
+// One snapshot of every counter, taken at once: `show`, `show stat`, `show info`, `show json` and the
+// MRTG four-liners all render from it, so the formats cannot disagree with each other.
+
+import type { BackendState, Counters, ListenerState } from '../balance/state.ts';
+import type { BackendEntry, ListenerEntry, Policy } from '../config/table.ts';
+
+/** ENA enabled; dis down by health, ejection or autodisable; DIS disabled by an operator (balance.fm). */
+export type BackendStatus = 'ENA' | 'dis' | 'DIS';
+
+export interface TrafficSnap {
+  cur: number;
+  max: number;
+  total: number;
+  sent: number;
+  rcvd: number;
+}
+
+export interface BackendSnap extends TrafficSnap {
+  index: number;
+  entry: BackendEntry;
+  status: BackendStatus;
+  attempts: number;
+  failures: number;
+  /** Seconds since the last change between up and down. */
+  lastChangeSec: number;
+  downReason: string;
+}
+
+export interface GroupSnap extends TrafficSnap {
+  index: number;
+  policy: Policy;
+  backends: BackendSnap[];
+  /** Backends that could take a new connection were it not for maxc. */
+  up: number;
+}
+
+export interface ListenerSnap extends TrafficSnap {
+  name: string;
+  address: string;
+  noBackend: number;
+  groups: GroupSnap[];
+}
+
+export interface Snapshot {
+  version: string;
+  pid: number;
+  now: number;
+  uptimeSec: number;
+  listeners: ListenerSnap[];
+}
+
+export interface SnapshotSource {
+  readonly startedAt: number;
+  listenerViews(): { entry: ListenerEntry; state: ListenerState; address: string }[];
+}
+
+function traffic(c: Counters): TrafficSnap {
+  return { cur: c.cur, max: c.max, total: c.total, sent: c.sent(), rcvd: c.rcvd() };
+}
+
+export function backendStatus(entry: BackendEntry, st: BackendState, now: number): BackendStatus {
+  if (!entry.enabled) return 'DIS';
+  return st.isDown(now) ? 'dis' : 'ENA';
+}
+
+function downReason(entry: BackendEntry, st: BackendState, now: number): string {
+  if (!entry.enabled) return 'disabled by operator';
+  if (st.autoDisabled) return `autodisabled: ${st.lastFailure}`;
+  if (st.healthDown) return 'health check failed';
+  if (st.ejectedUntil > now) return `ejected ${Math.ceil((st.ejectedUntil - now) / 1000)}s: ${st.lastFailure}`;
+  if (st.probing) return 'probing';
+  return '';
+}
+
+export function takeSnapshot(src: SnapshotSource, version: string, now = Date.now()): Snapshot {
+  return {
+    version,
+    pid: process.pid,
+    now,
+    uptimeSec: Math.floor((now - src.startedAt) / 1000),
+    listeners: src.listenerViews().map(({ entry, state, address }) => ({
+      name: entry.name,
+      address,
+      noBackend: state.noBackend,
+      ...traffic(state),
+      groups: entry.groups.map((g, gi) => {
+        const gs = state.groups[gi]!;
+        const backends = g.backends.map((b, bi): BackendSnap => {
+          const st = gs.backends[bi]!;
+          return {
+            index: bi,
+            entry: b,
+            status: backendStatus(b, st, now),
+            attempts: st.attempts,
+            failures: st.failures,
+            lastChangeSec: Math.floor((now - st.lastChange) / 1000),
+            downReason: downReason(b, st, now),
+            ...traffic(st),
+          };
+        });
+        const sum = (k: keyof TrafficSnap): number => backends.reduce((n, b) => n + b[k], 0);
+        return {
+          index: gi,
+          policy: g.policy,
+          backends,
+          up: backends.filter((b) => b.status === 'ENA').length,
+          cur: sum('cur'),
+          max: Math.max(0, ...backends.map((b) => b.max)), // highest of its backends: groups have no own count
+          total: sum('total'),
+          sent: sum('sent'),
+          rcvd: sum('rcvd'),
+        };
+      }),
+    })),
+  };
+}
