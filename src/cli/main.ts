@@ -12,6 +12,7 @@ import { Runtime } from '../runtime.ts';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { balanceSocketPath, interactive, sendCommand, type ControlAddress } from '../control/client.ts';
+import { demoConfig, demoHelp, startDemoBackends } from './demo.ts';
 import { BalanceArgsError, parseBalanceArgs, parseBalanceControl } from './balance-args.ts';
 import { USAGE } from './usage.ts';
 import { VERSION } from '../version.ts';
@@ -61,6 +62,7 @@ async function dispatch(argv: readonly string[], io: Io): Promise<number> {
   if (first === '--print-toml') return printToml(rest, io);
   if (first === 'run') return runFile(rest, io);
   if (first === 'ctl') return ctl(rest, io);
+  if (first === 'demo') return demo(rest, io);
   if (argv.includes('--check')) return check(argv, io);
   // `lb FILE` runs a config file; anything else is balance's command line (`lb PORT CHANNEL...`).
   if (argv.length === 1 && !/^\d+$/.test(first) && !first.startsWith('-')) return runFile(argv, io);
@@ -180,10 +182,42 @@ async function runBalance(argv: readonly string[], io: Io): Promise<number> {
   return serve(result.table, null, io);
 }
 
+async function demo(argv: readonly string[], io: Io): Promise<number> {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: { port: { type: 'string', default: '8888' }, 'control-port': { type: 'string', default: '8023' } },
+    strict: true,
+  });
+  const port = Number(values.port);
+  const controlPort = Number(values['control-port']);
+  if (!Number.isInteger(port) || !Number.isInteger(controlPort)) throw new UsageError('--port and --control-port take numbers');
+  const backends = await startDemoBackends(3);
+  const result = await buildTable(demoConfig(port, controlPort, backends.ports), { resolve: 'skip' });
+  if (!result.ok) {
+    await backends.close();
+    reportDiagnostics('demo', result.diagnostics, io);
+    return result.exitCode;
+  }
+  return serve(result.table, null, io, {
+    started: (rt) => io.out(demoHelp(rt.boundAddresses()[0]!.address, `127.0.0.1:${rt.control?.port()}`)),
+    stopped: () => backends.close(),
+  });
+}
+
+interface ServeHooks {
+  started?(runtime: Runtime): void;
+  stopped?(): Promise<void>;
+}
+
 /** Starts the balancer in the foreground; resolves with the exit code once it has stopped. */
-async function serve(table: RoutingTable, configFile: string | null, io: Io): Promise<number> {
+async function serve(table: RoutingTable, configFile: string | null, io: Io, hooks: ServeHooks = {}): Promise<number> {
   const runtime = new Runtime(table, { configFile });
-  await runtime.start();
+  try {
+    await runtime.start();
+  } catch (err) {
+    await hooks.stopped?.();
+    throw err;
+  }
   const where = runtime.boundAddresses().map((b) => `${b.name}=${b.address}`).join(' ');
   const c = table.control;
   const controlAt = [
@@ -192,10 +226,12 @@ async function serve(table: RoutingTable, configFile: string | null, io: Io): Pr
   ];
   const control = controlAt.length ? `; control ${controlAt.join(' ')}` : '';
   io.err(`lb ${VERSION} listening on ${where}${control} (pid ${process.pid})\n`);
+  hooks.started?.(runtime);
   return new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
       runtime.log.log('info', 'stopping', { signal });
-      void runtime.shutdown().then(() => {
+      void runtime.shutdown().then(async () => {
+        await hooks.stopped?.();
         process.removeListener('SIGHUP', hup);
         io.err(`lb ${VERSION} stopped\n`);
         resolve(Exit.OK);

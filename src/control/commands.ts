@@ -279,8 +279,8 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   hash: { usage: 'hash [LISTENER GROUP]', help: 'the group chooses by client IP hash', admin: true, run: policyCommand('hash', 'hash') },
   rr: { usage: 'rr [LISTENER GROUP]', help: 'the group chooses round robin', admin: true, run: policyCommand('rr', 'round robin') },
   policy: {
-    usage: `policy [LISTENER GROUP] ${POLICIES.join('|')}`,
-    help: "set the group's policy",
+    usage: 'policy [LISTENER GROUP] POLICY',
+    help: `set the group's policy: ${POLICIES.join(', ')}`,
     admin: true,
     async run(t, s, args) {
       const { listener, group, rest } = addressed(t, s, args, 1);
