@@ -9,6 +9,7 @@ import { isIP } from 'node:net';
 import type { BackendState } from './balance/state.ts';
 import type { BackendRef } from './config/edit.ts';
 import { loadConfigFile } from './config/pipeline.ts';
+import { saveTable } from './config/save.ts';
 import type { Diagnostic } from './config/diagnostics.ts';
 import type { ListenerEntry, RoutingTable } from './config/table.ts';
 import { formatHostPort } from './config/values.ts';
@@ -17,6 +18,7 @@ import { createLogger, type Logger } from './log.ts';
 import { ListenerRuntime } from './proxy/listener.ts';
 import type { ControlTarget } from './control/commands.ts';
 import { ControlServer } from './control/server.ts';
+import { HealthMonitor } from './health/monitor.ts';
 import { takeSnapshot, type Snapshot } from './stats/snapshot.ts';
 import { VERSION } from './version.ts';
 
@@ -37,11 +39,22 @@ export class Runtime implements ControlTarget {
   readonly startedAt = Date.now();
   readonly listeners = new Map<string, ListenerRuntime>();
   private stopping: Promise<void> | null = null;
+  private readonly health: HealthMonitor;
 
   constructor(table: RoutingTable, opts: RuntimeOptions = {}) {
     this.table = table;
     this.configFile = opts.configFile ?? null;
     this.log = opts.log ?? createLogger(table.global.logFormat);
+    this.health = new HealthMonitor(this.log, () => this.serveQueues());
+  }
+
+  /** Slots may have freed (health, an edit): queued clients get them. */
+  serveQueues(): void {
+    for (const l of this.listeners.values()) l.serveQueue();
+  }
+
+  private syncHealth(): void {
+    this.health.sync([...this.listeners.values()].map((l) => ({ entry: l.entry, groups: l.state.groups })));
   }
 
   /** Binds every listener; if one fails, closes those already bound and rejects (nothing half-started). */
@@ -56,6 +69,7 @@ export class Runtime implements ControlTarget {
         this.control = new ControlServer(this.table.control, this, this.log);
         await this.control.start();
       }
+      this.syncHealth();
     } catch (err) {
       await Promise.all([...this.listeners.values()].map((l) => l.dispose()));
       this.listeners.clear();
@@ -97,6 +111,8 @@ export class Runtime implements ControlTarget {
     }
     const oldControl = this.table.control;
     this.table = table;
+    this.syncHealth();
+    this.serveQueues();
     await this.applyControl(oldControl, table.control);
   }
 
@@ -142,11 +158,22 @@ export class Runtime implements ControlTarget {
   async applyEdit(table: RoutingTable, carry?: { ref: BackendRef; state: BackendState }): Promise<void> {
     await this.apply(table);
     const group = carry && this.listeners.get(carry.ref.listener)?.state.groups[carry.ref.group];
-    if (carry && group) group.backends[carry.ref.index] = carry.state;
+    if (carry && group) {
+      group.backends[carry.ref.index] = carry.state;
+      this.syncHealth();
+    }
   }
 
   async resolveHost(host: string): Promise<string> {
     return isIP(host) ? host : (await lookup(host)).address;
+  }
+
+  save(file: string | undefined): string {
+    const target = file ?? this.configFile;
+    if (!target) throw new Error('started from the command line: name a FILE to save to');
+    saveTable(this.table, target, this.version);
+    this.log.log('info', 'saved', { file: target });
+    return target;
   }
 
   requestStop(reason: string): void {
@@ -184,6 +211,7 @@ export class Runtime implements ControlTarget {
    */
   shutdown(drainMs = this.table.global.drainTimeoutMs): Promise<void> {
     this.stopping ??= (async () => {
+      this.health.stop();
       const all = [...this.listeners.values()];
       await Promise.all(all.map((l) => l.stopAccepting()));
       const open = all.reduce((n, l) => n + l.connections, 0);

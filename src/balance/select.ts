@@ -54,6 +54,19 @@ export function chooseBackend(
   return null;
 }
 
+/**
+ * True when waiting can help: some backend would take the client but is at its maxc. A client is queued
+ * only then; when everything is down (or disabled) it is closed at once, as balance did.
+ */
+export function someBackendFull(listener: ListenerEntry, state: ListenerState, now: number): boolean {
+  return listener.groups.some((g, gi) =>
+    g.backends.some((b, bi) => {
+      const st = state.groups[gi]?.backends[bi];
+      return st !== undefined && unusable(b, st, now, null) === 'full';
+    }),
+  );
+}
+
 export function pickInGroup(
   group: GroupEntry,
   gs: GroupState,

@@ -5,6 +5,7 @@
 // the process lifetime — MRTG misreads a counter that goes backwards.
 
 import type { BackendEntry, GroupEntry, ListenerEntry } from '../config/table.ts';
+import { HealthTracker } from '../health/state.ts';
 
 /** Something that carries bytes right now; its counts are added to the totals when it finishes. */
 export interface LiveFlow {
@@ -73,8 +74,10 @@ export class BackendState extends Counters {
   probing = false;
   /** `autodisable` (balance -a): down until an operator enables it. Shown as `dis`. */
   autoDisabled = false;
-  /** Set by active health checks (a later issue); shown as `dis`. */
-  healthDown = false;
+  /** Active health checks (and data-path connect failures when checks are configured). */
+  readonly check = new HealthTracker();
+  /** `drain`: no new connections; running ones go on. */
+  draining = false;
   lastChange = Date.now();
   lastFailure = '';
 
@@ -87,7 +90,7 @@ export class BackendState extends Counters {
 
   /** True when the backend is down for health reasons (not full, not operator-disabled). */
   isDown(now: number): boolean {
-    return this.autoDisabled || this.healthDown || this.ejectedUntil > now || this.probing;
+    return this.autoDisabled || !this.check.up || this.draining || this.ejectedUntil > now || this.probing;
   }
 
   /** A connect to this backend failed: eject it for a doubling back-off so later clients skip it. */
@@ -118,9 +121,10 @@ export class BackendState extends Counters {
     if (this.ejectedUntil !== 0) this.probing = true;
   }
 
-  /** Operator `enable`: clears what autodisable or ejection set, so the backend is tried at once. */
+  /** Operator `enable`: clears what autodisable, drain or ejection set, so the backend is tried at once. */
   operatorEnabled(now: number): void {
     this.autoDisabled = false;
+    this.draining = false;
     this.ejectedUntil = 0;
     this.backoffMs = 0;
     this.probing = false;
@@ -139,10 +143,23 @@ export class GroupState {
   }
 }
 
+/** A client waiting in a listener's queue for a backend slot. */
+export interface Waiter {
+  readonly queuedAt: number;
+}
+
 export class ListenerState extends Counters {
   /** Clients closed because no backend was usable (or every candidate failed). */
   noBackend = 0;
   groups: GroupState[] = [];
+  /** FIFO of clients waiting for a slot (listeners with a queue section). */
+  readonly queue: Waiter[] = [];
+  /** Longest the queue has been. */
+  queueMax = 0;
+  /** Waiters that gave up: timed out, left, or found the queue full. */
+  queueTimeouts = 0;
+  queueAbandoned = 0;
+  queueRejected = 0;
 }
 
 function backendIdentity(listener: string, group: number, entry: BackendEntry, ordinal: number): string {

@@ -6,13 +6,14 @@
 import { isIP } from 'node:net';
 import { Code } from '../errors.ts';
 import { diagnostic, type Diagnostic } from './diagnostics.ts';
-import type { BackendDoc, ConfigDoc, DurationValue, GroupDoc, ListenerDoc } from './doc.ts';
+import type { BackendDoc, ConfigDoc, DurationValue, GroupDoc, HealthDoc, ListenerDoc } from './doc.ts';
 import type { PathSegment } from './locate.ts';
 import type {
   BackendEntry,
   ControlEntry,
   Endpoint,
   GroupEntry,
+  HealthEntry,
   ListenerEntry,
   LogFormat,
   PacketDump,
@@ -121,8 +122,43 @@ class Compiler {
         doc.connect_timeout === undefined ? defaults.connectTimeoutMs : this.duration(doc.connect_timeout, at('connect_timeout')),
       idleTimeoutMs:
         doc.idle_timeout === undefined ? defaults.idleTimeoutMs : this.duration(doc.idle_timeout, at('idle_timeout')),
+      queue: doc.queue
+        ? { max: doc.queue.max ?? 100, timeoutMs: this.duration(doc.queue.timeout ?? '10s', at('queue', 'timeout')) }
+        : null,
       groups: doc.groups.map((g, i) => this.group(g, listen.port, at('groups', i))),
     };
+  }
+
+  /** The group's checks merged with a backend's overrides; null when checks are off. */
+  private health(group: HealthDoc | undefined, own: HealthDoc | undefined, path: PathSegment[]): HealthEntry | null {
+    if (!group && !own) return null;
+    const h: HealthDoc = { ...group, ...own };
+    if (h.enabled === false) return null;
+    let expect: HealthEntry['expect'] = null;
+    if (h.expect !== undefined) {
+      const m = /^\/(.*)\/([a-z]*)$/s.exec(h.expect);
+      if (m) {
+        try {
+          new RegExp(m[1]!, m[2]);
+          expect = { regex: m[1]!, flags: m[2]! };
+        } catch (err) {
+          this.error([...path, 'expect'], `invalid regular expression ${h.expect}: ${(err as Error).message}`);
+        }
+      } else {
+        expect = { text: h.expect };
+      }
+    }
+    let port: number | null = null;
+    if (h.port !== undefined) {
+      const p = parsePort(h.port);
+      if (p.ok) port = p.value;
+      else this.error([...path, 'port'], p.error);
+    }
+    const timeoutMs = this.duration(h.timeout ?? '1s', [...path, 'timeout']);
+    const intervalMs = this.duration(h.interval ?? '2s', [...path, 'interval']);
+    if (intervalMs === 0) this.error([...path, 'interval'], 'interval must be more than 0');
+    if (timeoutMs === 0) this.error([...path, 'timeout'], 'timeout must be more than 0');
+    return { intervalMs, timeoutMs, rise: h.rise ?? 2, fall: h.fall ?? 3, send: h.send ?? null, expect, port };
   }
 
   private group(doc: GroupDoc, listenPort: number, path: PathSegment[]): GroupEntry {
@@ -134,11 +170,18 @@ class Compiler {
           : 'group has no backends';
       this.error([...path, 'backends'], why, Code.CONFIG_EMPTY_GROUP);
     }
-    const backends = doc.backends.map((b, i) => this.backend(b, listenPort, [...path, 'backends', i]));
-    return { policy, backends };
+    const health = this.health(doc.health, undefined, [...path, 'health']);
+    const backends = doc.backends.map((b, i) => this.backend(b, listenPort, [...path, 'backends', i], doc.health, health));
+    return { policy, health, backends };
   }
 
-  private backend(doc: string | BackendDoc, listenPort: number, path: PathSegment[]): BackendEntry {
+  private backend(
+    doc: string | BackendDoc,
+    listenPort: number,
+    path: PathSegment[],
+    groupHealth: HealthDoc | undefined,
+    groupEntry: HealthEntry | null,
+  ): BackendEntry {
     let host: string;
     let port: number | null = null;
     let maxc = 0;
@@ -148,7 +191,7 @@ class Compiler {
       const parsed = parseBackendString(doc);
       if (!parsed.ok) {
         this.error(path, parsed.error);
-        return { host: doc, port: 1, address: doc, maxc: 0, weight: 1, enabled: false, key: doc };
+        return { host: doc, port: 1, address: doc, maxc: 0, weight: 1, enabled: false, key: doc, health: null };
       }
       host = parsed.value.host;
       port = parsed.value.port;
@@ -171,7 +214,10 @@ class Compiler {
       }
       port = listenPort || 1;
     }
-    return { host, port, address: host, maxc, weight, enabled, key: backendKey(host, port) };
+    const own = typeof doc === 'object' ? doc.health : undefined;
+    // Without overrides a backend shares its group's entry (so a problem in it is reported once).
+    const health = own ? this.health(groupHealth, own, [...path, 'health']) : groupEntry;
+    return { host, port, address: host, maxc, weight, enabled, key: backendKey(host, port), health };
   }
 
   private checkAddressClashes(listeners: ListenerEntry[], control: ControlEntry | null): void {

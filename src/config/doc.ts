@@ -4,16 +4,29 @@
 export type DurationValue = string | number;
 export type AddressValue = string | number;
 
+export interface HealthDoc {
+  interval?: DurationValue;
+  timeout?: DurationValue;
+  rise?: number;
+  fall?: number;
+  send?: string;
+  expect?: string;
+  port?: number | string;
+  enabled?: boolean;
+}
+
 export interface BackendDoc {
   host: string;
   port?: number | string;
   maxc?: number;
   weight?: number;
   enabled?: boolean;
+  health?: HealthDoc;
 }
 
 export interface GroupDoc {
   policy?: string;
+  health?: HealthDoc;
   backends: (string | BackendDoc)[];
 }
 
@@ -26,6 +39,7 @@ export interface ListenerDoc {
   packet_dump_file?: string;
   connect_timeout?: DurationValue;
   idle_timeout?: DurationValue;
+  queue?: { max?: number; timeout?: DurationValue };
   groups: GroupDoc[];
 }
 

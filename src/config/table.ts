@@ -16,6 +16,24 @@ export interface Endpoint {
   readonly port: number;
 }
 
+export interface HealthEntry {
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+  readonly rise: number;
+  readonly fall: number;
+  /** Bytes to send after connecting (TOML escapes already applied), or null. */
+  readonly send: string | null;
+  /** What the first bytes returned must contain: a substring, or a regular expression. */
+  readonly expect: { readonly text: string } | { readonly regex: string; readonly flags: string } | null;
+  /** Port to check, when not the traffic port. */
+  readonly port: number | null;
+}
+
+export interface QueueEntry {
+  readonly max: number;
+  readonly timeoutMs: number;
+}
+
 export interface BackendEntry {
   /** Host as configured: a name or an IP literal (IPv6 without brackets). */
   readonly host: string;
@@ -28,10 +46,14 @@ export interface BackendEntry {
   readonly enabled: boolean;
   /** Stable identity ("host:port", IPv6 in brackets): the rendezvous-hash input and the stats key. */
   readonly key: string;
+  /** Active checks for this backend (the group's, with its own overrides), or null. */
+  readonly health: HealthEntry | null;
 }
 
 export interface GroupEntry {
   readonly policy: Policy;
+  /** The group's checks as configured (what its backends inherit, and what `create` gives a new one). */
+  readonly health: HealthEntry | null;
   readonly backends: readonly BackendEntry[];
 }
 
@@ -45,6 +67,7 @@ export interface ListenerEntry {
   readonly packetDumpFile: string | null;
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
+  readonly queue: QueueEntry | null;
   readonly groups: readonly GroupEntry[];
 }
 

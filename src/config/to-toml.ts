@@ -1,8 +1,8 @@
 // The routing table written back as TOML that `lb --check` accepts: used by `lb --print-toml`
 // (balance's command line → config), `show config` and `save` on the control port.
 
-import type { ConfigDoc, ListenerDoc } from './doc.ts';
-import type { BackendEntry, RoutingTable } from './table.ts';
+import type { BackendDoc, ConfigDoc, HealthDoc, ListenerDoc } from './doc.ts';
+import type { BackendEntry, HealthEntry, RoutingTable } from './table.ts';
 import { formatDuration, formatHostPort } from './values.ts';
 
 /** The document that compiles back to `table` (addresses re-resolve from the host names). */
@@ -32,8 +32,13 @@ export function tableToDoc(table: RoutingTable): ConfigDoc {
   for (const l of table.listeners) {
     const ld: ListenerDoc = {
       listen: l.listen.host === null ? l.listen.port : formatHostPort(l.listen.host, l.listen.port),
-      groups: l.groups.map((g) => ({ policy: g.policy, backends: g.backends.map((b) => backendDoc(b)) })),
+      groups: l.groups.map((g) => ({
+        policy: g.policy,
+        ...(g.health ? { health: healthDoc(g.health) } : {}),
+        backends: g.backends.map((b) => backendDoc(b, g.health)),
+      })),
     };
+    if (l.queue) ld.queue = { max: l.queue.max, timeout: formatDuration(l.queue.timeoutMs) };
     if (l.source) ld.source = l.source;
     if (l.hashFailover) ld.hash_failover = true;
     if (l.autodisable) ld.autodisable = true;
@@ -46,9 +51,24 @@ export function tableToDoc(table: RoutingTable): ConfigDoc {
   return doc;
 }
 
-function backendDoc(b: BackendEntry): string | { host: string; port: number; maxc: number; weight: number; enabled: boolean } {
-  if (b.weight === 1 && b.enabled) return `${formatHostPort(b.host, b.port)}${b.maxc ? `:${b.maxc}` : ''}`;
-  return { host: b.host, port: b.port, maxc: b.maxc, weight: b.weight, enabled: b.enabled };
+function healthDoc(h: HealthEntry): HealthDoc {
+  return {
+    interval: formatDuration(h.intervalMs),
+    timeout: formatDuration(h.timeoutMs),
+    rise: h.rise,
+    fall: h.fall,
+    ...(h.send !== null ? { send: h.send } : {}),
+    ...(h.expect ? { expect: 'text' in h.expect ? h.expect.text : `/${h.expect.regex}/${h.expect.flags}` } : {}),
+    ...(h.port !== null ? { port: h.port } : {}),
+  };
+}
+
+function backendDoc(b: BackendEntry, groupHealth: HealthEntry | null): string | BackendDoc {
+  const ownHealth = b.health !== groupHealth;
+  if (b.weight === 1 && b.enabled && !ownHealth) return `${formatHostPort(b.host, b.port)}${b.maxc ? `:${b.maxc}` : ''}`;
+  const doc: BackendDoc = { host: b.host, port: b.port, maxc: b.maxc, weight: b.weight, enabled: b.enabled };
+  if (ownHealth) doc.health = b.health ? healthDoc(b.health) : { enabled: false };
+  return doc;
 }
 
 const BARE = /^[A-Za-z0-9_-]+$/;
@@ -76,11 +96,12 @@ export function docToToml(doc: ConfigDoc, header = ''): string {
   out += section('control', doc.control);
   out += section('defaults', doc.defaults);
   for (const [name, l] of Object.entries(doc.listeners)) {
-    const { groups, ...rest } = l;
-    out += section(`listeners.${key(name)}`, rest);
+    const { groups, queue, ...rest } = l;
+    out += section(`listeners.${key(name)}`, { ...rest, ...(queue ? { queue } : {}) });
     for (const g of groups) {
       out += `[[listeners.${key(name)}.groups]]\n`;
       if (g.policy) out += `policy = ${value(g.policy)}\n`;
+      if (g.health) out += `health = ${value(g.health)}\n`;
       out += `backends = [\n${g.backends.map((b) => `  ${value(b)},\n`).join('')}]\n\n`;
     }
   }

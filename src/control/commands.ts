@@ -7,7 +7,7 @@
 
 import { isIP } from 'node:net';
 import type { BackendState } from '../balance/state.ts';
-import { addBackend, patchBackend, setPolicy, type BackendRef } from '../config/edit.ts';
+import { addBackend, patchBackend, removeBackend, setPolicy, type BackendRef } from '../config/edit.ts';
 import { POLICIES, type ListenerEntry, type Policy, type RoutingTable } from '../config/table.ts';
 import { docToToml, tableToDoc } from '../config/to-toml.ts';
 import { parsePort } from '../config/values.ts';
@@ -25,6 +25,8 @@ export interface ControlTarget {
   applyEdit(table: RoutingTable, carry?: { ref: BackendRef; state: BackendState }): Promise<void>;
   resolveHost(host: string): Promise<string>;
   requestStop(reason: string): void;
+  /** Writes the running table to FILE (default: the config file it was started with); returns the path. */
+  save(file: string | undefined): string;
 }
 
 export interface Session {
@@ -258,7 +260,8 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
       const { listener, group, rest } =
         args.length === 1 || args.length === 3 ? addressed(t, s, args, 1) : addressed(t, s, args, 2);
       const hp = await hostPort(t, rest[0]!, rest[1]);
-      await t.applyEdit(addBackend(t.table, listener, group, { ...hp, maxc: 0, weight: 1, enabled: false }));
+      const health = listenerOf(t, listener).groups[group]!.health;
+      await t.applyEdit(addBackend(t.table, listener, group, { ...hp, maxc: 0, weight: 1, enabled: false, health }));
       const index = listenerOf(t, listener).groups[group]!.backends.length - 1;
       return `channel ${index} created`;
     },
@@ -274,6 +277,40 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
       const state = t.backendState(ref);
       await t.applyEdit(patchBackend(t.table, ref, hp), state ? { ref, state } : undefined);
       return `channel ${ref.index} reassigned`;
+    },
+  },
+  delete: {
+    usage: 'delete [LISTENER GROUP] CHANNEL [force]',
+    help: 'remove a channel; refused while it has connections unless "force" (they go on)',
+    admin: true,
+    async run(t, s, args) {
+      const force = args.at(-1) === 'force';
+      const { ref } = backendRef(t, s, force ? args.slice(0, -1) : args, 0);
+      const cur = t.backendState(ref)?.cur ?? 0;
+      if (cur > 0 && !force) throw new CommandError(`channel ${ref.index} has ${cur} connection(s); drain it first or add "force"`);
+      await t.applyEdit(removeBackend(t.table, ref));
+      return `channel ${ref.index} deleted` + (cur > 0 ? ` (${cur} connection(s) go on)` : '');
+    },
+  },
+  drain: {
+    usage: 'drain [LISTENER GROUP] CHANNEL',
+    help: 'no new connections to a channel; running ones go on (a log line says when the last ended)',
+    admin: true,
+    run(t, s, args) {
+      const { ref } = backendRef(t, s, args, 0);
+      const st = t.backendState(ref);
+      if (!st) throw new CommandError(`no such channel ${ref.index}`);
+      st.draining = true;
+      return st.cur === 0 ? `channel ${ref.index} drained (no connections)` : `channel ${ref.index} draining, ${st.cur} connection(s) left`;
+    },
+  },
+  save: {
+    usage: 'save [FILE]',
+    help: 'write the running configuration as TOML (atomically; the old file is kept as FILE.bak)',
+    admin: true,
+    run(t, _s, args) {
+      if (args.length > 1) throw new CommandError('wrong number of arguments');
+      return `saved to ${t.save(args[0])}`;
     },
   },
   hash: { usage: 'hash [LISTENER GROUP]', help: 'the group chooses by client IP hash', admin: true, run: policyCommand('hash', 'hash') },

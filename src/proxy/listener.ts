@@ -2,6 +2,7 @@
 
 import { createWriteStream, type WriteStream } from 'node:fs';
 import net, { type Server, type Socket } from 'node:net';
+import { chooseBackend } from '../balance/select.ts';
 import { rebuildListenerState, type ListenerState } from '../balance/state.ts';
 import type { ListenerEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
@@ -118,10 +119,28 @@ export class ListenerRuntime implements RelayHost {
   }
 
   relayFinished(_relay: Relay): void {
+    if (this.state.queue.length > 0) this.serveQueue();
     if (this.onIdle && this.state.live.size === 0) {
       const done = this.onIdle;
       this.onIdle = null;
       done();
+    }
+  }
+
+  healthChanged(): void {
+    if (this.state.queue.length > 0) this.serveQueue();
+  }
+
+  /** Gives every slot that is free now to the oldest waiters, as many as there are slots (not one per event). */
+  serveQueue(): void {
+    const queue = this.state.queue as Relay[];
+    const now = Date.now();
+    while (queue.length > 0) {
+      const head = queue[0]!;
+      const choice = chooseBackend(this.entry, this.state, head.clientIp, now, head.tried);
+      if (choice === null) break;
+      head.leaveQueue();
+      head.connectTo(choice);
     }
   }
 

@@ -3,15 +3,18 @@
 // The data path is socket to socket: each chunk read from one side is handed, as the same Buffer, to the
 // other side's write(); when that write reports a full buffer the reading side pauses until 'drain'.
 // So nothing is copied, at most one high-water mark per direction is buffered, and a slow reader slows
-// the sender instead of growing memory. Handlers are shared functions (no closures per connection);
-// each socket points back at its relay.
+// the sender instead of growing memory. Until a backend is connected the client is not read at all
+// (the listener pauses on accept), except while it waits in a queue, where a bounded amount is kept so
+// that a client that leaves can be noticed. Handlers are shared functions (no closures per
+// connection); each socket points back at its relay.
 
 import net, { type Socket } from 'node:net';
-import { chooseBackend, normaliseClientIp, type Choice } from '../balance/select.ts';
-import type { BackendState, LiveFlow, ListenerState } from '../balance/state.ts';
+import { chooseBackend, normaliseClientIp, someBackendFull, type Choice } from '../balance/select.ts';
+import type { BackendState, LiveFlow, ListenerState, Waiter } from '../balance/state.ts';
 import type { ListenerEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import { Code } from '../errors.ts';
+import { applyCheck } from '../health/monitor.ts';
 import type { Logger } from '../log.ts';
 import { balanceDump, hexDump, type Direction } from './dump.ts';
 
@@ -22,6 +25,8 @@ export type EndReason =
   | 'idle-timeout'
   | 'connect-failed'
   | 'no-backend'
+  | 'queue-timeout'
+  | 'queue-full'
   | 'shutdown';
 
 /** What a relay needs from the listener that accepted it. */
@@ -32,15 +37,20 @@ export interface RelayHost {
   /** Packet dump sink, or null (then the relay installs no dump handlers at all). */
   readonly dump: ((text: string) => void) | null;
   relayFinished(relay: Relay): void;
+  /** A health transition happened on the data path: queued clients may now have a backend. */
+  healthChanged(): void;
 }
 
 interface RelaySocket extends Socket {
   lbRelay?: Relay;
 }
 
+/** Most bytes kept from a queued client before reading from it pauses. */
+const QUEUED_BYTES_MAX = 64 * 1024;
+
 let nextId = 1;
 
-export class Relay implements LiveFlow {
+export class Relay implements LiveFlow, Waiter {
   readonly id = nextId++;
   readonly client: RelaySocket;
   readonly entry: ListenerEntry;
@@ -54,6 +64,13 @@ export class Relay implements LiveFlow {
   tried: BackendState[] | null = null;
   connected = false;
   reason: EndReason | null = null;
+  queuedAt = 0;
+  private queueTimer: NodeJS.Timeout | null = null;
+  /** Bytes a queued client sent before its backend was connected, and whether it already sent EOF. */
+  private early: Buffer[] | null = null;
+  private earlyBytes = 0;
+  clientEnded = false;
+  private connectStarted = 0;
   private closedSockets = 0;
   private finished = false;
 
@@ -82,28 +99,84 @@ export class Relay implements LiveFlow {
     return this.backend?.bytesRead ?? 0;
   }
 
-  /** Picks the next candidate and connects; closes the client when none is left. */
+  get queued(): boolean {
+    return this.queueTimer !== null;
+  }
+
+  /** Picks the next candidate and connects; queues the client or closes it when none is free. */
   connectNext(): void {
     const now = Date.now();
     const choice = chooseBackend(this.entry, this.host.state, this.clientIp, now, this.tried);
-    if (choice === null) {
-      this.reason = this.tried === null ? 'no-backend' : 'connect-failed';
-      this.host.state.noBackend++;
-      this.host.log.log('warn', 'no-backend', {
-        code: Code.NO_BACKEND,
-        listener: this.entry.name,
-        client: formatHostPort(this.clientIp, this.clientPort),
-        tried: this.tried?.length ?? 0,
-      });
-      // balance compatible: the client sees the accepted connection close (a queue is a later feature).
-      this.client.destroy();
+    if (choice !== null) {
+      this.connectTo(choice);
       return;
     }
+    const queue = this.entry.queue;
+    if (queue && someBackendFull(this.entry, this.host.state, now)) {
+      const st = this.host.state;
+      if (st.queue.length < queue.max) {
+        this.enqueue(queue.timeoutMs);
+        return;
+      }
+      st.queueRejected++;
+      this.refuse('queue-full');
+      return;
+    }
+    this.refuse(this.tried === null ? 'no-backend' : 'connect-failed');
+  }
+
+  /** balance compatible: the client sees the accepted connection close. */
+  private refuse(reason: EndReason): void {
+    this.reason = reason;
+    this.host.state.noBackend++;
+    this.host.log.log('warn', reason === 'queue-full' || reason === 'queue-timeout' ? reason : 'no-backend', {
+      code: Code.NO_BACKEND,
+      listener: this.entry.name,
+      client: formatHostPort(this.clientIp, this.clientPort),
+      tried: this.tried?.length ?? 0,
+    });
+    this.client.destroy();
+  }
+
+  private enqueue(timeoutMs: number): void {
+    const st = this.host.state;
+    this.queuedAt = Date.now();
+    st.queue.push(this);
+    if (st.queue.length > st.queueMax) st.queueMax = st.queue.length;
+    this.queueTimer = setTimeout(onQueueTimeout, timeoutMs, this);
+    if (this.early === null) {
+      // Read while waiting (bounded) so that a client that gives up is noticed and leaves the queue.
+      this.early = [];
+      this.client.on('data', keepWhileQueued);
+      this.client.on('end', onEndWhileQueued);
+      this.client.resume();
+    }
+  }
+
+  /** Leaves the queue (served, timed out, or gone); returns false if it was not queued. */
+  leaveQueue(): boolean {
+    if (this.queueTimer === null) return false;
+    clearTimeout(this.queueTimer);
+    this.queueTimer = null;
+    const q = this.host.state.queue;
+    const i = q.indexOf(this);
+    if (i >= 0) q.splice(i, 1);
+    return true;
+  }
+
+  queueTimedOut(): void {
+    if (!this.leaveQueue()) return;
+    this.host.state.queueTimeouts++;
+    this.refuse('queue-timeout');
+  }
+
+  connectTo(choice: Choice): void {
     this.choice = choice;
     const st = choice.state;
     st.picked();
     st.cur++;
     if (st.cur > st.max) st.max = st.cur;
+    this.connectStarted = Date.now();
     const backend: RelaySocket = net.connect({
       host: choice.entry.address,
       port: choice.entry.port,
@@ -132,8 +205,9 @@ export class Relay implements LiveFlow {
     this.backend = null;
     this.choice = null;
     const st = choice.state;
+    const now = Date.now();
     st.cur--;
-    st.connectFailed(Date.now(), reason, this.entry.autodisable);
+    st.connectFailed(now, reason, this.entry.autodisable);
     this.host.log.log('warn', 'connect-failed', {
       code: Code.CONNECT_FAILED,
       listener: this.entry.name,
@@ -142,6 +216,13 @@ export class Relay implements LiveFlow {
       reason,
       ...(this.entry.autodisable ? { action: 'autodisabled until enabled by an operator' } : { retry_ms: st.backoffMs }),
     });
+    const result = {
+      ok: false,
+      status: reason === 'ETIMEDOUT' ? ('L4TOUT' as const) : ('L4CON' as const),
+      durationMs: now - this.connectStarted,
+      detail: reason,
+    };
+    if (applyCheck(this.host.log, this.entry.name, choice.group, choice.entry, st, result, 'traffic')) this.host.healthChanged();
     if (this.client.destroyed) {
       this.finish();
       return;
@@ -165,18 +246,48 @@ export class Relay implements LiveFlow {
       client.setTimeout(this.entry.idleTimeoutMs);
       client.on('timeout', onIdleTimeout);
     }
-    if (this.host.dump === null) {
-      client.on('data', forwardToBackend);
-      backend.on('data', forwardToClient);
-    } else {
-      client.on('data', dumpToBackend);
-      backend.on('data', dumpToClient);
-    }
-    client.on('end', onClientEnd);
+    const dumping = this.host.dump !== null;
+    backend.on('data', dumping ? dumpToClient : forwardToClient);
     backend.on('end', onBackendEnd);
-    client.on('drain', onClientDrain);
     backend.on('drain', onBackendDrain);
+    client.on('drain', onClientDrain);
+    if (this.early !== null) this.flushEarly();
+    if (this.clientEnded) {
+      backend.end();
+      return;
+    }
+    client.on('data', dumping ? dumpToBackend : forwardToBackend);
+    client.on('end', onClientEnd);
     client.resume();
+  }
+
+  /** Hands what a queued client sent to its backend, in order, before live forwarding starts. */
+  private flushEarly(): void {
+    const client = this.client;
+    client.removeListener('data', keepWhileQueued);
+    client.removeListener('end', onEndWhileQueued);
+    for (const chunk of this.early!) {
+      if (this.host.dump !== null) this.dump('c>b', chunk);
+      this.backend!.write(chunk);
+    }
+    this.early = null;
+  }
+
+  keepEarly(chunk: Buffer): void {
+    this.early!.push(chunk);
+    this.earlyBytes += chunk.length;
+    if (this.earlyBytes >= QUEUED_BYTES_MAX) this.client.pause();
+  }
+
+  /** EOF while queued: a client that sent nothing has left; one that sent a request half-closed. */
+  endWhileQueued(): void {
+    this.clientEnded = true;
+    this.reason ??= 'client-close';
+    if (this.earlyBytes === 0 && this.leaveQueue()) {
+      this.host.state.queueAbandoned++;
+      this.reason = 'client-close';
+      this.client.destroy();
+    }
   }
 
   /** Ends the relay at once (idle timeout, reset, shutdown). */
@@ -194,6 +305,7 @@ export class Relay implements LiveFlow {
   private finish(): void {
     if (this.finished) return;
     this.finished = true;
+    if (this.leaveQueue()) this.host.state.queueAbandoned++;
     const st = this.host.state;
     st.cur--;
     st.close(this);
@@ -201,6 +313,9 @@ export class Relay implements LiveFlow {
     if (choice) {
       choice.state.cur--;
       if (this.connected) choice.state.close(this);
+      if (choice.state.draining && choice.state.cur === 0) {
+        this.host.log.log('info', 'drained', { listener: this.entry.name, group: choice.group, backend: choice.entry.key });
+      }
     }
     if (this.host.accessLog) {
       this.host.log.log('info', 'conn', {
@@ -212,6 +327,7 @@ export class Relay implements LiveFlow {
         sent: this.sentBytes(),
         rcvd: this.rcvdBytes(),
         ms: Date.now() - this.startedAt,
+        queued_ms: this.queuedAt ? (this.connectStarted || Date.now()) - this.queuedAt : undefined,
         end: this.reason ?? 'client-close',
       });
     }
@@ -266,6 +382,18 @@ function onBackendClose(this: RelaySocket): void {
 
 function onIdleTimeout(this: RelaySocket): void {
   this.lbRelay?.abort('idle-timeout');
+}
+
+function onQueueTimeout(relay: Relay): void {
+  relay.queueTimedOut();
+}
+
+function keepWhileQueued(this: RelaySocket, chunk: Buffer): void {
+  this.lbRelay!.keepEarly(chunk);
+}
+
+function onEndWhileQueued(this: RelaySocket): void {
+  this.lbRelay!.endWhileQueued();
 }
 
 function forwardToBackend(this: RelaySocket, chunk: Buffer): void {

@@ -10,14 +10,15 @@ const r = (v: string | number, width: number): string => String(v).padStart(widt
 
 /** balance's header and column widths, with lb's own columns (`fail`, `host`) at the right. */
 export const SHOW_HEADER =
-  'GRP Type  #   S       ip-address  port    c      totalc maxc        sent        rcvd     fail host';
+  'GRP Type  #   S       ip-address  port    c      totalc maxc        sent        rcvd     fail  check host';
 
 function showRow(g: GroupSnap, b: BackendSnap): string {
   const e = b.entry;
   const host = e.host !== e.address ? e.host : '';
   return [
     r(g.index, 3), r(TYPE[g.policy], 4), r(b.index, 2), r(b.status, 3), r(e.address, 16), r(e.port, 5),
-    r(b.cur, 4), r(b.attempts, 11), r(e.maxc, 4), r(b.sent, 11), r(b.rcvd, 11), r(b.failures, 8), host,
+    r(b.cur, 4), r(b.attempts, 11), r(e.maxc, 4), r(b.sent, 11), r(b.rcvd, 11), r(b.failures, 8),
+    r(b.check?.status ?? '-', 6), host,
   ].join(' ').trimEnd();
 }
 
@@ -25,7 +26,9 @@ export function renderShow(snap: Snapshot, only?: string): string {
   const blocks = snap.listeners
     .filter((l) => only === undefined || l.name === only)
     .map((l) => {
-      const head = `listener ${l.name} ${l.address}  current ${l.cur}  total ${l.total}  no-backend ${l.noBackend}`;
+      const q = l.queue;
+      const queue = q ? `  queue ${q.cur}/${q.limit} (max ${q.max}, timeouts ${q.timeouts}, left ${q.abandoned}, full ${q.rejected})` : '';
+      const head = `listener ${l.name} ${l.address}  current ${l.cur}  total ${l.total}  no-backend ${l.noBackend}${queue}`;
       const rows = l.groups.flatMap((g) => g.backends.map((b) => showRow(g, b)));
       return [head, SHOW_HEADER, ...rows].join('\n');
     });
@@ -53,11 +56,11 @@ const HAPROXY_COLUMNS = [
   'downtime', 'qlimit', 'pid', 'iid', 'sid', 'throttle', 'lbtot', 'tracked', 'type', 'rate', 'rate_lim',
   'rate_max', 'check_status', 'check_code', 'check_duration',
 ] as const;
-const LB_COLUMNS = ['addr', 'algo', 'lb_listener', 'lb_group', 'lb_backend', 'lb_state'] as const;
+const LB_COLUMNS = ['addr', 'algo', 'check_rise', 'check_fall', 'lb_listener', 'lb_group', 'lb_backend', 'lb_state', 'lb_qtimeouts'] as const;
 type Column = (typeof HAPROXY_COLUMNS)[number] | (typeof LB_COLUMNS)[number];
 type Row = Partial<Record<Column, string | number>>;
 
-const STATUS = { ENA: 'UP', dis: 'DOWN', DIS: 'MAINT' } as const;
+const STATUS = { ENA: 'UP', dis: 'DOWN', DIS: 'MAINT', DRN: 'DRAIN' } as const;
 
 function csvField(v: string | number | undefined): string {
   if (v === undefined) return '';
@@ -75,6 +78,8 @@ export function renderStatCsv(snap: Snapshot): string {
     rows.push({
       pxname: l.name, svname: 'FRONTEND', ...trafficCols(l), ereq: l.noBackend, status: 'OPEN',
       pid: snap.pid, iid: li + 1, sid: 0, type: 0, addr: l.address, lb_listener: l.name,
+      // lb queues per listener, so the queue columns are on the FRONTEND row.
+      ...(l.queue ? { qcur: l.queue.cur, qmax: l.queue.max, qlimit: l.queue.limit, lb_qtimeouts: l.queue.timeouts } : {}),
     });
     for (const g of l.groups) {
       const px = `${l.name}/${g.index}`;
@@ -83,6 +88,10 @@ export function renderStatCsv(snap: Snapshot): string {
           pxname: px, svname: b.entry.key, ...trafficCols(b), slim: b.entry.maxc || undefined, econ: b.failures,
           status: STATUS[b.status], weight: b.entry.weight, act: g.index === 0 ? 1 : 0, bck: g.index === 0 ? 0 : 1,
           lastchg: b.lastChangeSec, pid: snap.pid, iid: li + 1, sid: b.index + 1, lbtot: b.attempts, type: 2,
+          ...(b.check
+            ? { chkfail: b.check.failed, chkdown: b.check.downs, check_status: b.check.status,
+                check_duration: b.check.durationMs, check_rise: b.check.rise, check_fall: b.check.fall }
+            : {}),
           addr: formatHostPort(b.entry.address, b.entry.port), lb_listener: l.name, lb_group: g.index,
           lb_backend: b.index, lb_state: b.status,
         });

@@ -4,8 +4,11 @@
 import type { BackendState, Counters, ListenerState } from '../balance/state.ts';
 import type { BackendEntry, ListenerEntry, Policy } from '../config/table.ts';
 
-/** ENA enabled; dis down by health, ejection or autodisable; DIS disabled by an operator (balance.fm). */
-export type BackendStatus = 'ENA' | 'dis' | 'DIS';
+/**
+ * ENA enabled; dis down by health, ejection or autodisable; DIS disabled by an operator (balance.fm's
+ * three states); DRN draining (an operator's `drain`: no new connections, running ones go on).
+ */
+export type BackendStatus = 'ENA' | 'dis' | 'DIS' | 'DRN';
 
 export interface TrafficSnap {
   cur: number;
@@ -24,6 +27,8 @@ export interface BackendSnap extends TrafficSnap {
   /** Seconds since the last change between up and down. */
   lastChangeSec: number;
   downReason: string;
+  /** Active checks: null when the backend has none. */
+  check: { status: string; durationMs: number; failed: number; downs: number; rise: number; fall: number } | null;
 }
 
 export interface GroupSnap extends TrafficSnap {
@@ -34,10 +39,20 @@ export interface GroupSnap extends TrafficSnap {
   up: number;
 }
 
+export interface QueueSnap {
+  cur: number;
+  max: number;
+  limit: number;
+  timeouts: number;
+  abandoned: number;
+  rejected: number;
+}
+
 export interface ListenerSnap extends TrafficSnap {
   name: string;
   address: string;
   noBackend: number;
+  queue: QueueSnap | null;
   groups: GroupSnap[];
 }
 
@@ -60,13 +75,15 @@ function traffic(c: Counters): TrafficSnap {
 
 export function backendStatus(entry: BackendEntry, st: BackendState, now: number): BackendStatus {
   if (!entry.enabled) return 'DIS';
+  if (st.draining) return 'DRN';
   return st.isDown(now) ? 'dis' : 'ENA';
 }
 
 function downReason(entry: BackendEntry, st: BackendState, now: number): string {
   if (!entry.enabled) return 'disabled by operator';
   if (st.autoDisabled) return `autodisabled: ${st.lastFailure}`;
-  if (st.healthDown) return 'health check failed';
+  if (st.draining) return 'draining';
+  if (!st.check.up) return `health check failed: ${st.check.lastStatus} ${st.check.lastDetail}`.trimEnd();
   if (st.ejectedUntil > now) return `ejected ${Math.ceil((st.ejectedUntil - now) / 1000)}s: ${st.lastFailure}`;
   if (st.probing) return 'probing';
   return '';
@@ -82,6 +99,16 @@ export function takeSnapshot(src: SnapshotSource, version: string, now = Date.no
       name: entry.name,
       address,
       noBackend: state.noBackend,
+      queue: entry.queue
+        ? {
+            cur: state.queue.length,
+            max: state.queueMax,
+            limit: entry.queue.max,
+            timeouts: state.queueTimeouts,
+            abandoned: state.queueAbandoned,
+            rejected: state.queueRejected,
+          }
+        : null,
       ...traffic(state),
       groups: entry.groups.map((g, gi) => {
         const gs = state.groups[gi]!;
@@ -95,6 +122,16 @@ export function takeSnapshot(src: SnapshotSource, version: string, now = Date.no
             failures: st.failures,
             lastChangeSec: Math.floor((now - st.lastChange) / 1000),
             downReason: downReason(b, st, now),
+            check: b.health
+              ? {
+                  status: st.check.lastStatus,
+                  durationMs: Math.round(st.check.lastDurationMs),
+                  failed: st.check.failedChecks,
+                  downs: st.check.downTransitions,
+                  rise: b.health.rise,
+                  fall: b.health.fall,
+                }
+              : null,
             ...traffic(st),
           };
         });

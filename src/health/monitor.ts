@@ -1,0 +1,163 @@
+// Active health checks: one timer per checked backend, never on the data path.
+//
+// Each backend's first check comes at a random point of its first interval, so a restart does not send
+// every check at once; afterwards each runs `interval` after the previous one started. Checks run in
+// parallel, each with its own timeout (balance.fm ran command checks one after another, with none).
+
+import net, { type Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import type { BackendState } from '../balance/state.ts';
+import type { BackendEntry, HealthEntry, ListenerEntry } from '../config/table.ts';
+import type { Logger } from '../log.ts';
+import type { CheckResult, CheckStatus } from './state.ts';
+
+const MAX_REPLY_BYTES = 16 * 1024;
+
+/**
+ * Feeds one result to a backend's state machine and logs a transition. Used by the checks and by the
+ * data path (a failed connect there counts as a failed check when checks are configured).
+ */
+export function applyCheck(
+  log: Logger,
+  listener: string,
+  group: number,
+  entry: BackendEntry,
+  st: BackendState,
+  result: CheckResult,
+  source: 'check' | 'traffic',
+): boolean {
+  const h = entry.health;
+  if (!h) return false;
+  if (result.ok && st.ejectedUntil !== 0) st.connectSucceeded(Date.now()); // reachable again: end the back-off
+  const change = st.check.record(result, h.rise, h.fall);
+  if (!change) return false;
+  st.lastChange = Date.now();
+  if (change.to === 'UP') st.connectSucceeded(st.lastChange); // a passing check ends a passive ejection too
+  log.log(change.to === 'UP' ? 'info' : 'warn', 'health', {
+    listener,
+    group,
+    backend: entry.key,
+    from: change.from,
+    to: change.to,
+    status: result.status,
+    reason: result.detail || undefined,
+    check_ms: Math.round(result.durationMs),
+    by: source,
+  });
+  return true;
+}
+
+interface Checked {
+  listener: ListenerEntry;
+  group: number;
+  entry: BackendEntry;
+  state: BackendState;
+  timer: NodeJS.Timeout | null;
+  socket: Socket | null;
+}
+
+export class HealthMonitor {
+  private readonly checked = new Map<BackendState, Checked>();
+  private readonly log: Logger;
+  private readonly changed: () => void;
+  private readonly random: () => number;
+
+  /** `changed` runs after a backend went up or down (so queued clients can use a backend that came up). */
+  constructor(log: Logger, changed: () => void, random: () => number = Math.random) {
+    this.log = log;
+    this.changed = changed;
+    this.random = random;
+  }
+
+  /** Follows a new table: starts checks for new backends, updates kept ones, stops removed ones. */
+  sync(views: readonly { entry: ListenerEntry; groups: readonly { backends: readonly BackendState[] }[] }[]): void {
+    const seen = new Set<BackendState>();
+    for (const { entry: listener, groups } of views) {
+      listener.groups.forEach((g, gi) => {
+        g.backends.forEach((entry, bi) => {
+          const state = groups[gi]?.backends[bi];
+          if (!state || !entry.health || !entry.enabled) return; // operator-disabled (DIS) backends are not checked
+          seen.add(state);
+          const c = this.checked.get(state);
+          if (c) {
+            c.listener = listener;
+            c.group = gi;
+            c.entry = entry;
+          } else {
+            const fresh: Checked = { listener, group: gi, entry, state, timer: null, socket: null };
+            this.checked.set(state, fresh);
+            this.schedule(fresh, this.random() * entry.health.intervalMs);
+          }
+        });
+      });
+    }
+    for (const [state, c] of this.checked) if (!seen.has(state)) this.stopOne(c);
+  }
+
+  stop(): void {
+    for (const c of this.checked.values()) this.stopOne(c);
+  }
+
+  private stopOne(c: Checked): void {
+    if (c.timer) clearTimeout(c.timer);
+    c.socket?.destroy();
+    this.checked.delete(c.state);
+  }
+
+  private schedule(c: Checked, delayMs: number): void {
+    c.timer = setTimeout(() => {
+      c.timer = null;
+      const started = performance.now();
+      runCheck(c.entry, c.entry.health!, c.listener.source, (socket) => (c.socket = socket), (result) => {
+        c.socket = null;
+        if (this.checked.get(c.state) !== c) return; // stopped meanwhile
+        if (applyCheck(this.log, c.listener.name, c.group, c.entry, c.state, result, 'check')) this.changed();
+        const h = c.entry.health;
+        if (h) this.schedule(c, Math.max(0, h.intervalMs - (performance.now() - started)));
+      });
+    }, delayMs);
+    c.timer.unref();
+  }
+}
+
+/** One check: connect, optionally send, optionally wait for the expected reply; always ends in `done`. */
+export function runCheck(
+  entry: BackendEntry,
+  h: HealthEntry,
+  source: string | null,
+  started: (socket: Socket) => void,
+  done: (result: CheckResult) => void,
+): void {
+  const t0 = performance.now();
+  const expect = h.expect;
+  const regex = expect && 'regex' in expect ? new RegExp(expect.regex, expect.flags) : null;
+  let reply = '';
+  let connected = false;
+  let finished = false;
+  const socket = net.connect({ host: entry.address, port: h.port ?? entry.port, localAddress: source ?? undefined });
+  started(socket);
+  const finish = (ok: boolean, status: CheckStatus, detail = ''): void => {
+    if (finished) return;
+    finished = true;
+    clearTimeout(timer);
+    socket.destroy();
+    done({ ok, status, durationMs: performance.now() - t0, detail });
+  };
+  const timer = setTimeout(() => finish(false, connected ? 'L7TOUT' : 'L4TOUT', 'timeout'), h.timeoutMs);
+  socket.on('connect', () => {
+    connected = true;
+    if (h.send !== null) socket.write(h.send);
+    if (!expect) {
+      if (h.send === null) finish(true, 'L4OK');
+      else socket.write('', () => finish(true, 'L4OK'));
+    }
+  });
+  socket.on('data', (chunk: Buffer) => {
+    reply = (reply + chunk.toString('latin1')).slice(0, MAX_REPLY_BYTES);
+    const matched = regex ? regex.test(reply) : expect !== null && 'text' in expect && reply.includes(expect.text);
+    if (matched) finish(true, 'L7OK');
+    else if (reply.length >= MAX_REPLY_BYTES) finish(false, 'L7RSP', 'reply did not match');
+  });
+  socket.on('end', () => finish(false, 'L7RSP', reply === '' ? 'closed without a reply' : 'reply did not match'));
+  socket.on('error', (err: NodeJS.ErrnoException) => finish(false, connected ? 'SOCKERR' : 'L4CON', err.code ?? err.message));
+}
