@@ -7,5 +7,6 @@ export default defineConfig({
     hookTimeout: 20_000,
     // e2e tests start real listeners; two workers fit this 2-core machine without starving the proxies.
     maxWorkers: 2,
+    reporters: ['default', './test/summary-reporter.ts'],
   },
 });

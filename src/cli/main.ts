@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { formatDiagnostic, type Diagnostic } from '../config/diagnostics.ts';
 import { buildTable, loadConfigFile, type PipelineResult } from '../config/pipeline.ts';
 import { tableSummary, type RoutingTable } from '../config/table.ts';
+import { configReference } from '../config/reference.ts';
 import { docToToml, tableToDoc } from '../config/to-toml.ts';
 import { formatDuration, formatHostPort, parseListenAddress } from '../config/values.ts';
 import { Exit, LbError } from '../errors.ts';
@@ -60,6 +61,10 @@ async function dispatch(argv: readonly string[], io: Io): Promise<number> {
     return Exit.OK;
   }
   if (first === '--print-toml') return printToml(rest, io);
+  if (first === '--config-reference') {
+    io.out(configReference());
+    return Exit.OK;
+  }
   if (first === 'run') return runFile(rest, io);
   if (first === 'ctl') return ctl(rest, io);
   if (first === 'demo') return demo(rest, io);

@@ -1,15 +1,23 @@
-// `lb --help`. Kept beside the README's "Command line" section; a test checks that they agree.
+// `lb --help`. The README's "Command line" section embeds this text; a test keeps the two identical.
 
 export const USAGE = `usage:
   lb run FILE                 run the balancer in the foreground with a TOML config
   lb FILE                     the same
   lb --check FILE [--print | --json] [-q]
                               validate FILE and exit: 0 ok, 78 invalid, 66 unreadable
-                              --print shows the compiled routing table, --json as JSON
+                              (--print: the compiled routing table; --json: the same as JSON)
+  lb demo [--port N] [--control-port N]
+                              a demo: three built-in backends, a listener (8888) and the control port (8023)
+  lb ctl [--control HOST:PORT | --socket PATH | --config FILE] COMMAND [ARGS...]
+                              send one command to a running lb's control port (default 127.0.0.1:8023);
+                              exit 0 ok, 1 the command failed, 69 cannot connect
   lb --print-toml BALANCE-ARGS
                               print the TOML config equivalent to a balance command line
+  lb --config-reference       print every config key with its type, default and meaning
   lb [-b addr] [-B addr] [-t sec] [-T sec] [-adfpH6] PORT CHANNEL... [!|%] CHANNEL...
                               balance's command line: run with these groups
+  lb [-b addr] -c COMMAND PORT | lb [-b addr] -i PORT
+                              balance's shell: one command, or interactive, to an instance started that way
   lb --help | --version
 
 balance's command line:
@@ -26,5 +34,6 @@ balance's command line:
 signals: SIGHUP re-reads FILE (a broken file keeps the running config); SIGTERM/SIGINT stop accepting,
 let connections finish for up to global.drain_timeout, then exit 0.
 
-exit codes: 0 ok, 64 usage, 66 config unreadable, 69 cannot listen, 77 permission denied, 78 config invalid.
+exit codes: 0 ok, 64 usage, 66 config unreadable, 69 cannot listen or reach the control port,
+77 permission denied, 78 config invalid.
 `;
