@@ -6,7 +6,8 @@
 // so `echo show | nc -N 127.0.0.1 8023` works. Nothing a client sends can stop the port or the data path:
 // long lines, garbage, floods and idle sessions each meet a limit.
 
-import { lstatSync, chmodSync, unlinkSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { BlockList, isIP, type Server } from 'node:net';
 import type { TelnetSocket } from 'telnetlib';
 import type { ControlEntry } from '../config/table.ts';
@@ -58,6 +59,7 @@ export class ControlServer {
     try {
       if (listen) await this.listenOn({ host: listen.host ?? undefined, port: listen.port }, formatHostPort(listen.host, listen.port), true);
       if (socket) {
+        mkdirSync(dirname(socket), { recursive: true, mode: 0o700 });
         removeStaleSocket(socket);
         await this.listenOn({ path: socket }, socket, false);
         chmodSync(socket, 0o600);
