@@ -52,7 +52,7 @@ export async function main(argv: readonly string[], io: Io = stdio): Promise<num
 async function dispatch(argv: readonly string[], io: Io): Promise<number> {
   const [first, ...rest] = argv;
   if (first === undefined) throw new UsageError('nothing to do');
-  if (first === '--help' || first === '-h' || first === 'help') {
+  if (first === '--help' || first === '-h' || first === 'help' || argv.includes('--help')) {
     io.out(USAGE);
     return Exit.OK;
   }
