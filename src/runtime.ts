@@ -183,7 +183,9 @@ export class Runtime implements ControlTarget {
   /** SIGHUP: re-read the file; on any error keep running the old table and report why. */
   async reload(): Promise<{ ok: boolean; diagnostics: Diagnostic[]; error?: string }> {
     if (!this.configFile) {
-      return { ok: false, diagnostics: [], error: 'started from the command line: there is no file to reload' };
+      const error = 'started from the command line: there is no file to reload';
+      this.log.log('warn', 'reload-failed', { code: Code.RELOAD_FAILED, error });
+      return { ok: false, diagnostics: [], error };
     }
     const result = await loadConfigFile(this.configFile, { resolve: 'error' });
     if (!result.ok) {
