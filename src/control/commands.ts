@@ -212,7 +212,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
     async run(t, s, args) {
       const { ref } = backendRef(t, s, args, 0);
       const st = t.backendState(ref);
-      const wasDown = st?.autoDisabled || (st?.ejectedUntil ?? 0) > 0;
+      const wasDown = st?.autoDisabled || st?.draining || (st?.ejectedUntil ?? 0) > 0;
       st?.operatorEnabled(Date.now());
       if (entryOf(t, ref).enabled) return wasDown ? `channel ${ref.index} enabled` : `channel ${ref.index} already enabled`;
       await t.applyEdit(patchBackend(t.table, ref, { enabled: true }));

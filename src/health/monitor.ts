@@ -76,7 +76,12 @@ export class HealthMonitor {
       listener.groups.forEach((g, gi) => {
         g.backends.forEach((entry, bi) => {
           const state = groups[gi]?.backends[bi];
-          if (!state || !entry.health || !entry.enabled) return; // operator-disabled (DIS) backends are not checked
+          if (!state) return;
+          if (!entry.health) {
+            if (!state.check.up) state.check.forget();
+            return;
+          }
+          if (!entry.enabled) return; // operator-disabled (DIS) backends are not checked
           seen.add(state);
           const c = this.checked.get(state);
           if (c) {
@@ -130,8 +135,10 @@ export function runCheck(
 ): void {
   const t0 = performance.now();
   const expect = h.expect;
+  // The reply is matched as bytes (text) or as UTF-8 (regex): `send` and `expect` are UTF-8 on the wire.
   const regex = expect && 'regex' in expect ? new RegExp(expect.regex, expect.flags) : null;
-  let reply = '';
+  const needle = expect && 'text' in expect ? Buffer.from(expect.text, 'utf8') : null;
+  let reply = Buffer.alloc(0);
   let connected = false;
   let finished = false;
   const socket = net.connect({ host: entry.address, port: h.port ?? entry.port, localAddress: source ?? undefined });
@@ -153,11 +160,11 @@ export function runCheck(
     }
   });
   socket.on('data', (chunk: Buffer) => {
-    reply = (reply + chunk.toString('latin1')).slice(0, MAX_REPLY_BYTES);
-    const matched = regex ? regex.test(reply) : expect !== null && 'text' in expect && reply.includes(expect.text);
+    reply = Buffer.concat([reply, chunk]).subarray(0, MAX_REPLY_BYTES);
+    const matched = regex ? regex.test(reply.toString('utf8')) : needle !== null && reply.includes(needle);
     if (matched) finish(true, 'L7OK');
     else if (reply.length >= MAX_REPLY_BYTES) finish(false, 'L7RSP', 'reply did not match');
   });
-  socket.on('end', () => finish(false, 'L7RSP', reply === '' ? 'closed without a reply' : 'reply did not match'));
+  socket.on('end', () => finish(false, 'L7RSP', reply.length === 0 ? 'closed without a reply' : 'reply did not match'));
   socket.on('error', (err: NodeJS.ErrnoException) => finish(false, connected ? 'SOCKERR' : 'L4CON', err.code ?? err.message));
 }

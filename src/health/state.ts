@@ -32,6 +32,17 @@ export class HealthTracker {
   lastDurationMs = 0;
   lastDetail = '';
 
+  /**
+   * Checks were removed from this backend: nothing can bring it back up any more, so it counts as up
+   * (as HAProxy treats a server without checks). Counters are history and stay.
+   */
+  forget(): void {
+    this.up = true;
+    this.streak = 0;
+    this.lastStatus = 'INI';
+    this.lastDetail = '';
+  }
+
   /** Records one result; returns the transition it caused, if any. */
   record(result: CheckResult, rise: number, fall: number): Transition | null {
     this.lastStatus = result.status;

@@ -65,6 +65,7 @@ export class Relay implements LiveFlow, Waiter {
   connected = false;
   reason: EndReason | null = null;
   queuedAt = 0;
+  private queueDeadline = 0;
   private queueTimer: NodeJS.Timeout | null = null;
   /** Bytes a queued client sent before its backend was connected, and whether it already sent EOF. */
   private early: Buffer[] | null = null;
@@ -140,10 +141,17 @@ export class Relay implements LiveFlow, Waiter {
 
   private enqueue(timeoutMs: number): void {
     const st = this.host.state;
-    this.queuedAt = Date.now();
-    st.queue.push(this);
+    const now = Date.now();
+    if (this.queuedAt === 0) {
+      this.queuedAt = now;
+      this.queueDeadline = now + timeoutMs;
+      st.queue.push(this);
+    } else {
+      // Served, but its backend failed to connect: it keeps its place at the head and its deadline.
+      st.queue.unshift(this);
+    }
     if (st.queue.length > st.queueMax) st.queueMax = st.queue.length;
-    this.queueTimer = setTimeout(onQueueTimeout, timeoutMs, this);
+    this.queueTimer = setTimeout(onQueueTimeout, Math.max(0, this.queueDeadline - now), this);
     if (this.early === null) {
       // Read while waiting (bounded) so that a client that gives up is noticed and leaves the queue.
       this.early = [];
