@@ -68,6 +68,9 @@ export async function interactive(addr: ControlAddress, label: string, input = p
   const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
   socket.on('error', () => undefined);
   const rl = createInterface({ input, output, prompt: `lb[${label}]> `, terminal: Boolean((input as NodeJS.ReadStream).isTTY) });
+  // Piped input closes readline at its end while earlier lines still await replies: prompt only while open.
+  let inputClosed = false;
+  rl.once('close', () => (inputClosed = true));
   rl.prompt();
   for await (const line of rl) {
     if (socket.destroyed) break;
@@ -78,7 +81,7 @@ export async function interactive(addr: ControlAddress, label: string, input = p
       waiting = null;
       if (socket.destroyed || /^\s*(quit|kill)\s*$/.test(line)) break;
     }
-    rl.prompt();
+    if (!inputClosed) rl.prompt();
   }
   rl.close();
   socket.end();

@@ -371,10 +371,10 @@ function helpText(): string {
   return ['available commands:', ...lines].join('\n');
 }
 
-/** Printable for an error message: control bytes shown as `?`, long input cut. */
-function sanitize(word: string): string {
+/** Printable for an error message: control and non-ASCII bytes shown as `?`, long input cut. */
+function sanitize(word: string, max = 40): string {
   const clean = word.replace(/[^\x20-\x7e]/g, '?');
-  return clean.length > 40 ? `${clean.slice(0, 40)}...` : clean;
+  return clean.length > max ? `${clean.slice(0, max)}...` : clean;
 }
 
 /** Runs one command line. Never throws: every problem becomes an `error:` reply and the session goes on. */
@@ -396,9 +396,9 @@ export async function execute(t: ControlTarget, s: Session, line: string): Promi
     const result = await cmd.run(t, s, args);
     return typeof result === 'string' ? ok(result) : result;
   } catch (err) {
-    if (err instanceof CommandError) {
-      return { text: `error: ${err.message}; usage: ${cmd.usage}`, error: err.code };
-    }
-    return { text: `error: ${(err as Error).message}`, error: Code.CONTROL_BAD_ARGS };
+    // Messages may quote what the client typed: never echo control bytes or kilobytes back to a terminal.
+    const message = sanitize((err as Error).message, 300);
+    if (err instanceof CommandError) return { text: `error: ${message}; usage: ${cmd.usage}`, error: err.code };
+    return { text: `error: ${message}`, error: Code.CONTROL_BAD_ARGS };
   }
 }

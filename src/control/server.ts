@@ -8,7 +8,7 @@
 
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { BlockList, isIP, type Server } from 'node:net';
+import { BlockList, isIP, type Server, type Socket } from 'node:net';
 import type { TelnetSocket } from 'telnetlib';
 import type { ControlEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
@@ -41,7 +41,7 @@ export function isAllowed(list: BlockList, address: string): boolean {
 
 export class ControlServer {
   private readonly servers: Server[] = [];
-  private readonly sessions = new Set<LineConnection>();
+  private readonly sessions = new Set<ControlSession>();
   private readonly target: ControlTarget;
   private readonly log: Logger;
   private config: ControlEntry;
@@ -105,90 +105,146 @@ export class ControlServer {
   }
 
   private accept(telnet: TelnetSocket, tcp: boolean): void {
-    const session: Session = {
-      listener: this.target.table.listeners[0]?.name ?? '',
-      group: 0,
-      admin: this.config.admin,
-      prompt: false,
+    const refusal = (socket: Socket): string | null => {
+      if (tcp && !isAllowed(this.allow, socket.remoteAddress ?? '')) {
+        const peer = formatHostPort(socket.remoteAddress ?? '?', socket.remotePort ?? 0);
+        this.log.log('warn', 'control-denied', { code: Code.CONTROL_DENIED, peer });
+        return `error: access denied for ${socket.remoteAddress} (control.allow) [${Code.CONTROL_DENIED}]`;
+      }
+      if (this.sessions.size >= MAX_SESSIONS) return `error: too many control sessions (${MAX_SESSIONS}) [${Code.CONTROL_DENIED}]`;
+      return null;
     };
-    const queue: string[] = [];
-    let busy = false;
-    let ended = false;
-    let telnetClient = false;
-    const conn: LineConnection = new LineConnection(telnet, {
-      line: (text, crlf) => {
-        if (crlf && !telnetClient) {
-          telnetClient = true;
-          session.prompt = true;
-        }
-        queue.push(text);
-        if (queue.length > MAX_QUEUED_LINES) conn.pause();
-        void pump();
-      },
-      overflow: () => {
-        queue.push(`\u0000overflow`);
-        void pump();
-      },
-      end: () => {
-        ended = true;
-        void pump();
-      },
-      close: () => this.sessions.delete(conn),
-    });
-    const socket = conn.socket;
-    const peer = tcp ? formatHostPort(socket.remoteAddress ?? '?', socket.remotePort ?? 0) : 'unix';
-    if (tcp && !isAllowed(this.allow, socket.remoteAddress ?? '')) {
-      this.log.log('warn', 'control-denied', { code: Code.CONTROL_DENIED, peer });
-      conn.write(`error: access denied for ${socket.remoteAddress} (control.allow) [${Code.CONTROL_DENIED}]\n`);
-      conn.end();
-      return;
-    }
-    if (this.sessions.size >= MAX_SESSIONS) {
-      conn.write(`error: too many control sessions (${MAX_SESSIONS}) [${Code.CONTROL_DENIED}]\n`);
-      conn.end();
-      return;
-    }
-    this.sessions.add(conn);
-    socket.setTimeout(this.config.idleTimeoutMs);
-    socket.on('timeout', () => {
-      conn.write('error: idle timeout, closing\n');
-      conn.end();
-    });
+    const session = new ControlSession(telnet, tcp, this.target, this.log, this.config, refusal, () => this.sessions.delete(session));
+    if (!session.refused) this.sessions.add(session);
+  }
+}
 
-    const eol = (): string => (telnetClient ? '\r\n' : '\n');
-    const pump = async (): Promise<void> => {
-      if (busy) return;
-      busy = true;
-      while (queue.length > 0) {
-        const line = queue.shift()!;
-        if (queue.length <= MAX_QUEUED_LINES / 2) conn.resume();
-        let text: string;
-        let close = false;
-        if (line === '\u0000overflow') {
-          text = `error: line longer than ${MAX_LINE} bytes ignored [${Code.CONTROL_BAD_ARGS}]`;
-        } else {
-          const reply = await execute(this.target, session, line);
-          text = reply.error ? `${reply.text} [${reply.error}]` : reply.text;
-          close = reply.close ?? false;
-          if (line.trim() !== '') this.log.log('info', 'control', { peer, command: line.trim().slice(0, 200), ok: !reply.error });
-        }
-        if (socket.destroyed) break;
-        let out = text === '' ? '' : `${text}\n\n`;
-        if (close) {
-          conn.write(out.replace(/\n/g, eol()));
-          conn.end();
-          queue.length = 0;
-          break;
-        }
-        if (session.prompt && !ended) out += PROMPT;
-        if (out !== '' && !conn.write(out.replace(/\n/g, eol()))) {
-          await new Promise<void>((resolve) => socket.once('drain', resolve));
+/** How long a session we are closing may take to read our last words before its socket is destroyed. */
+const CLOSE_GRACE_MS = 1000;
+
+/** One client of the control port: its lines are executed one at a time, in order. */
+class ControlSession {
+  readonly refused: boolean;
+  private readonly conn: LineConnection;
+  private readonly socket: Socket;
+  private readonly peer: string;
+  private readonly target: ControlTarget;
+  private readonly log: Logger;
+  private readonly state: Session;
+  private readonly queue: string[] = [];
+  private busy = false;
+  private ended = false;
+  private telnetClient = false;
+  private released = false;
+  private readonly closed: () => void;
+
+  constructor(
+    telnet: TelnetSocket,
+    tcp: boolean,
+    target: ControlTarget,
+    log: Logger,
+    config: ControlEntry,
+    refusal: (socket: Socket) => string | null,
+    closed: () => void,
+  ) {
+    this.target = target;
+    this.log = log;
+    this.closed = closed;
+    this.state = { listener: target.table.listeners[0]?.name ?? '', group: 0, admin: config.admin, prompt: false };
+    this.conn = new LineConnection(telnet, {
+      line: (text, crlf) => this.line(text, crlf),
+      overflow: () => this.line(OVERFLOW, false),
+      end: () => {
+        this.ended = true;
+        void this.pump();
+      },
+      close: () => this.release(),
+    });
+    this.socket = this.conn.socket;
+    this.peer = tcp ? formatHostPort(this.socket.remoteAddress ?? '?', this.socket.remotePort ?? 0) : 'unix';
+    const refused = refusal(this.socket);
+    this.refused = refused !== null;
+    if (refused !== null) {
+      this.close(refused);
+      return;
+    }
+    this.socket.setTimeout(config.idleTimeoutMs);
+    this.socket.on('timeout', () => this.close(`error: idle timeout, closing [${Code.CONTROL_IDLE}]`));
+  }
+
+  destroy(): void {
+    this.conn.destroy();
+  }
+
+  private line(text: string, crlf: boolean): void {
+    if (this.refused) return; // its refusal is on the way out; nothing it sends is read
+    if (crlf && !this.telnetClient) {
+      this.telnetClient = true;
+      this.state.prompt = true;
+    }
+    this.queue.push(text);
+    if (this.queue.length > MAX_QUEUED_LINES) this.conn.pause();
+    void this.pump();
+  }
+
+  /** Gives the session's slot back (once): a session being closed no longer counts against the limit. */
+  private release(): void {
+    if (this.released || this.refused) return; // a refused session never had a slot
+    this.released = true;
+    this.closed();
+  }
+
+  /** Last words, then the connection ends; a client that does not close its side is cut after a grace. */
+  private close(text: string): void {
+    this.release();
+    this.write(text === '' ? '' : `${text}\n\n`);
+    this.conn.end();
+    setTimeout(() => this.conn.destroy(), CLOSE_GRACE_MS).unref();
+  }
+
+  private write(text: string): boolean {
+    return text === '' || this.conn.write(this.telnetClient ? text.replace(/\n/g, '\r\n') : text);
+  }
+
+  private async pump(): Promise<void> {
+    if (this.busy || this.refused) return;
+    this.busy = true;
+    while (this.queue.length > 0) {
+      const line = this.queue.shift()!;
+      if (this.queue.length <= MAX_QUEUED_LINES / 2) this.conn.resume();
+      let text: string;
+      let close = false;
+      if (line === OVERFLOW) {
+        text = `error: line longer than ${MAX_LINE} bytes ignored [${Code.CONTROL_BAD_ARGS}]`;
+      } else {
+        const reply = await execute(this.target, this.state, line);
+        text = reply.error ? `${reply.text} [${reply.error}]` : reply.text;
+        close = reply.close ?? false;
+        if (line.trim() !== '') {
+          this.log.log('info', 'control', { peer: this.peer, command: printable(line.trim()).slice(0, 200), ok: !reply.error });
         }
       }
-      busy = false;
-      if (ended && !socket.destroyed) conn.end();
-    };
+      if (this.socket.destroyed) break;
+      if (close) {
+        this.queue.length = 0;
+        this.close(text);
+        break;
+      }
+      let out = text === '' ? '' : `${text}\n\n`;
+      if (this.state.prompt && !this.ended) out += PROMPT;
+      if (!this.write(out)) await new Promise<void>((resolve) => this.socket.once('drain', resolve));
+    }
+    this.busy = false;
+    if (this.ended && !this.socket.destroyed) this.conn.end();
   }
+}
+
+/** A marker no client can send (NUL never survives line splitting as a whole line of its own). */
+const OVERFLOW = '\u0000overflow';
+
+/** What a client typed, safe to log or echo: control and non-ASCII bytes as `?`. */
+export function printable(text: string): string {
+  return text.replace(/[^\x20-\x7e]/g, '?');
 }
 
 function removeStaleSocket(path: string): void {

@@ -70,7 +70,8 @@ export class LineConnection {
         this.discarding = false; // the rest of an over-long line ends here
         continue;
       }
-      handlers.line(line, crlf);
+      if (line.length > MAX_LINE) handlers.overflow(); // the limit holds however the bytes arrived
+      else handlers.line(line, crlf);
     }
     this.pending = text.slice(start);
     if (this.pending.length > MAX_LINE) {
