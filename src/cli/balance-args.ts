@@ -116,7 +116,8 @@ export function parseBalanceArgs(argv: readonly string[]): BalanceCommandLine {
     bind: v.b,
     debug: v.d ?? false,
     operandAt(path) {
-      const [root, , g, sub, i] = path;
+      const [root, , groups, g, sub, i] = path; // listeners.PORT.groups[g].backends[i]
+      if (groups !== 'groups') return null;
       if (root !== 'listeners' || sub !== 'backends' || typeof g !== 'number' || typeof i !== 'number') return null;
       return origin[g]?.[i] ?? null;
     },

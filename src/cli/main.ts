@@ -4,14 +4,12 @@
 import { parseArgs } from 'node:util';
 import { formatDiagnostic, type Diagnostic } from '../config/diagnostics.ts';
 import { buildTable, loadConfigFile, type PipelineResult } from '../config/pipeline.ts';
-import { tableSummary, type RoutingTable } from '../config/table.ts';
+import { tableSummary, type HealthEntry, type RoutingTable } from '../config/table.ts';
 import { configReference } from '../config/reference.ts';
 import { docToToml, tableToDoc } from '../config/to-toml.ts';
 import { formatDuration, formatHostPort, parseListenAddress } from '../config/values.ts';
 import { Exit, LbError } from '../errors.ts';
 import { Runtime } from '../runtime.ts';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { balanceSocketPath, interactive, sendCommand, type ControlAddress } from '../control/client.ts';
 import { demoConfig, demoHelp, startDemoBackends } from './demo.ts';
 import { BalanceArgsError, parseBalanceArgs, parseBalanceControl } from './balance-args.ts';
@@ -118,16 +116,23 @@ export function describeTable(table: RoutingTable): string {
     out += `listener ${l.name} ${formatHostPort(l.listen.host, l.listen.port)}`;
     out += ` connect_timeout=${formatDuration(l.connectTimeoutMs)} idle_timeout=${formatDuration(l.idleTimeoutMs)}`;
     out += `${l.source ? ` source=${l.source}` : ''}${l.hashFailover ? ' hash_failover' : ''}${l.autodisable ? ' autodisable' : ''}`;
-    out += `${l.packetDump !== 'off' ? ` packet_dump=${l.packetDump}` : ''}\n`;
+    out += `${l.packetDump !== 'off' ? ` packet_dump=${l.packetDump}` : ''}`;
+    out += `${l.queue ? ` queue=${l.queue.max}/${formatDuration(l.queue.timeoutMs)}` : ''}\n`;
     l.groups.forEach((g, gi) => {
-      out += `  group ${gi} ${g.policy}\n`;
+      out += `  group ${gi} ${g.policy}${g.health ? ` health ${describeHealth(g.health)}` : ''}\n`;
       g.backends.forEach((b, bi) => {
         const addr = b.address !== b.host ? ` (${b.address})` : '';
-        out += `    ${bi} ${b.key}${addr} maxc=${b.maxc} weight=${b.weight}${b.enabled ? '' : ' disabled'}\n`;
+        const health = b.health === g.health ? '' : b.health ? ` health ${describeHealth(b.health)}` : ' health off';
+        out += `    ${bi} ${b.key}${addr} maxc=${b.maxc} weight=${b.weight}${b.enabled ? '' : ' disabled'}${health}\n`;
       });
     });
   }
   return out;
+}
+
+function describeHealth(h: HealthEntry): string {
+  const what = h.expect ? ('text' in h.expect ? `expect ${JSON.stringify(h.expect.text)}` : `expect /${h.expect.regex}/${h.expect.flags}`) : 'connect';
+  return `every ${formatDuration(h.intervalMs)} timeout ${formatDuration(h.timeoutMs)} rise ${h.rise} fall ${h.fall} ${what}${h.port ? ` port ${h.port}` : ''}`;
 }
 
 async function runFile(argv: readonly string[], io: Io): Promise<number> {
@@ -153,9 +158,8 @@ function balanceTable(
   const cmd = parseBalanceArgs(argv);
   if (withSocket) {
     // balance's shell reached its instance through a per-port rendezvous; ours is a 0600 Unix socket.
-    const path = balanceSocketPath(cmd.port, cmd.bind);
-    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    cmd.doc.control = { socket: path, admin: true };
+    // The control server creates the socket's directory once the whole config is known to be good.
+    cmd.doc.control = { socket: balanceSocketPath(cmd.port, cmd.bind), admin: true };
   }
   return buildTable(cmd.doc, { resolve }).then((result) => {
     if (result.ok) return result;

@@ -72,11 +72,12 @@ class Compiler {
     return 0;
   }
 
-  private endpoint(value: string | number, path: PathSegment[]): Endpoint {
+  /** The parsed address, or null (reported) when it does not parse. */
+  private endpoint(value: string | number, path: PathSegment[]): Endpoint | null {
     const parsed = parseListenAddress(value);
     if (parsed.ok) return parsed.value;
     this.error(path, parsed.error);
-    return { host: null, port: 0 };
+    return null;
   }
 
   private control(doc: NonNullable<ConfigDoc['control']>): ControlEntry {
@@ -91,7 +92,7 @@ class Compiler {
       listen: doc.listen === undefined ? null : this.endpoint(doc.listen, ['control', 'listen']),
       socket: doc.socket ?? null,
       admin: doc.admin ?? false,
-      allow,
+      allow: [...allow], // the table is frozen; the caller's document must not be
       idleTimeoutMs: this.duration(doc.idle_timeout ?? '5m', ['control', 'idle_timeout']),
     };
   }
@@ -102,7 +103,8 @@ class Compiler {
     defaults: { connectTimeoutMs: number; idleTimeoutMs: number },
   ): ListenerEntry {
     const at = (...rest: PathSegment[]): PathSegment[] => ['listeners', name, ...rest];
-    const listen = this.endpoint(doc.listen, at('listen'));
+    const parsedListen = this.endpoint(doc.listen, at('listen'));
+    const listen = parsedListen ?? { host: null, port: 0 };
     const packetDump = (doc.packet_dump ?? 'off') as PacketDump;
     if (doc.packet_dump_file !== undefined && packetDump === 'off') {
       this.warn(at('packet_dump_file'), 'packet_dump_file is set but packet_dump is "off": nothing is dumped');
@@ -125,14 +127,27 @@ class Compiler {
       queue: doc.queue
         ? { max: doc.queue.max ?? 100, timeoutMs: this.duration(doc.queue.timeout ?? '10s', at('queue', 'timeout')) }
         : null,
-      groups: doc.groups.map((g, i) => this.group(g, listen.port, at('groups', i))),
+      // With an unparseable listen address there is no default backend port to check against (null).
+      groups: doc.groups.map((g, i) => this.group(g, parsedListen ? listen.port : null, at('groups', i), doc.source)),
     };
   }
 
-  /** The group's checks merged with a backend's overrides; null when checks are off. */
+  /**
+   * The group's checks merged with a backend's overrides; null when checks are off. For an override only
+   * its own keys are reported: the group's values were checked (and reported) at the group.
+   */
   private health(group: HealthDoc | undefined, own: HealthDoc | undefined, path: PathSegment[]): HealthEntry | null {
     if (!group && !own) return null;
     const h: HealthDoc = { ...group, ...own };
+    const report = (key: keyof HealthDoc, message: string): void => {
+      if (!own || key in own) this.error([...path, key], message);
+    };
+    const dur = (key: 'interval' | 'timeout', fallback: string): number => {
+      const parsed = parseDuration(h[key] ?? fallback);
+      if (parsed.ok) return parsed.value;
+      report(key, parsed.error);
+      return 1;
+    };
     if (h.enabled === false) return null;
     let expect: HealthEntry['expect'] = null;
     if (h.expect !== undefined) {
@@ -142,7 +157,7 @@ class Compiler {
           new RegExp(m[1]!, m[2]);
           expect = { regex: m[1]!, flags: m[2]! };
         } catch (err) {
-          this.error([...path, 'expect'], `invalid regular expression ${h.expect}: ${(err as Error).message}`);
+          report('expect', `invalid regular expression ${h.expect}: ${(err as Error).message}`);
         }
       } else {
         expect = { text: h.expect };
@@ -152,16 +167,16 @@ class Compiler {
     if (h.port !== undefined) {
       const p = parsePort(h.port);
       if (p.ok) port = p.value;
-      else this.error([...path, 'port'], p.error);
+      else report('port', p.error);
     }
-    const timeoutMs = this.duration(h.timeout ?? '1s', [...path, 'timeout']);
-    const intervalMs = this.duration(h.interval ?? '2s', [...path, 'interval']);
-    if (intervalMs === 0) this.error([...path, 'interval'], 'interval must be more than 0');
-    if (timeoutMs === 0) this.error([...path, 'timeout'], 'timeout must be more than 0');
+    const timeoutMs = dur('timeout', '1s');
+    const intervalMs = dur('interval', '2s');
+    if (intervalMs === 0) report('interval', 'interval must be more than 0');
+    if (timeoutMs === 0) report('timeout', 'timeout must be more than 0');
     return { intervalMs, timeoutMs, rise: h.rise ?? 2, fall: h.fall ?? 3, send: h.send ?? null, expect, port };
   }
 
-  private group(doc: GroupDoc, listenPort: number, path: PathSegment[]): GroupEntry {
+  private group(doc: GroupDoc, listenPort: number | null, path: PathSegment[], source: string | undefined): GroupEntry {
     const policy = (doc.policy ?? 'rr') as Policy;
     if (doc.backends.length === 0) {
       const why =
@@ -171,16 +186,17 @@ class Compiler {
       this.error([...path, 'backends'], why, Code.CONFIG_EMPTY_GROUP);
     }
     const health = this.health(doc.health, undefined, [...path, 'health']);
-    const backends = doc.backends.map((b, i) => this.backend(b, listenPort, [...path, 'backends', i], doc.health, health));
+    const backends = doc.backends.map((b, i) => this.backend(b, listenPort, [...path, 'backends', i], doc.health, health, source));
     return { policy, health, backends };
   }
 
   private backend(
     doc: string | BackendDoc,
-    listenPort: number,
+    listenPort: number | null,
     path: PathSegment[],
     groupHealth: HealthDoc | undefined,
     groupEntry: HealthEntry | null,
+    source: string | undefined,
   ): BackendEntry {
     let host: string;
     let port: number | null = null;
@@ -213,6 +229,9 @@ class Compiler {
         this.error(path, 'backend port missing, and the listener port is 0 so it cannot be the default');
       }
       port = listenPort || 1;
+    }
+    if (source !== undefined && isIP(source) !== 0 && isIP(host) !== 0 && isIP(source) !== isIP(host)) {
+      this.error(path, `backend ${host} is IPv${isIP(host)} but the listener's source address ${source} is IPv${isIP(source)}`);
     }
     const own = typeof doc === 'object' ? doc.health : undefined;
     // Without overrides a backend shares its group's entry (so a problem in it is reported once).

@@ -3,8 +3,8 @@
 import { readFileSync } from 'node:fs';
 import { parse, TomlError } from 'smol-toml';
 import { Code } from '../errors.ts';
-import { diagnostic, type Diagnostic } from './diagnostics.ts';
-import type { PathSegment } from './locate.ts';
+import { diagnostic, placeDiagnostics, type Diagnostic } from './diagnostics.ts';
+import { Locator, type PathSegment } from './locate.ts';
 
 /** Keys that could reach Object.prototype if any later code copied the document with plain objects. */
 const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
@@ -28,7 +28,9 @@ export function loadToml(file: string): LoadResult {
 export function parseToml(source: string): LoadResult {
   let doc: unknown;
   try {
-    doc = parse(source, { unsafeKeyBehaviour: 'throw' } as Parameters<typeof parse>[1]);
+    // smol-toml keeps `__proto__` as an own key of a null-prototype object (harmless); our own check below
+    // then rejects it with its path and line, which smol-toml's 'throw' mode cannot give.
+    doc = parse(source);
   } catch (err) {
     if (err instanceof TomlError) {
       const reason = err.message.split('\n')[0]!.replace(/^Invalid TOML document: /, '');
@@ -42,7 +44,8 @@ export function parseToml(source: string): LoadResult {
   }
   const bad: Diagnostic[] = [];
   findForbiddenKeys(doc, [], bad);
-  return bad.length ? { ok: false, unreadable: false, diagnostics: bad } : { ok: true, source, doc };
+  if (bad.length) return { ok: false, unreadable: false, diagnostics: placeDiagnostics(bad, new Locator(source)) };
+  return { ok: true, source, doc };
 }
 
 function findForbiddenKeys(value: unknown, path: PathSegment[], out: Diagnostic[]): void {

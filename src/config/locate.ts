@@ -30,9 +30,13 @@ export class Locator {
     new Scanner(source, this.positions).scanDocument();
   }
 
-  /** Position of the path, or of its nearest located ancestor (an inline value has no deeper keys). */
+  /**
+   * Position of the path, or of its nearest located ancestor (an inline value has no deeper keys). A
+   * problem of the whole document (a missing top-level key) is placed at its first line.
+   */
   find(segments: readonly PathSegment[]): Position | undefined {
-    for (let n = segments.length; n >= 0; n--) {
+    if (segments.length === 0) return { line: 1, col: 1 };
+    for (let n = segments.length; n >= 1; n--) {
       const pos = this.positions.get(formatPath(segments.slice(0, n)));
       if (pos) return pos;
     }

@@ -9,7 +9,8 @@ const ok = <T>(value: T): Parsed<T> => ({ ok: true, value });
 const fail = <T>(error: string): Parsed<T> => ({ ok: false, error });
 
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-const DURATION = /^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$/;
+// Units largest first, each at most once: "1h30m" and "1m30s", not "30s1m" or "5s5s".
+const DURATION = /^(?=\d)(?:\d+(?:\.\d+)?d)?(?:\d+(?:\.\d+)?h)?(?:\d+(?:\.\d+)?m(?!s))?(?:\d+(?:\.\d+)?s)?(?:\d+(?:\.\d+)?ms)?$/;
 const DURATION_PART = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/g;
 
 /** "250ms", "5s", "1m30s", "0"; a TOML integer is seconds (balance's -t/-T are seconds). */
@@ -92,7 +93,7 @@ function splitHost(text: string): Parsed<{ host: string; rest: string | null }> 
   const colon = text.indexOf(':');
   if (colon < 0) return ok({ host: text, rest: null });
   const rest = text.slice(colon + 1);
-  if (isIP(text) === 6 || rest.split(':').length > 2) {
+  if (isIP(text) === 6 || text.includes('::') && rest.split(':').length > 2) {
     return fail(`IPv6 address "${text}" must be written in brackets, e.g. "[::1]:143"`);
   }
   return ok({ host: text.slice(0, colon), rest });

@@ -247,7 +247,7 @@ describe('lb --print-toml', () => {
 
   it.each<[string, string[]]>([
     ['groups of both kinds', ['8888', '127.0.0.1:81:2', '127.0.0.1:82', '%', '127.0.0.1::4', '!', '[::1]:83']],
-    ['every option', ['-aHp', '-d', '-f', '-t', '3', '-T', '90', '-B', '127.0.0.1', '-b', '::1', 'smtp', '127.0.0.1:2525:8', '%', '[::1]']],
+    ['every option', ['-aHp', '-d', '-f', '-t', '3', '-T', '90', '-B', '127.0.0.1', '-b', '::1', 'smtp', '127.0.0.1:2525:8', '%', '127.0.0.2']],
   ])('output for %s passes --check and compiles to the same table', async (what, argv) => {
     const printed = await runLb(['--print-toml', ...argv]);
     expect(printed.code).toBe(0);
@@ -282,5 +282,13 @@ describe('lb --print-toml', () => {
 
     const file = dir.write('weighted-disabled.toml', docToToml(tableToDoc(built.table)));
     expect(await checkJson(file)).toEqual(JSON.parse(JSON.stringify(built.table)));
+  });
+});
+
+describe('source address family', () => {
+  it('rejects an IPv4 -B source with an IPv6 backend, naming the operand', async () => {
+    const { code, stderr } = await runLb(['--print-toml', '-B', '127.0.0.1', '8888', '[::1]:80']);
+    expect(code).toBe(64);
+    expect(stderr).toMatch(/"\[::1\]:80": backend ::1 is IPv6 but the listener's source address 127\.0\.0\.1 is IPv4/);
   });
 });
