@@ -234,14 +234,16 @@ async function serve(table: RoutingTable, configFile: string | null, io: Io, hoo
     ...(c?.socket ? [c.socket] : []),
   ];
   const control = controlAt.length ? `; control ${controlAt.join(' ')}` : '';
-  io.err(`lb ${VERSION} listening on ${where}${control} (pid ${process.pid})\n`);
-  hooks.started?.(runtime);
   return new Promise<number>((resolve) => {
+    // Handlers first, then the start-up line: a supervisor may signal the moment it sees the line.
     const stop = (signal: string): void => {
       runtime.log.log('info', 'stopping', { signal });
+      // Idempotent: a second signal during the drain waits for the same stop instead of killing lb.
       void runtime.shutdown().then(async () => {
         await hooks.stopped?.();
         process.removeListener('SIGHUP', hup);
+        process.removeListener('SIGTERM', onTerm);
+        process.removeListener('SIGINT', onInt);
         io.err(`lb ${VERSION} stopped\n`);
         resolve(Exit.OK);
       });
@@ -251,10 +253,14 @@ async function serve(table: RoutingTable, configFile: string | null, io: Io, hoo
         if (!r.ok) reportDiagnostics(configFile ?? '-', r.diagnostics, io);
       });
     };
+    const onTerm = (): void => stop('SIGTERM');
+    const onInt = (): void => stop('SIGINT');
     runtime.onStopRequest = (reason) => stop(reason);
     process.on('SIGHUP', hup);
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', onTerm);
+    process.on('SIGINT', onInt);
+    io.err(`lb ${VERSION} listening on ${where}${control} (pid ${process.pid})\n`);
+    hooks.started?.(runtime);
   });
 }
 

@@ -99,7 +99,11 @@ export class ListenerRuntime implements RelayHost {
     const server = this.server;
     this.server = null;
     if (!server) return Promise.resolve();
-    return new Promise((resolve) => server.close(() => resolve()));
+    // close() shuts the listening socket at once, but its callback waits for every accepted connection
+    // to end: waiting for it would hold up drains and reloads until the last client leaves. The port is
+    // free once libuv has closed the handle, on the next turn of the loop.
+    server.close();
+    return new Promise((resolve) => setImmediate(resolve));
   }
 
   get connections(): number {

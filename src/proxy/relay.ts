@@ -298,11 +298,19 @@ export class Relay implements LiveFlow, Waiter {
     }
   }
 
-  /** Ends the relay at once (idle timeout, reset, shutdown). */
+  /** Ends the relay at once (idle timeout, shutdown). */
   abort(reason: EndReason): void {
     this.reason ??= reason;
     this.client.destroy();
     this.backend?.destroy();
+  }
+
+  /** One side was reset: the other side is reset too (RST, not FIN), so it cannot mistake a cut for an end. */
+  reset(from: RelaySocket): void {
+    this.reason ??= 'reset';
+    const other = from === this.client ? this.backend : this.client;
+    from.destroy();
+    if (other && !other.destroyed) other.resetAndDestroy();
   }
 
   socketClosed(): void {
@@ -352,7 +360,7 @@ export class Relay implements LiveFlow, Waiter {
 
 function onClientError(this: RelaySocket): void {
   const r = this.lbRelay;
-  if (r) r.abort('reset');
+  if (r) r.reset(this);
 }
 
 function onClientClose(this: RelaySocket): void {
@@ -370,7 +378,7 @@ function onBackendError(this: RelaySocket, err: NodeJS.ErrnoException): void {
   const r = this.lbRelay;
   if (!r || r.backend !== this) return;
   if (!r.connected) r.connectFailed(err.code ?? err.message);
-  else r.abort('reset');
+  else r.reset(this);
 }
 
 function onConnectTimeout(this: RelaySocket): void {

@@ -494,8 +494,8 @@ export async function recordingProxy(target: number): Promise<RecordingProxy> {
     port: (server.address() as net.AddressInfo).port,
     fromClient: () => c2s,
     fromServer: () => s2c,
-    waitFromServer: (cond, ms = 3000, what = 'bytes from lb') => wait(() => s2c, cond, ms, what),
-    waitFromClient: (cond, ms = 3000, what = 'bytes from the client') => wait(() => c2s, cond, ms, what),
+    waitFromServer: (cond: (b: Buffer) => boolean, ms = 3000, what = 'bytes from lb') => wait(() => s2c, cond, ms, what),
+    waitFromClient: (cond: (b: Buffer) => boolean, ms = 3000, what = 'bytes from the client') => wait(() => c2s, cond, ms, what),
     close: async () => {
       for (const s of sockets) s.destroy();
       await within(new Promise<void>((resolve) => server.close(() => resolve())), 3000, 'the recording proxy to close');
