@@ -4,21 +4,14 @@
 
 import { lstatSync, existsSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ask, backendOf, echoServer, within } from '../helpers/backends.ts';
-import { scratchDir, type ScratchDir } from '../helpers/cli.ts';
 import {
-  closeAllControl, ctl, ERROR_LINE, expectAlive, openSession, showRow, startCliLb, startControlLb, webToml,
+  useControlScope, ctl, ERROR_LINE, expectAlive, openSession, showRow, startCliLb, startControlLb, webToml,
 } from '../helpers/control.ts';
 import { at, cleanup } from '../helpers/lb.ts';
 
-let scratch: ScratchDir | null = null;
-afterEach(async () => {
-  await closeAllControl();
-  await cleanup();
-  scratch?.remove();
-  scratch = null;
-});
+const scope = useControlScope();
 
 /** Commands the issue names as state-changing, with plausible arguments (the refusal comes first anyway). */
 const STATE_CHANGING: Record<string, string> = {
@@ -99,14 +92,14 @@ describe('admin = false', () => {
 describe('allow', () => {
   async function cliLb(control: Record<string, unknown>) {
     const [a, b] = await Promise.all([echoServer('a', { prefix: true }), echoServer('b', { prefix: true })]);
-    scratch ??= scratchDir();
+    const scratch = scope.scratch();
     const lbp = await startCliLb([scratch.write('lb.toml', webToml(control, [a.port, b.port]))]);
     expect(lbp.controlPort).toBeGreaterThan(0);
     return { lbp, port: lbp.controlPort, web: lbp.ports.web! };
   }
 
   it('allow = ["10.0.0.0/8"] refuses 127.0.0.1 with one error naming control.allow, runs nothing, and logs it', async () => {
-    scratch = scratchDir();
+    const scratch = scope.scratch();
     const sock = path.join(scratch.path, 'lb.sock');
     const { lbp, port } = await cliLb({ admin: true, allow: ['10.0.0.0/8'], socket: sock });
     const s = await openSession(port);
@@ -125,7 +118,7 @@ describe('allow', () => {
   });
 
   it('a refused client that then closes its side (as nc, telnet and scripts do) does not crash lb', async () => {
-    scratch = scratchDir();
+    const scratch = scope.scratch();
     const sock = path.join(scratch.path, 'lb.sock');
     const { lbp, port, web } = await cliLb({ allow: ['10.0.0.0/8'], socket: sock });
     const s = await openSession(port);
@@ -161,7 +154,7 @@ describe('allow', () => {
 
 describe('the Unix socket', () => {
   it('is created with mode 0600, serves the same protocol, and is removed at shutdown', async () => {
-    scratch = scratchDir();
+    const scratch = scope.scratch();
     const sock = path.join(scratch.path, 'ctl.sock');
     const { lb } = await startControlLb({
       control: { socket: sock, admin: true },
@@ -180,7 +173,7 @@ describe('the Unix socket', () => {
   });
 
   it('a stale socket left by a killed lb is replaced at the next start', async () => {
-    scratch = scratchDir();
+    const scratch = scope.scratch();
     const sock = path.join(scratch.path, 'stale.sock');
     const a = await echoServer('a');
     const file = scratch.write(

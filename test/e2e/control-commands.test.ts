@@ -2,23 +2,17 @@
 // their effect on real traffic, explicit (`disable web 0 1`) and session (`use`/`group`) addressing,
 // errors that leave the session usable, and `kill` stopping a CLI lb.
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ask, backendOf, connectClient, echoServer, refusedPort, sinkServer, within, type TestClient } from '../helpers/backends.ts';
-import { runLb, scratchDir, type ScratchDir } from '../helpers/cli.ts';
+import { runLb } from '../helpers/cli.ts';
 import {
-  closeAllControl, ctl, ERROR_LINE, lbCli, openSession, parseShow, SHOW_HEADER_BALANCE, showRow, startCliLb, startControlLb,
+  useControlScope, ctl, ERROR_LINE, lbCli, openSession, parseShow, SHOW_HEADER_BALANCE, showRow, startCliLb, startControlLb,
   UPTIME,
 } from '../helpers/control.ts';
-import { at, cleanup, type InProcessLb } from '../helpers/lb.ts';
+import { at, type InProcessLb } from '../helpers/lb.ts';
 import { VERSION } from '../../src/version.ts';
 
-let scratch: ScratchDir | null = null;
-afterEach(async () => {
-  await closeAllControl();
-  await cleanup();
-  scratch?.remove();
-  scratch = null;
-});
+const scope = useControlScope();
 
 /** HAProxy's `show stat` columns 0..38 in its order (shared/reference/conventions.md §2). */
 const HAPROXY_COLUMNS =
@@ -196,7 +190,7 @@ describe('read-only commands', () => {
 
   it('show config prints the running table as TOML that lb --check accepts, runtime changes included', async () => {
     const { cport, b } = await fixture();
-    scratch = scratchDir();
+    const scratch = scope.scratch();
     const before = scratch.write('before.toml', await ctl(cport, 'show config'));
     const r1 = await runLb(['--check', before]);
     expect(r1.stderr).toBe('');
@@ -520,7 +514,7 @@ describe('quit and kill', () => {
 
   it('kill stops a CLI lb gracefully: the reply, then the process exits 0', async () => {
     const a = await echoServer('a');
-    scratch = scratchDir();
+    const scratch = scope.scratch();
     const file = scratch.write(
       'lb.toml',
       `[control]\nlisten = "127.0.0.1:0"\nadmin = true\n\n[listeners.web]\nlisten = "127.0.0.1:0"\n[[listeners.web.groups]]\nbackends = ["127.0.0.1:${a.port}"]\n`,

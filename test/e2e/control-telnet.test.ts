@@ -3,23 +3,16 @@
 // over-long lines, 1 MiB of binary, a flood of pipelined commands, and hundreds of idle sessions.
 
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ask, backendOf, echoServer, within } from '../helpers/backends.ts';
-import { scratchDir, type ScratchDir } from '../helpers/cli.ts';
 import {
-  closeAllControl, ctl, ERROR_LINE, expectAlive, needTool, oneShot, openSession, parseShow, pseudoRandomBytes, recordingProxy, run,
+  useControlScope, ctl, ERROR_LINE, expectAlive, needTool, oneShot, openSession, parseShow, pseudoRandomBytes, recordingProxy, run,
   runToEnd, splitReplies, startCliLb, startControlLb, webToml, type ControlSession,
 } from '../helpers/control.ts';
-import { at, cleanup } from '../helpers/lb.ts';
+import { at } from '../helpers/lb.ts';
 import { VERSION } from '../../src/version.ts';
 
-let scratch: ScratchDir | null = null;
-afterEach(async () => {
-  await closeAllControl();
-  await cleanup();
-  scratch?.remove();
-  scratch = null;
-});
+const scope = useControlScope();
 
 const IAC = 0xff;
 const [WILL, WONT, DO, DONT] = [0xfb, 0xfc, 0xfd, 0xfe];
@@ -167,7 +160,7 @@ describe('scripts sending bare LF', () => {
 
   it('socat over TCP and over the Unix socket', async (ctx) => {
     needTool(ctx, 'socat');
-    scratch = scratchDir();
+    const scratch = scope.scratch();
     const sock = path.join(scratch.path, 'lb.sock');
     const { port } = await webLb({ socket: sock });
     const tcp = await runToEnd('socat', ['-', `TCP:127.0.0.1:${port}`], { input: 'show stat\n', ms: 5000 });
@@ -282,7 +275,7 @@ describe('garbage', () => {
 describe('many sessions', () => {
   async function cliWebLb(control: Record<string, unknown>) {
     const [a, b] = await Promise.all([echoServer('a', { prefix: true }), echoServer('b', { prefix: true })]);
-    scratch ??= scratchDir();
+    const scratch = scope.scratch();
     const lbp = await startCliLb([scratch.write('lb.toml', webToml({ admin: true, ...control }, [a.port, b.port]))]);
     expect(lbp.controlPort).toBeGreaterThan(0);
     return { lbp, port: lbp.controlPort, web: lbp.ports.web! };

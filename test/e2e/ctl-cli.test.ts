@@ -4,20 +4,13 @@
 
 import { lstatSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ask, backendOf, connectClient, echoServer, freePort, refusedPort, within } from '../helpers/backends.ts';
-import { scratchDir, type ScratchDir } from '../helpers/cli.ts';
-import { closeAllControl, ctl, expectAlive, lbCli, parseShow, showRow, startCliLb, startControlLb, UPTIME } from '../helpers/control.ts';
-import { at, cleanup } from '../helpers/lb.ts';
+import { useControlScope, ctl, expectAlive, lbCli, parseShow, showRow, startCliLb, startControlLb, UPTIME } from '../helpers/control.ts';
+import { at } from '../helpers/lb.ts';
 import { VERSION } from '../../src/version.ts';
 
-let scratch: ScratchDir | null = null;
-afterEach(async () => {
-  await closeAllControl();
-  await cleanup();
-  scratch?.remove();
-  scratch = null;
-});
+const scope = useControlScope();
 
 async function webLb(control: Record<string, unknown> = {}) {
   const [a, b] = await Promise.all([echoServer('a', { prefix: true }), echoServer('b', { prefix: true })]);
@@ -79,7 +72,7 @@ describe('lb ctl', () => {
   });
 
   it('exits 69 when it cannot connect (TCP port or socket), naming the address', async () => {
-    scratch = scratchDir();
+    const scratch = scope.scratch();
     const dead = await refusedPort();
     const missing = path.join(scratch.path, 'nobody.sock');
     const [tcp, unix] = await Promise.all([
@@ -95,7 +88,7 @@ describe('lb ctl', () => {
   });
 
   it('--config FILE finds the control address: the TCP listen address, or the socket', async () => {
-    scratch = scratchDir();
+    const scratch = scope.scratch();
     const cport = await freePort();
     await webLb({ listen: `127.0.0.1:${cport}` });
     const tcpFile = scratch.write(
@@ -131,7 +124,7 @@ describe('lb ctl', () => {
 describe("balance's shell forms against a balance command-line instance", () => {
   async function balanceInstance(extra: string[] = []) {
     const [a, b] = await Promise.all([echoServer('a', { prefix: true }), echoServer('b', { prefix: true })]);
-    scratch ??= scratchDir();
+    const scratch = scope.scratch();
     const env = { ...process.env, XDG_RUNTIME_DIR: scratch.path };
     const port = await freePort();
     const lbp = await startCliLb([...extra, String(port), at(a.port), at(b.port)], { env });

@@ -4,19 +4,12 @@
 
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { connectClient, sinkServer, within } from '../helpers/backends.ts';
-import { scratchDir, type ScratchDir } from '../helpers/cli.ts';
-import { CLI, closeAllControl, ctl, needTool, runToEnd, startControlLb } from '../helpers/control.ts';
-import { at, cleanup, ROOT, type InProcessLb } from '../helpers/lb.ts';
+import { CLI, useControlScope, ctl, needTool, runToEnd, startControlLb } from '../helpers/control.ts';
+import { at, ROOT, type InProcessLb } from '../helpers/lb.ts';
 
-let scratch: ScratchDir | null = null;
-afterEach(async () => {
-  await closeAllControl();
-  await cleanup();
-  scratch?.remove();
-  scratch = null;
-});
+const scope = useControlScope();
 
 /** `lb ctl` as MRTG runs it: absolute paths, no reliance on $PATH or the working directory. */
 const LB_CTL = `${process.execPath} ${CLI} ctl`;
@@ -71,7 +64,7 @@ describe('MRTG against a live lb', () => {
       control: { listen: '127.0.0.1:0' }, // read-only is enough for MRTG
       listeners: { web: { listen: '127.0.0.1:0', groups: [{ backends: [at(s1.port)] }] } },
     });
-    scratch = scratchDir();
+    const scratch = scope.scratch();
     const dir = scratch.path;
     const cfg = scratch.write(
       'mrtg.cfg',
@@ -114,7 +107,7 @@ describe('MRTG against a live lb', () => {
       control: { listen: '127.0.0.1:0' },
       listeners: { web: { listen: '127.0.0.1:0', groups: [{ backends: [at(a.port)] }] } },
     });
-    scratch = scratchDir();
+    const scratch = scope.scratch();
     const dir = scratch.path;
     const example = readFileSync(path.join(ROOT, 'examples/mrtg.cfg'), 'utf8');
     expect(example).toMatch(/^Target\[\w+\]: `lb ctl --control 127\.0\.0\.1:8023 mrtg-bytes /m);

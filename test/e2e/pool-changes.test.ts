@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfigFile } from '../../src/config/pipeline.ts';
 import { backendOf, connectClient, refusedPort, until, type TestClient } from '../helpers/backends.ts';
-import { closeAllControl, ctl, lbCli } from '../helpers/control.ts';
+import { ctl, lbCli } from '../helpers/control.ts';
 import { closeHealthServers, namedEcho, showLine, showLines } from '../helpers/health.ts';
 import { at, cleanup, startLb, type InProcessLb } from '../helpers/lb.ts';
 
@@ -19,8 +19,7 @@ beforeEach(() => {
   dir = mkdtempSync(path.join(tmpdir(), 'lb-pool-'));
 });
 afterEach(async () => {
-  await closeAllControl();
-  await cleanup();
+  await cleanup(); // lb instances and every tracked session, socket and process
   await closeHealthServers();
   rmSync(dir, { recursive: true, force: true });
 });

@@ -39,13 +39,14 @@ export function sha256(data: Uint8Array): string {
 // ---------------------------------------------------------------------------------------------------
 // Registry of everything to close after a test
 
-interface Closable {
+export interface Closable {
   close(): Promise<void>;
 }
 
 const open = new Set<Closable>();
 
-function track<T extends Closable>(c: T): T {
+/** Registers something to close after the test; shared by every helper module. */
+export function track<T extends Closable>(c: T): T {
   const close = c.close.bind(c);
   let closing: Promise<void> | null = null;
   c.close = () => {

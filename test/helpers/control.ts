@@ -1,13 +1,15 @@
 // Helpers for the control-port tests: raw sessions (TCP on 127.0.0.1 or a Unix socket) that split the
 // stream into replies, one-shot commands, the `lb` CLI and external clients (telnet, nc, socat, mrtg) as
-// child processes, and a registry so `closeAllControl()` in an afterEach closes whatever a test opened.
+// child processes, all registered with backends.ts's `track`, so `useControlScope()` closes what a test opened.
 // Every wait is bounded (`within`).
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import net, { type Socket } from 'node:net';
 import path from 'node:path';
-import { within } from './backends.ts';
-import { ROOT, startLb, type InProcessLb } from './lb.ts';
+import { afterEach } from 'vitest';
+import { track, within } from './backends.ts';
+import { scratchDir, type ScratchDir } from './cli.ts';
+import { cleanup, ROOT, startLb, type InProcessLb } from './lb.ts';
 
 export const CLI = path.join(ROOT, 'src/cli/main.ts');
 export const PROMPT = 'lb> ';
@@ -19,27 +21,18 @@ export const ERROR_LINE = /^error: .+ \[LB_[A-Z_]+\]$/;
 // ---------------------------------------------------------------------------------------------------
 // Registry
 
-interface Closable {
-  close(): Promise<void>;
-}
-const open = new Set<Closable>();
-
-function track<T extends Closable>(c: T): T {
-  const close = c.close.bind(c);
-  let closing: Promise<void> | null = null;
-  c.close = () => {
-    open.delete(c);
-    return (closing ??= close());
-  };
-  open.add(c);
-  return c;
-}
-
-/** Closes every session, socket and child process these helpers opened (call in afterEach). */
-export async function closeAllControl(): Promise<void> {
-  const all = [...open];
-  open.clear();
-  await Promise.all(all.map((c) => c.close().catch(() => undefined)));
+/**
+ * For a control-port test file: after each test, closes every session, socket, child process, lb and
+ * backend the helpers opened and removes the test's scratch directory (made on first use).
+ */
+export function useControlScope(): { scratch(): ScratchDir } {
+  let dir: ScratchDir | null = null;
+  afterEach(async () => {
+    await cleanup(); // lb instances, then everything registered with `track`
+    dir?.remove();
+    dir = null;
+  });
+  return { scratch: () => (dir ??= scratchDir()) };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -291,7 +284,7 @@ export interface Proc {
   close(): Promise<void>;
 }
 
-/** Spawns `cmd args` (tracked: killed in closeAllControl). `input` is written to stdin and stdin closed. */
+/** Spawns `cmd args` (tracked: killed after the test). `input` is written to stdin and stdin closed. */
 export function run(
   cmd: string,
   args: readonly string[],
