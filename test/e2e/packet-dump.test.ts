@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { connectClient, echoServer, within } from '../helpers/backends.ts';
+import { BALANCE_DUMP_FIRST_EXCHANGE, BALANCE_DUMP_REQUEST } from '../helpers/balance-dump.ts';
 import { at, cleanup, startLb, webDoc, type InProcessLb } from '../helpers/lb.ts';
 
 let dir = '';
@@ -33,22 +34,13 @@ describe('packet dump to a file', () => {
     const echo = await echoServer('7001', { prefix: true });
     const file = path.join(dir, 'dump.txt');
     const lb = await startLb(webDoc([{ backends: [at(echo.port)] }], { packet_dump: 'balance', packet_dump_file: file }));
-    const request = Buffer.concat([Buffer.from('GET / HTTP/1.0\r\nX: a\\b'), Buffer.from([0x00, 0xff, 0x7f, 0x0a])]);
+    const request = BALANCE_DUMP_REQUEST;
     expect(request.length).toBe(26);
     await exchange(lb, request, 33, 1);
     await exchange(lb, Buffer.alloc(100, 'A'), 107, 2);
     await lb.stop(); // closes the dump file, so everything written is on disk
     const expected = [
-      '-> 26',
-      'GET / HTTP/1.0\\0D\\0A',
-      'X: a\\\\b\\00\\FF\\7F\\0A',
-      '',
-      '-< 33',
-      '[7001] GET / HTTP/1.0\\0D\\0A',
-      'X: a\\\\b\\00\\FF\\7F\\0A',
-      '',
-      '-> 0',
-      '',
+      ...BALANCE_DUMP_FIRST_EXCHANGE,
       '-< 0', // lb only: the echo backend's FIN after the client's, relayed instead of cut
       '',
       '-> 100',

@@ -7,12 +7,13 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { balanceDump, hexDump } from '../../src/proxy/dump.ts';
+import { BALANCE_DUMP_FIRST_EXCHANGE, BALANCE_DUMP_REQUEST } from '../helpers/balance-dump.ts';
 
 const bytes = (...parts: (string | number[] | Uint8Array)[]): Buffer =>
   Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'latin1') : Buffer.from(p))));
 
 // The request of balance.md §10: `GET / HTTP/1.0\r\nX: a\b<00><FF><7F>\n` (26 bytes).
-const REQUEST = bytes('GET / HTTP/1.0\r\nX: a\\b', [0x00, 0xff, 0x7f, 0x0a]);
+const REQUEST = BALANCE_DUMP_REQUEST;
 const PREFIX = '[7001] ';
 
 describe('balanceDump (balance -p)', () => {
@@ -24,18 +25,8 @@ describe('balanceDump (balance -p)', () => {
       balanceDump('c>b', Buffer.alloc(100, 'A')) +
       balanceDump('b>c', bytes(PREFIX, 'A'.repeat(100))) +
       balanceDump('c>b', new Uint8Array(0));
-    // Copied from balance.md §10 (fm build, identical code).
     const expected = [
-      '-> 26',
-      'GET / HTTP/1.0\\0D\\0A',
-      'X: a\\\\b\\00\\FF\\7F\\0A',
-      '',
-      '-< 33',
-      '[7001] GET / HTTP/1.0\\0D\\0A',
-      'X: a\\\\b\\00\\FF\\7F\\0A',
-      '',
-      '-> 0',
-      '',
+      ...BALANCE_DUMP_FIRST_EXCHANGE,
       '-> 100',
       'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA',
       'AAAAAAAAAAAAAAAAAAA',
