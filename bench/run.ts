@@ -16,8 +16,8 @@ import { parseArgs } from 'node:util';
 import { BACKEND_KINDS, RATE_REQUEST, RATE_RESPONSE, type BackendKind, type BackendPorts } from './lib/backends.ts';
 import { Helper } from './lib/ipc.ts';
 import { LoadGen, type Window } from './lib/loadgen.ts';
-import { CpuMeter, fdCount, freePort, nofileLimits, rssKb, waitQuiet } from './lib/procfs.ts';
-import { ALL_TARGETS, makeTargets, RunningProxy, type Target } from './lib/proxies.ts';
+import { CpuMeter, fdCount, freePort, nofileLimits, rssKb, waitQuiet, type CpuUse } from './lib/procfs.ts';
+import { ALL_TARGETS, comparedLb, lbVersion, makeTargets, RunningProxy, type Target } from './lib/proxies.ts';
 import { METRICS, toJson, toMarkdown, type Metric, type Results, type RunInfo, type Sample } from './lib/report.ts';
 
 const HELP = `usage: npm run bench -- [options]
@@ -30,6 +30,8 @@ const HELP = `usage: npm run bench -- [options]
   --md FILE          also write the markdown report to FILE
   --targets LIST     comma-separated, from ${ALL_TARGETS.join(',')} (default: all; haproxy-1t only when installed)
   --metrics LIST     comma-separated, from ${METRICS.join(',')} (default: all)
+  --compare NAME=PATH  also run another lb (PATH = its src/cli/main.ts, e.g. a worktree with a change)
+                     with default settings as row NAME; repeatable
   --reps N           repetitions per figure
   --warmup S         seconds of warm-up before each sample
   --duration S       seconds measured per sample
@@ -39,6 +41,8 @@ const HELP = `usage: npm run bench -- [options]
                      bulk and latency use one, as iperf3 and wrk -t1 do)
   --settle S         before each sample, wait up to S seconds for the machine to be idle (it is
                      shared): full 5, quick and smoke 0
+  --preheat S        extra warm-up before a target's first sample of each metric, so that a proxy
+                     whose heap takes a while to settle is measured in its steady state: full 4, else 0
   --keep-tmp         keep the run directory (configs, proxy logs) under ${os.tmpdir()}
   -h, --help
 `;
@@ -53,6 +57,7 @@ const { values: opt } = parseArgs({
     md: { type: 'string' },
     targets: { type: 'string' },
     metrics: { type: 'string' },
+    compare: { type: 'string', multiple: true },
     reps: { type: 'string' },
     warmup: { type: 'string' },
     duration: { type: 'string' },
@@ -60,6 +65,7 @@ const { values: opt } = parseArgs({
     'idle-conns': { type: 'string' },
     'gen-procs': { type: 'string' },
     settle: { type: 'string' },
+    preheat: { type: 'string' },
     'keep-tmp': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   },
@@ -115,9 +121,9 @@ function list<T extends string>(name: string, v: string | undefined, known: read
 async function main(): Promise<void> {
   const mode: RunInfo['mode'] = opt.smoke ? 'smoke' : opt.quick ? 'quick' : 'full';
   const preset = {
-    full: { reps: 3, warmup: 1, duration: 3, idle: 10_000, settle: 5, targets: ALL_TARGETS },
-    quick: { reps: 2, warmup: 0.2, duration: 0.6, idle: 2000, settle: 0, targets: ALL_TARGETS },
-    smoke: { reps: 1, warmup: 0.1, duration: 0.3, idle: 200, settle: 0, targets: ['direct', 'lb'] as const },
+    full: { reps: 3, warmup: 1, preheat: 4, duration: 3, idle: 10_000, settle: 5, targets: ALL_TARGETS },
+    quick: { reps: 2, warmup: 0.2, preheat: 0, duration: 0.6, idle: 2000, settle: 0, targets: ALL_TARGETS },
+    smoke: { reps: 1, warmup: 0.1, preheat: 0, duration: 0.3, idle: 200, settle: 0, targets: ['direct', 'lb'] as const },
   }[mode === 'smoke' ? 'smoke' : mode === 'quick' ? 'quick' : 'full'];
   const reps = Math.round(positive('reps', opt.reps, preset.reps));
   const w: Window = {
@@ -127,6 +133,7 @@ async function main(): Promise<void> {
   const conns = Math.round(positive('conns', opt.conns, mode === 'smoke' ? 8 : 50));
   const genProcs = Math.round(positive('gen-procs', opt['gen-procs'], os.cpus().length));
   const settleMs = Math.round(1000 * nonNegative('settle', opt.settle, preset.settle));
+  const preheatMs = Math.round(1000 * nonNegative('preheat', opt.preheat, preset.preheat));
   // The proxy holds 2 fds per idle connection, plus its own few: the hard limit decides how many fit.
   const nofile = nofileLimits().soft;
   const idleWanted = Math.round(positive('idle-conns', opt['idle-conns'], preset.idle));
@@ -134,10 +141,17 @@ async function main(): Promise<void> {
   const idleConns = Math.max(1, Math.min(idleWanted, idleCap));
   const metrics = list('metric', opt.metrics, METRICS, METRICS);
   const notes: string[] = [];
-  const targets = makeTargets(list('target', opt.targets, ALL_TARGETS, preset.targets), nofile, notes);
-  const changed = ['reps', 'warmup', 'duration', 'conns', 'idle-conns', 'targets', 'metrics'].some((k) => (opt as Record<string, unknown>)[k] !== undefined);
+  let targets: Target[];
+  try {
+    targets = [...makeTargets(list('target', opt.targets, ALL_TARGETS, preset.targets), nofile, notes), ...(opt.compare ?? []).map(comparedLb)];
+  } catch (err) {
+    console.error(`bench: ${(err as Error).message}`);
+    process.exit(2);
+  }
+  const changed = ['reps', 'warmup', 'duration', 'conns', 'idle-conns', 'targets', 'metrics', 'compare'].some((k) => (opt as Record<string, unknown>)[k] !== undefined);
   const info: RunInfo = {
     mode: changed ? 'custom' : mode,
+    lb: lbVersion(),
     startedAt: new Date().toISOString(),
     elapsedS: 0,
     settings: {
@@ -153,6 +167,7 @@ async function main(): Promise<void> {
       idleNote: idleConns < idleWanted ? `wanted ${idleWanted}; capped because the proxy needs 2 fds per connection and ulimit -n is ${nofile}` : '',
       genProcs,
       settleS: settleMs / 1000,
+      preheatS: preheatMs / 1000,
       nofile,
     },
     targets: targets.map((t) => ({ name: t.name, desc: t.desc })),
@@ -191,16 +206,21 @@ async function main(): Promise<void> {
     finish(why);
     process.exit(1);
   };
-  // Twice the expected time, and never less than two minutes: a hung phase ends the run, not the machine.
-  const timedMetrics = metrics.filter((m) => m !== 'idle').length;
-  const expectS = timedMetrics * targets.length * reps * (w.warmupMs + w.durationMs + 250) / 1000 + (metrics.includes('idle') ? targets.length * (3 + idleConns / 2500) : 0);
-  const watchdog = setTimeout(() => abort(`watchdog: the run took more than ${Math.ceil(2 * expectS + 120)} s`), (2 * expectS + 120) * 1000);
+  // Twice the expected time plus every allowed settling wait, and two minutes more: a hung phase ends the
+  // run, not the machine.
+  const samples = metrics.filter((m) => m !== 'idle').length * targets.length * reps;
+  const expectS =
+    (samples * (w.warmupMs + w.durationMs + 250) + (samples / reps) * preheatMs) / 1000 +
+    (metrics.includes('idle') ? targets.length * (3 + idleConns / 2500) : 0);
+  const limitS = Math.ceil(2 * expectS + (samples * settleMs) / 1000 + 120);
+  const watchdog = setTimeout(() => abort(`watchdog: the run took more than ${limitS} s`), limitS * 1000);
   watchdog.unref();
   process.on('SIGINT', () => abort('SIGINT'));
   process.on('SIGTERM', () => abort('SIGTERM'));
   log(
     `${info.mode}: targets ${targets.map((t) => t.name).join(', ')}; metrics ${metrics.join(', ')}; ${reps} rep(s) of ` +
-      `${w.warmupMs / 1000}+${w.durationMs / 1000} s; ${idleConns} idle conns; ${genProcs} generator process(es); expect ~${Math.round(expectS)} s`,
+      `${w.warmupMs / 1000}+${w.durationMs / 1000} s; ${idleConns} idle conns; ${genProcs} generator process(es); expect ~${Math.round(expectS)} s` +
+      (settleMs ? ` plus up to ${settleMs / 1000} s per sample waiting for a quiet machine` : ''),
   );
 
   const ports = {} as BackendPorts;
@@ -232,39 +252,32 @@ async function main(): Promise<void> {
     (info.logs[t.name] ??= {})[m] = proxy.logSummary();
   };
 
-  const measure = async (m: Metric, rep: number, port: number, proxy: RunningProxy | null): Promise<Sample> => {
+  const measure = async (m: Metric, rep: number, port: number, proxy: RunningProxy | null, win: Window): Promise<Sample> => {
     const quiet = settleMs > 0 ? await waitQuiet(settleMs) : null;
     const meter = new CpuMeter({ proxy: proxy?.pids() ?? [], gen: gen!.pids, backend: [backends!.pid] });
     // The meter covers the generator's measured window: it starts when the warm-up ends.
-    const window = sleep(w.warmupMs).then(() => meter.start());
-    let r: object;
+    const window = sleep(win.warmupMs).then(() => meter.start());
+    let r: Record<string, unknown>;
     switch (m) {
       case 'tput1':
-        r = await gen!.bulk(port, 1, w);
+        r = { ...(await gen!.bulk(port, 1, win)) };
         break;
       case 'tput4':
-        r = await gen!.bulk(port, 4, w);
+        r = { ...(await gen!.bulk(port, 4, win)) };
         break;
       case 'rate':
-        r = await gen!.rate(port, conns, w);
+        r = { ...(await gen!.rate(port, conns, win)) };
         break;
       case 'latency':
-        r = await gen!.latency(port, conns, 64, w);
+        r = { ...(await gen!.latency(port, conns, 64, win)) };
         break;
       default:
         throw new Error(`not a timed metric: ${m}`);
     }
     await window;
     const cpu = meter.stop();
-    if (proxy?.exited) throw new Error(`${proxy.name} died during the run (code ${proxy.exitCode}, signal ${proxy.exitSignal}): ${proxy.stderrTail()}`);
-    // What the proxy spent per unit of work: unlike a rate, a cost barely moves when something else on the
-    // machine takes CPU away, so it compares proxies even on a disturbed run.
-    const res = r as Record<string, number>;
-    const units = m === 'rate' ? res.conns! : m === 'latency' ? res.requests! : (res.gbps! * cpu.seconds) / 8; // conns, requests, GB
-    const cost = proxy && units > 0
-      ? { proxyCpuPerUnit: ((cpu.groups.proxy! / 100) * cpu.seconds * (m.startsWith('tput') ? 1e3 : 1e6)) / units, proxySysShare: cpu.groups.proxy! > 0 ? cpu.groupsSys.proxy! / cpu.groups.proxy! : 0 }
-      : {};
-    return { rep, ok: true, ...r, ...cost, cpu, ...(quiet && { quiet }) };
+    if (proxy?.exited) throw new Error(`${proxy.name} died during the run (code ${proxy.exitCode}, signal ${proxy.exitSignal}): ${proxy.stderrGist()}`);
+    return { rep, ok: true, ...r, ...(proxy ? proxyCost(m, r, cpu) : {}), cpu, ...(quiet && { quiet }) };
   };
 
   const describe = (m: Metric, s: Sample): string => {
@@ -302,7 +315,9 @@ async function main(): Promise<void> {
         if (!l) s = { rep, ok: false, error: `did not start: ${startErrors.get(t.name)}` };
         else {
           try {
-            s = await measure(m, rep, l.port, l.proxy);
+            // The first sample of each fresh proxy gets the preheat on top of the usual warm-up.
+            const wr = rep === 1 ? { ...w, warmupMs: w.warmupMs + preheatMs } : w;
+            s = await measure(m, rep, l.port, l.proxy, wr);
           } catch (err) {
             s = { rep, ok: false, error: (err as Error).message.replace(/\s+/g, ' ').slice(0, 500) };
           }
@@ -336,7 +351,7 @@ async function main(): Promise<void> {
         const pids = proxy.pids();
         const loaded = rssKb(pids);
         const fds = fdCount(pids);
-        if (proxy.exited) throw new Error(`${t.name} died while holding connections: ${proxy.stderrTail()}`);
+        if (proxy.exited) throw new Error(`${t.name} died while holding connections: ${proxy.stderrGist()}`);
         if (!r.ok) throw new Error(`no connection established: ${JSON.stringify(r.errors)}`);
         s = {
           rep: 1,
@@ -356,6 +371,9 @@ async function main(): Promise<void> {
         s = { rep: 1, ok: false, error: (err as Error).message.replace(/\s+/g, ' ').slice(0, 500) };
       } finally {
         await gen.idleRelease().catch(() => 0);
+        // Stop the proxy only once it has closed its side too (the holder sees it), so its log shows no
+        // drain at shutdown: a bounded wait.
+        for (let i = 0; i < 50 && (await backends.call<number>('held', null, 5000).catch(() => 0)) > 0; i++) await sleep(100);
         await stopTarget(t, 'idle', proxy);
       }
       results[t.name]!.idle!.push(s);
@@ -367,4 +385,20 @@ async function main(): Promise<void> {
   await gen.stop();
   await backends.stop();
   finish();
+}
+
+/**
+ * What the proxy spent per unit of work (µs per connection or request, ms per GB) and the kernel's share of
+ * it. Unlike a rate, a cost barely moves when something else on the machine takes CPU away from the
+ * proxy, so it compares proxies even when the rates were disturbed.
+ */
+function proxyCost(m: Metric, r: Record<string, unknown>, cpu: CpuUse): { proxyCpuPerUnit?: number; proxySysShare?: number } {
+  const proxyPct = cpu.groups.proxy ?? 0;
+  const units = m === 'rate' ? (r.conns as number) : m === 'latency' ? (r.requests as number) : ((r.gbps as number) * cpu.seconds) / 8;
+  if (!(units > 0)) return {};
+  const cpuSeconds = (proxyPct / 100) * cpu.seconds;
+  return {
+    proxyCpuPerUnit: (cpuSeconds * (m === 'tput1' || m === 'tput4' ? 1e3 : 1e6)) / units,
+    proxySysShare: proxyPct > 0 ? (cpu.groupsSys.proxy ?? 0) / proxyPct : 0,
+  };
 }

@@ -21,6 +21,21 @@ export const REPO = path.resolve(HERE, '../..');
 const LB_MAIN = path.join(REPO, 'src/cli/main.ts');
 const NAIVE_PROXY = path.join(HERE, 'naive-proxy.ts');
 
+/**
+ * Which lb the bench ran: the commit of the working tree and the files of src/ changed since, so that
+ * JSON from different runs can be matched to the code they measured.
+ */
+export function lbVersion(root = REPO): { commit: string; modified: string[] } {
+  const git = (args: string[]): string => spawnSync('git', ['-C', root, ...args], { encoding: 'utf8' }).stdout ?? '';
+  const commit = git(['rev-parse', '--short', 'HEAD']).trim() || 'unknown';
+  // Porcelain lines are "XY path": the status takes the first three characters (leading space included).
+  const modified = git(['status', '--porcelain', '--', 'src', 'package.json'])
+    .split('\n')
+    .filter((l) => l.length > 3)
+    .map((l) => l.slice(3));
+  return { commit, modified };
+}
+
 export interface StartContext {
   listenPort: number;
   backendPort: number;
@@ -91,10 +106,20 @@ export class RunningProxy {
     }
   }
 
+  /** Why it failed: a stack trace's message is at its head, a log's last words at its tail. */
+  stderrGist(): string {
+    try {
+      const s = fs.readFileSync(this.stderrFile, 'utf8').trim();
+      return s.length > 700 ? `${s.slice(0, 350)} … ${s.slice(-300)}` : s;
+    } catch {
+      return '';
+    }
+  }
+
   async waitReady(ready: () => boolean, timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (!ready()) {
-      if (this.exited) throw new Error(`${this.name} exited (code ${this.exitCode}, signal ${this.exitSignal}) before listening: ${this.stderrTail()}`);
+      if (this.exited) throw new Error(`${this.name} exited (code ${this.exitCode}, signal ${this.exitSignal}) before listening: ${this.stderrGist()}`);
       if (Date.now() > deadline) throw new Error(`${this.name} not listening after ${timeoutMs} ms: ${this.stderrTail()}`);
       await sleep(20);
     }
@@ -173,22 +198,43 @@ export function lbConfig(listenPort: number, backendPort: number, accessLog: boo
   ].join('\n');
 }
 
-/** Starts lb on `ctx`'s ports; `nodeFlags` go to Node (the profiler's --cpu-prof, for one). */
-export async function startLb(name: string, ctx: StartContext, accessLog: boolean, nodeFlags: string[] = []): Promise<RunningProxy> {
+/**
+ * Starts lb on `ctx`'s ports; `nodeFlags` go to Node (the profiler's --cpu-prof, for one), `main` is the
+ * entry point (another checkout's, to compare a change with the current tree).
+ */
+export async function startLb(
+  name: string,
+  ctx: StartContext,
+  accessLog: boolean,
+  nodeFlags: string[] = [],
+  main = LB_MAIN,
+): Promise<RunningProxy> {
   const cfg = path.join(ctx.dir, `${name}.toml`);
   fs.writeFileSync(cfg, lbConfig(ctx.listenPort, ctx.backendPort, accessLog));
-  const p = startProcess(name, process.execPath, [...nodeFlags, LB_MAIN, 'run', cfg], ctx.dir);
+  const p = startProcess(name, process.execPath, [...nodeFlags, main, 'run', cfg], ctx.dir);
   // lb prints `lb VERSION listening on NAME=ADDR (pid N)` once bound.
   await p.waitReady(() => /listening on/.test(p.stderrTail(4000)), 15_000);
   return p;
 }
 
-function lbTarget(name: string, accessLog: boolean): Target {
+function lbTarget(name: string, accessLog: boolean, main = LB_MAIN): Target {
   return {
     name,
-    desc: `lb (${path.relative(process.cwd(), LB_MAIN) || LB_MAIN}) on Node ${process.version}, default settings${accessLog ? ' (access log on, stderr to a file)' : ' except access_log = false'}, drain_timeout 0`,
-    start: (ctx) => startLb(name, ctx, accessLog),
+    desc: `lb (${path.relative(process.cwd(), main) || main}) on Node ${process.version}, default settings${accessLog ? ' (access log on, stderr to a file)' : ' except access_log = false'}, drain_timeout 0`,
+    start: (ctx) => startLb(name, ctx, accessLog, [], main),
   };
+}
+
+/** Another lb to compare with this one (`--compare NAME=PATH/src/cli/main.ts`), default settings. */
+export function comparedLb(spec: string): Target {
+  const i = spec.indexOf('=');
+  const name = spec.slice(0, i);
+  const main = path.resolve(spec.slice(i + 1));
+  if (i <= 0 || !/^[A-Za-z0-9_.-]+$/.test(name) || (ALL_TARGETS as readonly string[]).includes(name)) {
+    throw new Error(`--compare wants NAME=PATH with a new name (letters, digits, _ . -), got ${spec}`);
+  }
+  if (!fs.existsSync(main)) throw new Error(`--compare ${name}: ${main} not found`);
+  return lbTarget(name, true, main);
 }
 
 // -------------------------------------------------------------------------------------------- haproxy

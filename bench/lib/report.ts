@@ -74,6 +74,8 @@ function stat(values: number[]): Stat | null {
 
 export interface RunInfo {
   mode: 'full' | 'quick' | 'smoke' | 'custom';
+  /** The lb measured: commit, and files of src/ modified in the working tree. */
+  lb: { commit: string; modified: string[] };
   startedAt: string;
   elapsedS: number;
   settings: Record<string, unknown>;
@@ -171,9 +173,10 @@ export function toMarkdown(info: RunInfo, results: Results): string {
   L.push(`## lb bench (${info.mode}) — ${info.startedAt.replace(/\.\d+Z$/, 'Z')}`, '');
   if (info.aborted) L.push(`**ABORTED: ${info.aborted}** (partial results)`, '');
   L.push(
-    `Machine: ${machine()}; Node ${process.version}. Everything on 127.0.0.1; load generator: bench/lib/loadgen.ts, ${s.genProcs} process(es) for conn/s, one for bulk and latency; ` +
+    `lb ${info.lb.commit}${info.lb.modified.length ? ` with uncommitted changes to ${info.lb.modified.join(', ')}` : ''}. ` +
+      `Machine: ${machine()}; Node ${process.version}. Everything on 127.0.0.1; load generator: bench/lib/loadgen.ts, ${s.genProcs} process(es) for conn/s, one for bulk and latency; ` +
       `backends: one process of bench/lib/backends.ts. ${s.reps} repetition(s) per figure, interleaved (each repetition walks the targets in rotated order; ` +
-      `proxies are restarted for each metric); cells are the median ±half the min–max range in %. Warm-up ${s.warmupS} s, measured ${s.durationS} s per sample. ` +
+      `proxies are restarted for each metric); cells are the median ±half the min–max range in %. Warm-up ${s.warmupS} s${s.preheatS ? ` (${(s.warmupS as number) + (s.preheatS as number)} s before a proxy's first sample)` : ''}, measured ${s.durationS} s per sample. ` +
       `Bulk: the backend streams 256 KiB writes, the client counts what it receives. conn/s: ${s.rateConns} concurrent loops of connect, ` +
       `${s.rateRequestBytes} B request, ${s.rateResponseBytes} B response, server closes. Latency: ${s.latencyConns} persistent connections, ` +
       `${s.latencyBytes} B echoed, one request in flight per connection. Idle: ${s.idleConns} connections held${s.idleNote ? ` (${s.idleNote})` : ''}; ` +
