@@ -1,7 +1,10 @@
 // Log lines on stderr: one line per event, text (`TIME LEVEL event key=value ...`) or JSON.
 //
 // stderr because that is what systemd's journal and `2>` capture; the access log shares the stream so
-// one reader sees connections and state changes in order.
+// one reader sees connections and state changes in order. Writing to stderr is synchronous in Node (for
+// files and pipes), so a write per line would put a system call on every connection's path: lines are
+// collected and written together once per turn of the event loop (or when 64 KiB have gathered), and
+// whatever is pending is written before the process exits.
 
 import type { LogFormat } from './config/table.ts';
 
@@ -11,30 +14,125 @@ export type Fields = Record<string, string | number | boolean | null | undefined
 export interface Logger {
   format: LogFormat;
   log(level: Level, event: string, fields?: Fields): void;
+  /** The access-log line of a finished connection: the one log call on every connection's path. */
+  access(rec: AccessRecord): void;
+}
+
+export interface AccessRecord {
+  id: number;
+  listener: string;
+  client: string;
+  backend: string;
+  group: number | string;
+  sent: number;
+  rcvd: number;
+  ms: number;
+  queued_ms: number | undefined;
+  end: string;
+}
+
+const quoted = new Map<string, string>();
+/** A value as text-log field: bare when safe, else JSON-quoted. Config strings repeat: cached. */
+function textValue(s: string): string {
+  let v = quoted.get(s);
+  if (v === undefined) {
+    v = s !== '' && SAFE.test(s) ? s : JSON.stringify(s);
+    if (quoted.size < 10_000) quoted.set(s, v);
+  }
+  return v;
+}
+
+/** The access line in text, as `formatText` would write it, without a fields object to walk. */
+export function formatAccessText(time: string, r: AccessRecord): string {
+  const queued = r.queued_ms === undefined ? '' : ` queued_ms=${r.queued_ms}`;
+  return `${time} info conn id=${r.id} listener=${textValue(r.listener)} client=${r.client} backend=${textValue(r.backend)} group=${r.group} sent=${r.sent} rcvd=${r.rcvd} ms=${r.ms}${queued} end=${r.end}`;
 }
 
 const SAFE = /^[A-Za-z0-9_.:/@\[\]+-]*$/;
 
-export function formatText(time: Date, level: Level, event: string, fields: Fields = {}): string {
-  let line = `${time.toISOString()} ${level} ${event}`;
-  for (const [k, v] of Object.entries(fields)) {
+export function formatText(time: string, level: Level, event: string, fields: Fields = {}): string {
+  let line = `${time} ${level} ${event}`;
+  for (const key in fields) {
+    const v = fields[key];
     if (v === undefined) continue;
     const s = String(v);
-    line += ` ${k}=${s !== '' && SAFE.test(s) ? s : JSON.stringify(s)}`;
+    line += ` ${key}=${s !== '' && SAFE.test(s) ? s : JSON.stringify(s)}`;
   }
   return line;
 }
 
-export function formatJson(time: Date, level: Level, event: string, fields: Fields = {}): string {
-  return JSON.stringify({ time: time.toISOString(), level, event, ...fields });
+export function formatJson(time: string, level: Level, event: string, fields: Fields = {}): string {
+  return JSON.stringify({ time, level, event, ...fields });
 }
 
-export function createLogger(format: LogFormat, write: (line: string) => void = (l) => process.stderr.write(l + '\n')): Logger {
+const FLUSH_BYTES = 64 * 1024;
+
+/** Collects lines and hands them to `write` in batches; `flush()` writes what is pending now. */
+export class BatchedWriter {
+  private pending = '';
+  private scheduled = false;
+  private readonly write: (text: string) => void;
+
+  constructor(write: (text: string) => void) {
+    this.write = write;
+  }
+
+  line(text: string): void {
+    this.pending += text + '\n';
+    if (this.pending.length >= FLUSH_BYTES) this.flush();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  flush(): void {
+    this.scheduled = false;
+    if (this.pending === '') return;
+    const text = this.pending;
+    this.pending = '';
+    this.write(text);
+  }
+}
+
+/** The time as an ISO string, formatted once per millisecond however many lines share it. */
+let lastMs = 0;
+let lastIso = '';
+function isoNow(): string {
+  const ms = Date.now();
+  if (ms !== lastMs) {
+    lastMs = ms;
+    lastIso = new Date(ms).toISOString();
+  }
+  return lastIso;
+}
+
+let stderrWriter: BatchedWriter | null = null;
+function stderrBatch(): BatchedWriter {
+  if (!stderrWriter) {
+    const writer = new BatchedWriter((text) => void process.stderr.write(text));
+    process.on('exit', () => writer.flush());
+    stderrWriter = writer;
+  }
+  return stderrWriter;
+}
+
+/** A logger writing to `write` line by line (tests), or to stderr in batches (the default). */
+export function createLogger(format: LogFormat, write?: (line: string) => void): Logger {
+  const sink = write ?? ((line: string) => stderrBatch().line(line));
   return {
     format,
     log(level, event, fields) {
-      const fmt = this.format === 'json' ? formatJson : formatText;
-      write(fmt(new Date(), level, event, fields));
+      sink((this.format === 'json' ? formatJson : formatText)(isoNow(), level, event, fields));
+    },
+    access(rec) {
+      const time = isoNow();
+      sink(this.format === 'json' ? formatJson(time, 'info', 'conn', rec as unknown as Fields) : formatAccessText(time, rec));
     },
   };
+}
+
+/** Writes pending log lines now (before a message that must come after them, or before exiting). */
+export function flushLog(): void {
+  stderrWriter?.flush();
 }

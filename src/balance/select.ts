@@ -78,14 +78,15 @@ export function pickInGroup(
 ): number {
   const list = group.backends;
   const n = list.length;
-  const ok = (i: number): boolean => unusable(list[i]!, gs.backends[i]!, now, tried) === null;
+  // A plain function, not a closure: this runs for every new connection.
+  const ok = usableIn;
   switch (group.policy) {
     case 'rr': {
       // Continue after the backend last *chosen* (balance continued after the last *successful* one, so a
       // dead backend right after it was every new client's first try).
       for (let k = 0; k < n; k++) {
         const i = (gs.cursor + k) % n;
-        if (ok(i)) {
+        if (ok(list, gs, i, now, tried)) {
           gs.cursor = (i + 1) % n;
           return i;
         }
@@ -93,12 +94,12 @@ export function pickInGroup(
       return -1;
     }
     case 'first':
-      for (let i = 0; i < n; i++) if (ok(i)) return i;
+      for (let i = 0; i < n; i++) if (ok(list, gs, i, now, tried)) return i;
       return -1;
     case 'hash': {
       const order = hashOrder(clientIp, list);
-      if (!hashFailover) return ok(order[0]!) ? order[0]! : -1;
-      for (const i of order) if (ok(i)) return i;
+      if (!hashFailover) return ok(list, gs, order[0]!, now, tried) ? order[0]! : -1;
+      for (const i of order) if (ok(list, gs, i, now, tried)) return i;
       return -1;
     }
     case 'leastconn': {
@@ -107,7 +108,7 @@ export function pickInGroup(
       let bestLoad = Infinity;
       for (let k = 0; k < n; k++) {
         const i = (gs.cursor + k) % n;
-        if (!ok(i)) continue;
+        if (!ok(list, gs, i, now, tried)) continue;
         const load = gs.backends[i]!.cur / list[i]!.weight;
         if (load < bestLoad) {
           bestLoad = load;
@@ -123,7 +124,7 @@ export function pickInGroup(
       let best = -1;
       let total = 0;
       for (let i = 0; i < n; i++) {
-        if (!ok(i)) continue;
+        if (!ok(list, gs, i, now, tried)) continue;
         const w = list[i]!.weight;
         gs.swrr[i]! += w;
         total += w;
@@ -134,13 +135,17 @@ export function pickInGroup(
     }
     case 'random': {
       let count = 0;
-      for (let i = 0; i < n; i++) if (ok(i)) count++;
+      for (let i = 0; i < n; i++) if (ok(list, gs, i, now, tried)) count++;
       if (count === 0) return -1;
       let pick = Math.floor(random() * count);
-      for (let i = 0; i < n; i++) if (ok(i) && pick-- === 0) return i;
+      for (let i = 0; i < n; i++) if (ok(list, gs, i, now, tried) && pick-- === 0) return i;
       return -1;
     }
   }
+}
+
+function usableIn(list: readonly BackendEntry[], gs: GroupState, i: number, now: number, tried: readonly BackendState[] | null): boolean {
+  return unusable(list[i]!, gs.backends[i]!, now, tried) === null;
 }
 
 /** `::ffff:10.0.0.1` → `10.0.0.1`, so a client hashes alike on IPv4 and dual-stack listeners. */

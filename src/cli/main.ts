@@ -9,6 +9,7 @@ import { configReference } from '../config/reference.ts';
 import { docToToml, tableToDoc } from '../config/to-toml.ts';
 import { formatDuration, formatHostPort, parseListenAddress } from '../config/values.ts';
 import { Exit, LbError } from '../errors.ts';
+import { flushLog } from '../log.ts';
 import { Runtime } from '../runtime.ts';
 import { balanceSocketPath, interactive, sendCommand, type ControlAddress } from '../control/client.ts';
 import { demoConfig, demoHelp, startDemoBackends } from './demo.ts';
@@ -244,12 +245,14 @@ async function serve(table: RoutingTable, configFile: string | null, io: Io, hoo
         process.removeListener('SIGHUP', hup);
         process.removeListener('SIGTERM', onTerm);
         process.removeListener('SIGINT', onInt);
+        flushLog(); // the last access-log lines come before the "stopped" line
         io.err(`lb ${VERSION} stopped\n`);
         resolve(Exit.OK);
       });
     };
     const hup = (): void => {
       void runtime.reload().then((r) => {
+        flushLog();
         if (!r.ok) reportDiagnostics(configFile ?? '-', r.diagnostics, io);
       });
     };

@@ -3,7 +3,7 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import net, { type Server, type Socket } from 'node:net';
 import { chooseBackend } from '../balance/select.ts';
-import { rebuildListenerState, type ListenerState } from '../balance/state.ts';
+import { FlowList, rebuildListenerState, type ListenerState } from '../balance/state.ts';
 import type { ListenerEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import { Code, Exit, LbError } from '../errors.ts';
@@ -86,6 +86,36 @@ export class ListenerRuntime implements RelayHost {
     new Relay(socket, this.entry, this);
   }
 
+  /** Connects in progress, oldest first, and the one timer that expires them. */
+  private readonly connecting = new FlowList<Relay>('C');
+  private connectTimer: NodeJS.Timeout | null = null;
+
+  connectStarted(relay: Relay): void {
+    this.connecting.add(relay);
+    if (this.connectTimer === null) this.armConnectTimer(relay.connectDeadline);
+  }
+
+  connectEnded(relay: Relay): void {
+    this.connecting.delete(relay);
+  }
+
+  private armConnectTimer(deadline: number): void {
+    if (this.connectTimer !== null) clearTimeout(this.connectTimer); // a sweep's failover may have armed one
+    this.connectTimer = setTimeout(() => this.sweepConnects(), Math.max(1, deadline - Date.now()));
+  }
+
+  /** Fails every connect past its deadline, then waits for the earliest one left. */
+  private sweepConnects(): void {
+    this.connectTimer = null;
+    const now = Date.now();
+    let next = Infinity;
+    for (const relay of this.connecting) {
+      if (relay.connectDeadline <= now) relay.connectFailed('ETIMEDOUT'); // removes it from the list
+      else if (relay.connectDeadline < next) next = relay.connectDeadline;
+    }
+    if (next !== Infinity) this.armConnectTimer(next);
+  }
+
   /** A new table: future clients use the new entry; running relays keep the one they started with. */
   update(entry: ListenerEntry, accessLog: boolean): void {
     this.entry = entry;
@@ -119,7 +149,7 @@ export class ListenerRuntime implements RelayHost {
   }
 
   closeAll(): void {
-    for (const flow of [...this.state.live]) (flow as Relay).abort('shutdown');
+    for (const flow of [...this.state.live]) (flow as unknown as Relay).abort('shutdown');
   }
 
   relayFinished(_relay: Relay): void {
@@ -150,6 +180,7 @@ export class ListenerRuntime implements RelayHost {
 
   async dispose(): Promise<void> {
     await this.stopAccepting();
+    // Connects still in progress keep their deadlines: the timer stays until the list is empty.
     const file = this.dumpFile;
     this.dumpFile = null;
     if (file) await new Promise<void>((resolve) => file.end(() => resolve()));

@@ -39,6 +39,9 @@ export interface RelayHost {
   relayFinished(relay: Relay): void;
   /** A health transition happened on the data path: queued clients may now have a backend. */
   healthChanged(): void;
+  /** Connect deadlines: one timer per listener sweeps them, instead of a timer per connection. */
+  connectStarted(relay: Relay): void;
+  connectEnded(relay: Relay): void;
 }
 
 interface RelaySocket extends Socket {
@@ -65,6 +68,16 @@ export class Relay implements LiveFlow, Waiter {
   connected = false;
   reason: EndReason | null = null;
   queuedAt = 0;
+  /** When the connect in progress times out (ms since epoch), for the listener's sweep. */
+  connectDeadline = 0;
+  /** Set once backpressure happened: from then on 'drain' resumes the paused side. */
+  private drainWatched = false;
+  prevL: LiveFlow | null = null;
+  nextL: LiveFlow | null = null;
+  prevB: LiveFlow | null = null;
+  nextB: LiveFlow | null = null;
+  prevC: LiveFlow | null = null;
+  nextC: LiveFlow | null = null;
   private queueDeadline = 0;
   private queueTimer: NodeJS.Timeout | null = null;
   /** Bytes a queued client sent before its backend was connected, and whether it already sent EOF. */
@@ -196,8 +209,8 @@ export class Relay implements LiveFlow, Waiter {
     backend.lbRelay = this;
     this.backend = backend;
     if (this.entry.connectTimeoutMs > 0) {
-      backend.setTimeout(this.entry.connectTimeoutMs);
-      backend.on('timeout', onConnectTimeout);
+      this.connectDeadline = this.connectStarted + this.entry.connectTimeoutMs;
+      this.host.connectStarted(this);
     }
     backend.on('connect', onBackendConnect);
     backend.on('error', onBackendError);
@@ -208,6 +221,7 @@ export class Relay implements LiveFlow, Waiter {
   connectFailed(reason: string): void {
     const backend = this.backend!;
     const choice = this.choice!;
+    this.host.connectEnded(this);
     backend.lbRelay = undefined; // its late events no longer concern this relay
     backend.destroy();
     this.backend = null;
@@ -244,9 +258,8 @@ export class Relay implements LiveFlow, Waiter {
     const client = this.client;
     const st = this.choice!.state;
     this.connected = true;
-    backend.setTimeout(0);
-    backend.removeListener('timeout', onConnectTimeout);
-    st.connectSucceeded(Date.now());
+    this.host.connectEnded(this);
+    st.connectSucceeded(this.connectStarted);
     st.total++;
     st.open(this);
     if (this.entry.idleTimeoutMs > 0) {
@@ -257,8 +270,6 @@ export class Relay implements LiveFlow, Waiter {
     const dumping = this.host.dump !== null;
     backend.on('data', dumping ? dumpToClient : forwardToClient);
     backend.on('end', onBackendEnd);
-    backend.on('drain', onBackendDrain);
-    client.on('drain', onClientDrain);
     if (this.early !== null) this.flushEarly();
     if (this.clientEnded) {
       backend.end();
@@ -276,9 +287,17 @@ export class Relay implements LiveFlow, Waiter {
     client.removeListener('end', onEndWhileQueued);
     for (const chunk of this.early!) {
       if (this.host.dump !== null) this.dump('c>b', chunk);
-      this.backend!.write(chunk);
+      if (!this.backend!.write(chunk)) this.watchDrain();
     }
     this.early = null;
+  }
+
+  /** The first time a write reports a full buffer: from now on 'drain' resumes the side that paused. */
+  watchDrain(): void {
+    if (this.drainWatched) return;
+    this.drainWatched = true;
+    this.client.on('drain', onClientDrain);
+    this.backend!.on('drain', onBackendDrain);
   }
 
   keepEarly(chunk: Buffer): void {
@@ -334,10 +353,11 @@ export class Relay implements LiveFlow, Waiter {
       }
     }
     if (this.host.accessLog) {
-      this.host.log.log('info', 'conn', {
+      const ip = this.clientIp;
+      this.host.log.access({
         id: this.id,
         listener: this.entry.name,
-        client: formatHostPort(this.clientIp, this.clientPort),
+        client: ip.includes(':') ? `[${ip}]:${this.clientPort}` : `${ip}:${this.clientPort}`,
         backend: choice?.entry.key ?? '-',
         group: choice?.group ?? '-',
         sent: this.sentBytes(),
@@ -381,11 +401,6 @@ function onBackendError(this: RelaySocket, err: NodeJS.ErrnoException): void {
   else r.reset(this);
 }
 
-function onConnectTimeout(this: RelaySocket): void {
-  const r = this.lbRelay;
-  if (r && r.backend === this && !r.connected) r.connectFailed('ETIMEDOUT');
-}
-
 function onBackendConnect(this: RelaySocket): void {
   const r = this.lbRelay;
   if (r && r.backend === this) r.connectSucceeded();
@@ -413,11 +428,19 @@ function onEndWhileQueued(this: RelaySocket): void {
 }
 
 function forwardToBackend(this: RelaySocket, chunk: Buffer): void {
-  if (!this.lbRelay!.backend!.write(chunk)) this.pause();
+  const r = this.lbRelay!;
+  if (!r.backend!.write(chunk)) {
+    this.pause();
+    r.watchDrain();
+  }
 }
 
 function forwardToClient(this: RelaySocket, chunk: Buffer): void {
-  if (!this.lbRelay!.client.write(chunk)) this.pause();
+  const r = this.lbRelay!;
+  if (!r.client.write(chunk)) {
+    this.pause();
+    r.watchDrain();
+  }
 }
 
 function dumpToBackend(this: RelaySocket, chunk: Buffer): void {
