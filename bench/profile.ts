@@ -5,6 +5,7 @@
 //   node bench/profile.ts                 # CPU: --cpu-prof under the connection-rate load, top self time
 //   node bench/profile.ts --mode heap     # memory: heap snapshots with none and N idle connections held
 //   node bench/profile.ts --proxy node-pipe   # the same for the naive proxy, to see what lb adds
+//   node bench/profile.ts --lb-main ../wt/src/cli/main.ts   # another checkout of lb, to weigh a change
 //
 // Both modes print markdown. lb runs with its default settings (access log on, stderr to a file) unless
 // --no-access-log is given. The CPU summary covers the measured window only (start-up and warm-up left
@@ -26,6 +27,7 @@ const { values: opt } = parseArgs({
   options: {
     mode: { type: 'string', default: 'cpu' },
     proxy: { type: 'string', default: 'lb' },
+    'lb-main': { type: 'string' },
     seconds: { type: 'string', default: '5' },
     conns: { type: 'string', default: '50' },
     'idle-conns': { type: 'string', default: '2000' },
@@ -36,7 +38,7 @@ const { values: opt } = parseArgs({
   },
 });
 if (opt.help || !['cpu', 'heap'].includes(opt.mode!) || !['lb', 'node-pipe'].includes(opt.proxy!)) {
-  process.stdout.write(`usage: node bench/profile.ts [--mode cpu|heap] [--proxy lb|node-pipe] [--seconds S] [--conns N] [--idle-conns N] [--no-access-log] [--top N] [--keep]\n`);
+  process.stdout.write(`usage: node bench/profile.ts [--mode cpu|heap] [--proxy lb|node-pipe] [--lb-main PATH/src/cli/main.ts] [--seconds S] [--conns N] [--idle-conns N] [--no-access-log] [--top N] [--keep]\n`);
   process.exit(opt.help ? 0 : 2);
 }
 const accessLog = !opt['no-access-log'];
@@ -50,12 +52,16 @@ const backends = Helper.start('backends', path.join(import.meta.dirname, 'lib/ba
 await backends.call('start', { ports }, 10_000);
 const gen = LoadGen.start(os.cpus().length);
 let lb = null as RunningProxy | null;
-const name = opt.proxy === 'lb' ? `lb (${accessLog ? 'default settings, access log on' : 'access_log = false'})` : 'node-pipe (the naive proxy)';
+const lbMain = opt['lb-main'] ? path.resolve(opt['lb-main']) : undefined; // another checkout, to compare a change
+const name =
+  opt.proxy === 'lb'
+    ? `lb${lbMain ? ` at ${lbMain}` : ''} (${accessLog ? 'default settings, access log on' : 'access_log = false'})`
+    : 'node-pipe (the naive proxy)';
 
 async function start(kind: BackendKind, flags: string[]): Promise<{ lb: RunningProxy; port: number }> {
   const listenPort = await freePort();
   const ctx = { listenPort, backendPort: ports[kind], maxConns: 20_000, dir };
-  const p = opt.proxy === 'lb' ? await startLb('lb', ctx, accessLog, flags) : await startNodePipe(ctx, flags);
+  const p = opt.proxy === 'lb' ? await startLb('lb', ctx, accessLog, flags, lbMain) : await startNodePipe(ctx, flags);
   return { lb: p, port: listenPort };
 }
 
