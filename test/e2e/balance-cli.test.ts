@@ -51,6 +51,7 @@ describe('balance command line', () => {
     const port = await freePort();
     const lb = await spawnLb(['-b', '127.0.0.1', String(port), `127.0.0.1:${deadA}`, `127.0.0.1:${deadB}`, '!', `127.0.0.1:${c.port}`]);
     for (let i = 0; i < 3; i++) expect(backendOf(await ask(port, `req${i}`))).toBe('c');
+    await lb.logs.waitFor('conn', { count: 3 }); // log lines are written in batches: wait, then read all
     const failed = lb.logs.all('connect-failed').map((l) => l.fields.backend);
     expect(failed.sort()).toEqual([`127.0.0.1:${deadA}`, `127.0.0.1:${deadB}`].sort()); // once each: ejected after
     await lb.logs.waitFor('conn', { count: 3 });
