@@ -331,9 +331,12 @@ describe('health config changed at runtime', () => {
 });
 
 describe('data-path connect failures feed the health state machine', () => {
-  it('a refused client connect counts as a failed check (fall = 1: down by traffic, logged)', async () => {
-    // The checks themselves go to a healthy health port and start late (first check at 99.9% of 10 s),
-    // so the only failure is the one on the data path.
+  /**
+   * A refused backend first in a `first` group, an ok one second, and one client. The checks go to a
+   * healthy health port and start late (first check at 99.9% of 10 s), so the only failure the state
+   * machine sees is the one on the data path.
+   */
+  async function oneRefusedConnect(fall: number) {
     const healthPort = await silentServer('health-port');
     const dead = await refusedPort();
     const ok = await namedEcho('ok');
@@ -343,12 +346,17 @@ describe('data-path connect failures feed the health state machine', () => {
         {
           policy: 'first',
           backends: [{ host: '127.0.0.1', port: dead, health: { port: healthPort.port } }, at(ok.port)],
-          health: { interval: '10s', timeout: '1s', rise: 2, fall: 1 },
+          health: { interval: '10s', timeout: '1s', rise: 2, fall },
         },
       ]),
     );
     vi.restoreAllMocks();
     expect(backendOf(await ask(lb.port(), 'hi'))).toBe('ok');
+    return { lb, dead, healthPort };
+  }
+
+  it('a refused client connect counts as a failed check (fall = 1: down by traffic, logged)', async () => {
+    const { lb, dead, healthPort } = await oneRefusedConnect(1);
     const down = await lb.logs.waitFor({ event: 'health', to: 'DOWN' });
     expect(down.fields).toMatchObject({ backend: at(dead), from: 'UP', to: 'DOWN', status: 'L4CON', reason: 'ECONNREFUSED', by: 'traffic' });
     expect(status(lb)).toMatchObject({ status: 'dis', check: { status: 'L4CON', failed: 1, downs: 1 } });
@@ -356,21 +364,7 @@ describe('data-path connect failures feed the health state machine', () => {
   });
 
   it('with fall = 3 one data-path failure is counted (chkfail 1) but does not take it down by itself', async () => {
-    const healthPort = await silentServer('health-port');
-    const dead = await refusedPort();
-    const ok = await namedEcho('ok');
-    vi.spyOn(Math, 'random').mockReturnValue(0.999);
-    const lb = await startLb(
-      webDoc([
-        {
-          policy: 'first',
-          backends: [{ host: '127.0.0.1', port: dead, health: { port: healthPort.port } }, at(ok.port)],
-          health: { interval: '10s', timeout: '1s', rise: 2, fall: 3 },
-        },
-      ]),
-    );
-    vi.restoreAllMocks();
-    expect(backendOf(await ask(lb.port(), 'hi'))).toBe('ok');
+    const { lb } = await oneRefusedConnect(3);
     const st = lb.listener().state.groups[0]!.backends[0]!;
     expect(st.check.failedChecks).toBe(1);
     expect(st.check.up).toBe(true);
