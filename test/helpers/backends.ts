@@ -45,6 +45,18 @@ export interface Closable {
 
 const open = new Set<Closable>();
 
+/** Resolves when the socket has connected; rejects on its error or after `ms`. */
+export function connected(socket: Socket, ms: number, what: string): Promise<void> {
+  return within(
+    new Promise<void>((resolve, reject) => {
+      socket.once('connect', () => resolve());
+      socket.once('error', reject);
+    }),
+    ms,
+    what,
+  );
+}
+
 /** Registers something to close after the test; shared by every helper module. */
 export function track<T extends Closable>(c: T): T {
   const close = c.close.bind(c);
@@ -434,14 +446,7 @@ export async function connectClient(port: number, opts: { read?: boolean } = {})
       await within(closed, 3000, 'the client socket to close');
     },
   });
-  await within(
-    new Promise<void>((resolve, reject) => {
-      socket.once('connect', () => resolve());
-      socket.once('error', reject);
-    }),
-    3000,
-    `a client connect to ${port}`,
-  );
+  await connected(socket, 3000, `a client connect to ${port}`);
   return client;
 }
 

@@ -7,7 +7,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import net, { type Socket } from 'node:net';
 import path from 'node:path';
 import { afterEach } from 'vitest';
-import { track, within } from './backends.ts';
+import { connected, track, within } from './backends.ts';
 import { scratchDir, type ScratchDir } from './cli.ts';
 import { cleanup, ROOT, startLb, type InProcessLb } from './lb.ts';
 
@@ -168,14 +168,7 @@ export async function openSession(addr: ControlAddr, opts: { eol?: string; ms?: 
       await within(closed, 3000, 'a control session to close');
     },
   });
-  await within(
-    new Promise<void>((resolve, reject) => {
-      socket.once('connect', () => resolve());
-      socket.once('error', reject);
-    }),
-    opts.ms ?? 3000,
-    `a control connection to ${addr}`,
-  );
+  await connected(socket, opts.ms ?? 3000, `a control connection to ${addr}`);
   return session;
 }
 
