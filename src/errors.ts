@@ -10,6 +10,12 @@ export const Exit = {
   USAGE: 64,
   NOINPUT: 66,
   UNAVAILABLE: 69,
+  /** EX_SOFTWARE: an internal error (a defect), as opposed to `SOFTWARE` = 1, "the command failed". */
+  INTERNAL: 70,
+  /** EX_OSERR: the system refused something that is not about files or permissions (e.g. EMFILE). */
+  OSERR: 71,
+  /** EX_CANTCREAT: a file or directory lb must create cannot be (read-only file system, missing parent). */
+  CANTCREAT: 73,
   NOPERM: 77,
   CONFIG: 78,
 } as const;
@@ -24,6 +30,16 @@ export const Code = {
   CONFIG_DUPLICATE_LISTEN: 'LB_CONFIG_DUPLICATE_LISTEN',
   CONFIG_EMPTY_GROUP: 'LB_CONFIG_EMPTY_GROUP',
   CONFIG_RESOLVE: 'LB_CONFIG_RESOLVE',
+  /** The file is larger than the config size limit (see src/config/limits.ts). */
+  CONFIG_TOO_LARGE: 'LB_CONFIG_TOO_LARGE',
+  /** Keys, tables or arrays nested deeper than the config depth limit. */
+  CONFIG_TOO_DEEP: 'LB_CONFIG_TOO_DEEP',
+  /** The path is not a regular file (a FIFO, a device, a directory): a reload refuses to read it. */
+  CONFIG_NOT_FILE: 'LB_CONFIG_NOT_FILE',
+  /** Loading the file in its worker ran out of its time or memory budget. */
+  CONFIG_BUDGET: 'LB_CONFIG_BUDGET',
+  /** The config worker failed in an unexpected way (a bug: the running table is kept). */
+  CONFIG_WORKER: 'LB_CONFIG_WORKER',
   BIND: 'LB_BIND',
   NO_BACKEND: 'LB_NO_BACKEND',
   CONNECT_FAILED: 'LB_CONNECT_FAILED',
@@ -33,7 +49,27 @@ export const Code = {
   CONTROL_DENIED: 'LB_CONTROL_DENIED',
   CONTROL_IDLE: 'LB_CONTROL_IDLE',
   CONTROL_UNREACHABLE: 'LB_CONTROL_UNREACHABLE',
+  /** A control session exceeded what it may buffer (input or unread output) and was closed. */
+  CONTROL_FLOOD: 'LB_CONTROL_FLOOD',
+  /** `auth` with a wrong token, or on a port without `token_file`. */
+  CONTROL_AUTH: 'LB_CONTROL_AUTH',
+  /** The control socket's path or directory is unsafe or in use by a running instance. */
+  CONTROL_SOCKET: 'LB_CONTROL_SOCKET',
   RELOAD_FAILED: 'LB_RELOAD_FAILED',
+  STATE_UNREADABLE: 'LB_STATE_UNREADABLE',
+  STATE_INVALID: 'LB_STATE_INVALID',
+  STATE_WRITE: 'LB_STATE_WRITE',
+  SAVE_FORBIDDEN: 'LB_SAVE_FORBIDDEN',
+  STARTUP_PERMISSION: 'LB_STARTUP_PERMISSION',
+  STARTUP_CANTCREAT: 'LB_STARTUP_CANTCREAT',
+  STARTUP_FAILED: 'LB_STARTUP_FAILED',
+  /** READY=1 could not be sent to systemd (lb.service is Type=notify: the start then times out). */
+  NOTIFY_FAILED: 'LB_NOTIFY_FAILED',
+  /** The splice relay cannot be used here (addon not built or not loadable, kernel refuses, turned off). */
+  SPLICE_UNAVAILABLE: 'LB_SPLICE_UNAVAILABLE',
+  /** A socket cannot be handed to the splice relay (bytes already buffered in JS, not connected). */
+  SPLICE_HANDOVER: 'LB_SPLICE_HANDOVER',
+  INTERNAL: 'LB_INTERNAL',
 } as const;
 export type ErrorCode = (typeof Code)[keyof typeof Code];
 

@@ -8,16 +8,27 @@
 // gathered), like nginx's `access_log ... buffer= flush=`; whatever is pending is written before the
 // process exits.
 
-import type { LogFormat } from './config/table.ts';
+import type { LogFormat, LogLevel } from './config/table.ts';
 
-export type Level = 'info' | 'warn' | 'error';
+export type Level = LogLevel;
 export type Fields = Record<string, string | number | boolean | null | undefined>;
+
+const RANK: Readonly<Record<Level, number>> = { debug: 0, info: 1, warn: 2, error: 3 };
+
+/** True when an event at `level` is written by a logger set to `threshold`. */
+export function levelEnabled(threshold: Level, level: Level): boolean {
+  return RANK[level] >= RANK[threshold];
+}
 
 export interface Logger {
   format: LogFormat;
+  /** Least severe event written (`global.log_level`); a reload may change it. Access lines ignore it. */
+  level: Level;
   log(level: Level, event: string, fields?: Fields): void;
   /** The access-log line of a finished connection: the one log call on every connection's path. */
   access(rec: AccessRecord): void;
+  /** Lines formatted elsewhere (a data-plane worker's batch: whole lines, each ending in a newline). */
+  lines(text: string): void;
 }
 
 export interface AccessRecord {
@@ -122,18 +133,43 @@ function stderrBatch(): BatchedWriter {
 }
 
 /** A logger writing to `write` line by line (tests), or to stderr in batches (the default). */
-export function createLogger(format: LogFormat, write?: (line: string) => void): Logger {
+export function createLogger(format: LogFormat, write?: (line: string) => void, level: Level = 'info'): Logger {
   const sink = write ?? ((line: string) => stderrBatch().line(line));
   return {
     format,
-    log(level, event, fields) {
-      sink((this.format === 'json' ? formatJson : formatText)(isoNow(), level, event, fields));
+    level,
+    log(lvl, event, fields) {
+      if (RANK[lvl] < RANK[this.level]) return;
+      sink((this.format === 'json' ? formatJson : formatText)(isoNow(), lvl, event, fields));
     },
     access(rec) {
       const time = isoNow();
       sink(this.format === 'json' ? formatJson(time, 'info', 'conn', rec as unknown as Fields) : formatAccessText(time, rec));
     },
+    lines(text) {
+      let start = 0;
+      for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n', start)) {
+        sink(text.slice(start, nl));
+        start = nl + 1;
+      }
+    },
   };
+}
+
+/**
+ * The log line of one control-port command: reads that succeed at debug (monitoring polls every few seconds
+ * and would bury everything else), changes at info, failures at warn with the reason the client was given
+ * (`command=save ok=false error="..." code=LB_...`). `readOnly` is the command's own classification.
+ */
+export function controlCommandEvent(
+  peer: string,
+  command: string,
+  reply: { text: string; error?: string | undefined },
+  readOnly: boolean,
+): { level: Level; event: 'control'; fields: Fields } {
+  if (reply.error === undefined) return { level: readOnly ? 'debug' : 'info', event: 'control', fields: { peer, command, ok: true } };
+  const why = (reply.text.split('\n')[0] ?? '').replace(/^error:\s*/, '').slice(0, 300);
+  return { level: 'warn', event: 'control', fields: { peer, command, ok: false, error: why, code: reply.error } };
 }
 
 /** Writes pending log lines now (before a message that must come after them, or before exiting). */

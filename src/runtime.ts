@@ -1,12 +1,17 @@
-// The running balancer: the current routing table, its listeners and their state.
+// The supervisor: the main thread of a running lb. It owns the routing table and its changes (start,
+// reload, runtime edits: one at a time), the control port, the health checks, `save`, and the log
+// writer; the data-plane workers (src/supervisor/workers.ts) serve the traffic. Both sides meet in the
+// shared state (src/shared/state.ts).
 //
-// The table is swapped, never edited: `apply` binds what a new table adds, stops what it removes,
-// points the kept listeners at their new entries, and assigns the new table in one step. Connections
-// that are running keep the entry they started with.
+// The table is swapped, never edited: a change plans the slots of the new table, checks and binds what
+// it adds in every worker, and only then switches everything to it in one step. Connections that are
+// running keep the entry they started with. Any failure on the way leaves the old table running
+// everywhere, with the old listeners, the old control port and the old slots.
 
 import { lookup } from 'node:dns/promises';
+import { availableParallelism } from 'node:os';
 import { isIP } from 'node:net';
-import type { BackendState } from './balance/state.ts';
+import { ListenerState, type BackendState } from './balance/state.ts';
 import type { BackendRef } from './config/edit.ts';
 import { loadConfigFile } from './config/pipeline.ts';
 import { saveTable } from './config/save.ts';
@@ -15,17 +20,50 @@ import type { ListenerEntry, RoutingTable } from './config/table.ts';
 import { formatHostPort } from './config/values.ts';
 import { Code } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
-import { ListenerRuntime } from './proxy/listener.ts';
 import type { ControlTarget } from './control/commands.ts';
 import { ControlServer } from './control/server.ts';
 import { HealthMonitor } from './health/monitor.ts';
+import { backendId, SlotAllocator, type SlotMap } from './shared/slots.ts';
+import { DEFAULT_CAPACITY, SharedState } from './shared/state.ts';
 import { takeSnapshot, type Snapshot } from './stats/snapshot.ts';
+import { probeListen } from './supervisor/ports.ts';
+import { WorkerPool } from './supervisor/workers.ts';
+import { sameEndpoint } from './worker/data-plane.ts';
 import { VERSION } from './version.ts';
 
 export interface RuntimeOptions {
   /** The file SIGHUP and `reload` re-read; null when started from balance's command line. */
   configFile?: string | null;
   log?: Logger;
+  /** Overrides `[global] workers` (tests). */
+  workers?: number;
+}
+
+export interface ReloadResult {
+  ok: boolean;
+  diagnostics: Diagnostic[];
+  error?: string;
+}
+
+/** A listener as the supervisor sees it: its entry, the shared state's view, where it is bound. */
+export class ListenerView {
+  entry: ListenerEntry;
+  state: ListenerState;
+  bound: { address: string; port: number };
+  constructor(entry: ListenerEntry, state: ListenerState, bound: { address: string; port: number }) {
+    this.entry = entry;
+    this.state = state;
+    this.bound = bound;
+  }
+  address(): { host: string; port: number } {
+    return { host: this.bound.address, port: this.bound.port };
+  }
+}
+
+/** How many workers `[global] workers` asks for ("auto": one per CPU the process may use). */
+export function workerCount(setting: number | 'auto'): number {
+  if (process.platform !== 'linux') return 1; // SO_REUSEPORT balancing is Linux's
+  return setting === 'auto' ? Math.max(1, availableParallelism()) : setting;
 }
 
 export class Runtime implements ControlTarget {
@@ -37,114 +75,170 @@ export class Runtime implements ControlTarget {
   readonly configFile: string | null;
   readonly log: Logger;
   readonly startedAt = Date.now();
-  readonly listeners = new Map<string, ListenerRuntime>();
+  readonly listeners = new Map<string, ListenerView>();
+  readonly workers: number;
+  private readonly shared: SharedState;
+  private readonly slots: SlotAllocator;
+  private slotMap: SlotMap = { listeners: [] };
+  private readonly pool: WorkerPool;
   private stopping: Promise<void> | null = null;
   private readonly health: HealthMonitor;
+  /** Table changes run one at a time, in order. */
+  private chain: Promise<unknown> = Promise.resolve();
+  /** A reload waiting for its turn: later requests join it (it reads the newest file when it runs). */
+  private queuedReload: Promise<ReloadResult> | null = null;
 
   constructor(table: RoutingTable, opts: RuntimeOptions = {}) {
     this.table = table;
     this.configFile = opts.configFile ?? null;
     this.log = opts.log ?? createLogger(table.global.logFormat);
+    this.workers = opts.workers ?? workerCount(table.global.workers);
+    if (process.platform !== 'linux' && table.global.workers !== 1) {
+      this.log.log('warn', 'workers', { workers: 1, detail: 'SO_REUSEPORT load balancing needs Linux: running one data-plane worker' });
+    }
+    this.shared = new SharedState(undefined, { ...DEFAULT_CAPACITY, regions: this.workers });
+    this.slots = new SlotAllocator(this.shared);
     this.health = new HealthMonitor(this.log, () => this.serveQueues());
+    this.pool = new WorkerPool({
+      size: this.workers,
+      shared: this.shared,
+      log: this.log,
+      reusePort: process.platform === 'linux',
+      testHooks: process.env.LB_TEST_HOOKS === '1',
+      events: {
+        failure: (slot, reason) => {
+          const st = this.stateOfSlot(slot);
+          if (st) st.lastFailure = reason;
+        },
+        healthChanged: () => this.serveQueues(),
+      },
+    });
   }
 
-  /** Slots may have freed (health, an edit): queued clients get them. */
+  /** Something may have freed a slot (health, an edit): every worker looks at its queue again. */
   serveQueues(): void {
-    for (const l of this.listeners.values()) l.serveQueue();
+    for (const l of this.slotMap.listeners) this.shared.wake(l.slot);
+  }
+
+  private stateOfSlot(slot: number): BackendState | undefined {
+    for (const l of this.listeners.values()) for (const g of l.state.groups) for (const b of g.backends) if (b.slot === slot) return b;
+    return undefined;
   }
 
   private syncHealth(): void {
     this.health.sync([...this.listeners.values()].map((l) => ({ entry: l.entry, groups: l.state.groups })));
   }
 
-  /** Binds every listener; if one fails, closes those already bound and rejects (nothing half-started). */
+  /** Runs table changes one at a time. */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn, fn);
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Binds every listener in every worker; if anything fails, nothing stays bound. */
   async start(): Promise<void> {
+    const plan = this.slots.plan(this.table);
     try {
-      for (const entry of this.table.listeners) {
-        const lr = new ListenerRuntime(entry, this.log, this.table.global.accessLog);
-        this.listeners.set(entry.name, lr);
-        await lr.listen();
-      }
+      const bound = await this.probe(this.table, new Map());
+      await this.pool.start(this.table, plan.map, portsOf(bound));
+      plan.commit();
+      this.install(this.table, plan.map, bound);
       if (this.table.control) {
-        this.control = new ControlServer(this.table.control, this, this.log);
-        await this.control.start();
+        const control = new ControlServer(this.table.control, this, this.log);
+        await control.start();
+        this.control = control;
       }
       this.syncHealth();
     } catch (err) {
-      await Promise.all([...this.listeners.values()].map((l) => l.dispose()));
+      plan.rollback();
+      await this.pool.terminate();
       this.listeners.clear();
       this.control = null;
       throw err;
     }
   }
 
-  /** Swaps in a new table. On a bind failure the listeners bound so far are undone and it rejects. */
-  async apply(table: RoutingTable): Promise<void> {
-    this.log.format = table.global.logFormat;
-    const added: ListenerRuntime[] = [];
-    try {
-      for (const entry of table.listeners) {
-        const lr = this.listeners.get(entry.name);
-        if (!lr) {
-          const fresh = new ListenerRuntime(entry, this.log, table.global.accessLog);
-          await fresh.listen();
-          added.push(fresh);
-        } else if (!sameEndpoint(lr.entry, entry)) {
-          await lr.rebind(entry, table.global.accessLog);
-        }
-      }
-    } catch (err) {
-      await Promise.all(added.map((l) => l.dispose()));
-      throw err;
-    }
-    const wanted = new Set(table.listeners.map((l) => l.name));
-    for (const [name, lr] of this.listeners) {
-      if (!wanted.has(name)) {
-        await lr.dispose(); // stops accepting; its open connections run to their end
-        this.listeners.delete(name);
-      }
-    }
-    for (const fresh of added) this.listeners.set(fresh.entry.name, fresh);
+  /** Where each new or moved listener of `table` will be bound (checked alone first: see ports.ts). */
+  private async probe(table: RoutingTable, current: ReadonlyMap<string, ListenerView>): Promise<Map<string, { address: string; port: number }>> {
+    const out = new Map<string, { address: string; port: number }>();
+    const heldPorts = new Set([...current.values()].map((l) => l.bound.port));
     for (const entry of table.listeners) {
-      const lr = this.listeners.get(entry.name)!;
-      if (lr.entry !== entry) lr.update(entry, table.global.accessLog);
+      const have = current.get(entry.name);
+      if (have && sameEndpoint(have.entry, entry)) {
+        out.set(entry.name, have.bound);
+        continue;
+      }
+      // A port this process already listens on (a listener moving between addresses of the same port)
+      // cannot be bound alone: the workers' SO_REUSEPORT bind decides.
+      if (entry.listen.port !== 0 && heldPorts.has(entry.listen.port)) {
+        out.set(entry.name, { address: entry.listen.host ?? '::', port: entry.listen.port });
+        continue;
+      }
+      out.set(entry.name, await probeListen(entry));
     }
-    const oldControl = this.table.control;
-    this.table = table;
-    this.syncHealth();
-    this.serveQueues();
-    await this.applyControl(oldControl, table.control);
+    return out;
   }
 
-  /** The control port follows the table: rebound when its addresses change, else updated in place. */
-  private async applyControl(before: RoutingTable['control'], after: RoutingTable['control']): Promise<void> {
-    const sameAddress =
-      before && after && before.socket === after.socket &&
-      before.listen?.host === after.listen?.host && before.listen?.port === after.listen?.port;
-    if (this.control && after && sameAddress) {
-      this.control.update(after);
-      return;
-    }
-    if (this.control) await this.control.close();
-    this.control = null;
-    if (after) {
-      const control = new ControlServer(after, this, this.log);
-      try {
+  private install(table: RoutingTable, map: SlotMap, bound: ReadonlyMap<string, { address: string; port: number }>): void {
+    const next = new Map<string, ListenerView>();
+    table.listeners.forEach((entry, i) => {
+      const prev = this.listeners.get(entry.name);
+      const state = new ListenerState(this.shared, map.listeners[i]!, -1, prev?.state ?? null);
+      next.set(entry.name, new ListenerView(entry, state, bound.get(entry.name)!));
+    });
+    this.listeners.clear();
+    for (const [k, v] of next) this.listeners.set(k, v);
+    this.table = table;
+    this.slotMap = map;
+    this.log.format = table.global.logFormat;
+  }
+
+  /** Swaps in a new table (one change at a time). On any failure the old table keeps running. */
+  apply(table: RoutingTable, renamed?: ReadonlyMap<string, string>): Promise<void> {
+    return this.exclusive(() => this.applyNow(table, renamed));
+  }
+
+  private async applyNow(table: RoutingTable, renamed?: ReadonlyMap<string, string>): Promise<void> {
+    if (this.stopping) throw new Error('lb is stopping');
+    const plan = this.slots.plan(table, renamed);
+    let control: ControlServer | null = null;
+    try {
+      const bound = await this.probe(table, this.listeners);
+      // The control port first: a new address is bound before anything switches.
+      const before = this.table.control;
+      const after = table.control;
+      const sameControl = before && after && before.socket === after.socket && before.listen?.host === after.listen?.host && before.listen?.port === after.listen?.port;
+      if (after && !(this.control && sameControl)) {
+        control = new ControlServer(after, this, this.log);
         await control.start();
-        this.control = control;
-      } catch (err) {
-        this.log.log('error', 'control-error', { error: (err as Error).message });
       }
+      await this.pool.stage(table, plan.map, portsOf(bound));
+      await this.pool.commit(table, plan.map, portsOf(bound));
+      plan.commit();
+      this.install(table, plan.map, bound);
+      if (control || !after) {
+        const old = this.control;
+        this.control = control;
+        await old?.close();
+      } else this.control?.update(after);
+    } catch (err) {
+      plan.rollback();
+      await control?.close();
+      throw err;
     }
+    this.syncHealth();
+    this.serveQueues();
   }
 
   // --- ControlTarget: what the control port reads and changes -------------------------------------
 
   listenerViews() {
-    return [...this.listeners.values()].map((l) => {
-      const a = l.address();
-      return { entry: l.entry, state: l.state, address: a ? formatHostPort(a.host, a.port) : '-' };
-    });
+    return [...this.listeners.values()].map((l) => ({ entry: l.entry, state: l.state, address: formatHostPort(l.bound.address, l.bound.port) }));
+  }
+
+  workerCounts(): { workers: number; restarts: number } {
+    return { workers: this.pool.threadIds().length, restarts: this.pool.restarts };
   }
 
   snapshot(): Snapshot {
@@ -155,13 +249,32 @@ export class Runtime implements ControlTarget {
     return this.listeners.get(ref.listener)?.state.groups[ref.group]?.backends[ref.index];
   }
 
-  async applyEdit(table: RoutingTable, carry?: { ref: BackendRef; state: BackendState }): Promise<void> {
-    await this.apply(table);
-    const group = carry && this.listeners.get(carry.ref.listener)?.state.groups[carry.ref.group];
-    if (carry && group) {
-      group.backends[carry.ref.index] = carry.state;
-      this.syncHealth();
-    }
+  /**
+   * Swaps in an edited table. The edit was made from the table running when the command started: if a
+   * reload switched tables meanwhile, the edit is refused rather than undoing the reload.
+   */
+  applyEdit(table: RoutingTable, carry?: { ref: BackendRef; state: BackendState }): Promise<void> {
+    const base = this.table;
+    return this.exclusive(async () => {
+      if (this.table !== base) throw new Error('the configuration changed while the command ran (a reload): try again');
+      let renamed: Map<string, string> | undefined;
+      if (carry) {
+        // `assign`: the channel keeps its counters at its new address, but not its health.
+        const ref = carry.ref;
+        const oldEntry = base.listeners.find((l) => l.name === ref.listener)!.groups[ref.group]!.backends[ref.index]!;
+        const newEntry = table.listeners.find((l) => l.name === ref.listener)!.groups[ref.group]!.backends[ref.index]!;
+        const ordinal = (t: RoutingTable, key: string): number =>
+          t.listeners.find((l) => l.name === ref.listener)!.groups[ref.group]!.backends.slice(0, ref.index).filter((b) => b.key === key).length;
+        renamed = new Map([[backendId(ref.listener, ref.group, newEntry.key, ordinal(table, newEntry.key)), backendId(ref.listener, ref.group, oldEntry.key, ordinal(base, oldEntry.key))]]);
+      }
+      await this.applyNow(table, renamed);
+      if (carry) this.backendState(carry.ref)?.resetHealth(Date.now());
+    });
+  }
+
+  /** An operator change of runtime state (enable, drain): queued clients may now get a slot. */
+  stateChanged(): void {
+    this.serveQueues();
   }
 
   async resolveHost(host: string): Promise<string> {
@@ -180,8 +293,21 @@ export class Runtime implements ControlTarget {
     this.onStopRequest?.(reason);
   }
 
-  /** SIGHUP: re-read the file; on any error keep running the old table and report why. */
-  async reload(): Promise<{ ok: boolean; diagnostics: Diagnostic[]; error?: string }> {
+  /**
+   * SIGHUP: re-read the file; on any error keep running the old table and report why. Reloads run one
+   * at a time; requests made while one waits join it, so the file read last is the table that runs.
+   */
+  reload(): Promise<ReloadResult> {
+    if (this.queuedReload) return this.queuedReload;
+    const run = this.exclusive(async () => {
+      this.queuedReload = null;
+      return this.reloadNow();
+    });
+    this.queuedReload = run;
+    return run;
+  }
+
+  private async reloadNow(): Promise<ReloadResult> {
     if (!this.configFile) {
       const error = 'started from the command line: there is no file to reload';
       this.log.log('warn', 'reload-failed', { code: Code.RELOAD_FAILED, error });
@@ -198,13 +324,23 @@ export class Runtime implements ControlTarget {
       return { ok: false, diagnostics: result.diagnostics };
     }
     try {
-      await this.apply(result.table);
+      await this.applyNow(result.table);
     } catch (err) {
       this.log.log('error', 'reload-failed', { code: Code.RELOAD_FAILED, file: this.configFile, error: (err as Error).message });
       return { ok: false, diagnostics: [], error: (err as Error).message };
     }
+    if (result.table.global.workers !== this.table.global.workers) {
+      this.log.log('warn', 'workers', { detail: 'a changed [global] workers takes effect at the next restart', workers: this.workers });
+    }
     this.log.log('info', 'reloaded', { file: this.configFile, listeners: this.table.listeners.length });
     return { ok: true, diagnostics: result.warnings };
+  }
+
+  /** Open connections over every worker. */
+  private openConnections(): number {
+    let n = 0;
+    for (const l of this.listeners.values()) n += l.state.cur;
+    return n;
   }
 
   /**
@@ -213,44 +349,44 @@ export class Runtime implements ControlTarget {
    */
   shutdown(drainMs = this.table.global.drainTimeoutMs): Promise<void> {
     this.stopping ??= (async () => {
+      await this.chain; // a table change in progress finishes first
       this.health.stop();
-      const all = [...this.listeners.values()];
-      await Promise.all(all.map((l) => l.stopAccepting()));
-      const open = all.reduce((n, l) => n + l.connections, 0);
-      if (open > 0) {
+      const open = await this.pool.stopAccepting().catch(() => this.openConnections());
+      if (open > 0 && drainMs > 0) {
         this.log.log('info', 'draining', { connections: open, timeout_ms: drainMs });
         let timer: NodeJS.Timeout | undefined;
         const timedOut = new Promise<void>((resolve) => {
           timer = setTimeout(resolve, drainMs);
         });
-        await Promise.race([Promise.all(all.map((l) => l.idle())), timedOut]);
+        await Promise.race([this.pool.idle().catch(() => undefined), timedOut]);
         clearTimeout(timer);
-        const left = all.reduce((n, l) => n + l.connections, 0);
-        if (left > 0) {
-          this.log.log('warn', 'drain-timeout', { closing: left });
-          for (const l of all) l.closeAll();
-          await Promise.all(all.map((l) => l.idle()));
-        }
       }
-      await Promise.all(all.map((l) => l.dispose()));
+      const left = this.openConnections();
+      if (left > 0 && drainMs > 0) this.log.log('warn', 'drain-timeout', { closing: left });
+      await this.pool.closeAll().catch(() => undefined);
+      await this.pool.terminate();
       await this.control?.close();
     })();
     return this.stopping;
   }
 
+  /** Test builds only (LB_TEST_HOOKS=1): makes a worker die, to test its replacement. */
+  crashWorker(region: number): Promise<void> {
+    return this.pool.crash(region);
+  }
+
   /** Where each listener is actually bound ("host:port"), for the start-up line and tests. */
   boundAddresses(): { name: string; address: string; port: number }[] {
-    return [...this.listeners.values()].map((l) => {
-      const a = l.address();
-      return { name: l.entry.name, address: a ? formatHostPort(a.host, a.port) : '-', port: a?.port ?? 0 };
-    });
+    return [...this.listeners.values()].map((l) => ({ name: l.entry.name, address: formatHostPort(l.bound.address, l.bound.port), port: l.bound.port }));
   }
 
   port(listener: string): number {
-    return this.listeners.get(listener)?.address()?.port ?? 0;
+    return this.listeners.get(listener)?.bound.port ?? 0;
   }
 }
 
-function sameEndpoint(a: ListenerEntry, b: ListenerEntry): boolean {
-  return a.listen.host === b.listen.host && a.listen.port === b.listen.port;
+function portsOf(bound: ReadonlyMap<string, { port: number }>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, b] of bound) out[name] = b.port;
+  return out;
 }

@@ -22,26 +22,27 @@ export function unusable(
   entry: BackendEntry,
   st: BackendState,
   now: number,
-  tried: readonly BackendState[] | null,
+  tried: readonly number[] | null,
 ): Unusable | null {
   if (!entry.enabled) return 'disabled';
   if (st.isDown(now)) return 'down';
   if (entry.weight === 0) return 'drained';
   if (entry.maxc > 0 && st.cur >= entry.maxc) return 'full';
-  if (tried !== null && tried.includes(st)) return 'tried';
+  if (tried !== null && tried.includes(st.slot)) return 'tried';
   return null;
 }
 
 /**
- * The backend for a client, or null when no group has a usable one. `tried` holds the backends that
- * already failed for this client, so a failover retry moves on instead of repeating them.
+ * The backend for a client, with one of its connection slots taken (release it when the connection
+ * ends), or null when no group has a usable one. `tried` holds the backends that already failed for
+ * this client, so a failover retry moves on instead of repeating them.
  */
 export function chooseBackend(
   listener: ListenerEntry,
   state: ListenerState,
   clientIp: string,
   now: number,
-  tried: readonly BackendState[] | null = null,
+  tried: readonly number[] | null = null,
   random: () => number = Math.random,
 ): Choice | null {
   for (let g = 0; g < listener.groups.length; g++) {
@@ -67,59 +68,75 @@ export function someBackendFull(listener: ListenerEntry, state: ListenerState, n
   );
 }
 
+/**
+ * Picks a usable backend of the group and takes one of its connection slots (a compare-and-swap on the
+ * shared count, so maxc holds across workers); -1 when none is usable. A backend that fills up between
+ * the look and the claim is passed over like a full one.
+ */
 export function pickInGroup(
   group: GroupEntry,
   gs: GroupState,
   hashFailover: boolean,
   clientIp: string,
   now: number,
-  tried: readonly BackendState[] | null,
+  tried: readonly number[] | null,
   random: () => number,
 ): number {
   const list = group.backends;
   const n = list.length;
-  // A plain function, not a closure: this runs for every new connection.
+  // Plain functions, not closures: this runs for every new connection.
   const ok = usableIn;
+  const take = claimIn;
   switch (group.policy) {
     case 'rr': {
       // Continue after the backend last *chosen* (balance continued after the last *successful* one, so a
-      // dead backend right after it was every new client's first try).
+      // dead backend right after it was every new client's first try). The cursor is shared: sequential
+      // clients go round in order whichever worker accepts them.
+      const start = gs.cursor;
       for (let k = 0; k < n; k++) {
-        const i = (gs.cursor + k) % n;
-        if (ok(list, gs, i, now, tried)) {
-          gs.cursor = (i + 1) % n;
+        const i = (start + k) % n;
+        if (ok(list, gs, i, now, tried) && take(list, gs, i)) {
+          gs.shared.advanceCursor(gs.slot, start, (i + 1) % n);
           return i;
         }
       }
       return -1;
     }
     case 'first':
-      for (let i = 0; i < n; i++) if (ok(list, gs, i, now, tried)) return i;
+      for (let i = 0; i < n; i++) if (ok(list, gs, i, now, tried) && take(list, gs, i)) return i;
       return -1;
     case 'hash': {
       const order = hashOrder(clientIp, list);
-      if (!hashFailover) return ok(list, gs, order[0]!, now, tried) ? order[0]! : -1;
-      for (const i of order) if (ok(list, gs, i, now, tried)) return i;
+      if (!hashFailover) return ok(list, gs, order[0]!, now, tried) && take(list, gs, order[0]!) ? order[0]! : -1;
+      for (const i of order) if (ok(list, gs, i, now, tried) && take(list, gs, i)) return i;
       return -1;
     }
     case 'leastconn': {
-      // Fewest connections per unit of weight; ties go round robin so equal backends share new clients.
-      let best = -1;
-      let bestLoad = Infinity;
-      for (let k = 0; k < n; k++) {
-        const i = (gs.cursor + k) % n;
-        if (!ok(list, gs, i, now, tried)) continue;
-        const load = gs.backends[i]!.cur / list[i]!.weight;
-        if (load < bestLoad) {
-          bestLoad = load;
-          best = i;
+      // Fewest connections (all workers) per unit of weight; ties go round robin so equal backends share
+      // new clients. A lost race for the best one's last slot tries again.
+      for (let attempt = 0; attempt < n; attempt++) {
+        const start = gs.cursor;
+        let best = -1;
+        let bestLoad = Infinity;
+        for (let k = 0; k < n; k++) {
+          const i = (start + k) % n;
+          if (!ok(list, gs, i, now, tried)) continue;
+          const load = gs.backends[i]!.cur / list[i]!.weight;
+          if (load < bestLoad) {
+            bestLoad = load;
+            best = i;
+          }
+        }
+        if (best < 0) return -1;
+        if (take(list, gs, best)) {
+          gs.shared.advanceCursor(gs.slot, start, (best + 1) % n);
+          return best;
         }
       }
-      if (best >= 0) gs.cursor = (best + 1) % n;
-      return best;
+      return -1;
     }
     case 'weighted': {
-      // Smooth weighted round robin (nginx): spreads a heavy backend's turns instead of bunching them.
+      // Smooth weighted round robin (nginx), per worker: spreads a heavy backend's turns instead of bunching them.
       if (gs.swrr.length !== n) gs.swrr = new Array<number>(n).fill(0);
       let best = -1;
       let total = 0;
@@ -130,22 +147,35 @@ export function pickInGroup(
         total += w;
         if (best < 0 || gs.swrr[i]! > gs.swrr[best]!) best = i;
       }
-      if (best >= 0) gs.swrr[best]! -= total;
-      return best;
+      if (best < 0) return -1;
+      gs.swrr[best]! -= total;
+      if (take(list, gs, best)) return best;
+      for (let i = 0; i < n; i++) if (i !== best && ok(list, gs, i, now, tried) && take(list, gs, i)) return i;
+      return -1;
     }
     case 'random': {
       let count = 0;
       for (let i = 0; i < n; i++) if (ok(list, gs, i, now, tried)) count++;
       if (count === 0) return -1;
       let pick = Math.floor(random() * count);
-      for (let i = 0; i < n; i++) if (ok(list, gs, i, now, tried) && pick-- === 0) return i;
+      for (let i = 0; i < n; i++) {
+        if (ok(list, gs, i, now, tried) && pick-- === 0) {
+          if (take(list, gs, i)) return i;
+          break;
+        }
+      }
+      for (let i = 0; i < n; i++) if (ok(list, gs, i, now, tried) && take(list, gs, i)) return i;
       return -1;
     }
   }
 }
 
-function usableIn(list: readonly BackendEntry[], gs: GroupState, i: number, now: number, tried: readonly BackendState[] | null): boolean {
+function usableIn(list: readonly BackendEntry[], gs: GroupState, i: number, now: number, tried: readonly number[] | null): boolean {
   return unusable(list[i]!, gs.backends[i]!, now, tried) === null;
+}
+
+function claimIn(list: readonly BackendEntry[], gs: GroupState, i: number): boolean {
+  return gs.backends[i]!.claim(list[i]!.maxc);
 }
 
 /** `::ffff:10.0.0.1` → `10.0.0.1`, so a client hashes alike on IPv4 and dual-stack listeners. */

@@ -1,30 +1,54 @@
-// Mutable runtime state beside the frozen routing table: connection counts, counters, ejection.
+// Runtime state beside the frozen routing table, as this thread sees it: views over the shared memory.
 //
-// The table says what the operator configured; this says what is happening. A table swap keeps the state
-// of every backend whose identity survives (listener, group, host:port), so counters stay monotonic for
-// the process lifetime — MRTG misreads a counter that goes backwards.
+// The table says what the operator configured; the shared state (src/shared/state.ts) says what is
+// happening in every worker at once. These objects are thin views: a BackendState reads its backend's
+// global connection count and health from the shared slot, adds its own thread's counts to its own
+// region, and keeps the list of this thread's open connections (to publish their bytes while they run).
+// A view is made per table; the slot behind it survives reloads (src/shared/slots.ts), so counters stay
+// monotonic for the life of the process — MRTG misreads a counter that goes backwards.
 
-import type { BackendEntry, GroupEntry, ListenerEntry } from '../config/table.ts';
-import { HealthTracker } from '../health/state.ts';
+import type { CheckStatus } from '../health/state.ts';
+import type { ListenerSlots } from '../shared/slots.ts';
+import {
+  FLAG_AUTODISABLED,
+  FLAG_CHECK_DOWN,
+  FLAG_DRAINING,
+  FLAG_PROBING,
+  WB_TOTAL,
+  WL_NO_BACKEND,
+  WL_QUEUE_ABANDONED,
+  WL_QUEUE_REJECTED,
+  WL_QUEUE_TIMEOUTS,
+  type SharedState,
+} from '../shared/state.ts';
+
+export { BACKOFF_MAX_MS, BACKOFF_START_MS } from '../shared/state.ts';
 
 /**
- * Something that carries bytes right now; its counts are added to the totals when it finishes. It also
- * carries the links of the lists it is on (its listener's, its backend's, its listener's connecting
- * list), so being on a list costs no allocation: at thousands of connections a second, a Set's entries
- * and rehashing showed up in the connection rate, and kept short-lived objects alive across scavenges.
+ * Something that carries bytes right now. It also carries the links of the lists it is on (its
+ * listener's, its backend's, its listener's connecting list, the queue), so being on a list costs no
+ * allocation: at thousands of connections a second, a Set's entries and rehashing showed up in the
+ * connection rate, and kept short-lived objects alive across scavenges.
  */
 export interface LiveFlow {
   sentBytes(): number;
   rcvdBytes(): number;
+  /** Bytes already published to the shared counters while the flow ran. */
+  pubSent: number;
+  pubRcvd: number;
+  /** The backend slot its bytes count toward, once connected (-1 before). */
+  backendSlot: number;
   prevL: LiveFlow | null;
   nextL: LiveFlow | null;
   prevB: LiveFlow | null;
   nextB: LiveFlow | null;
   prevC: LiveFlow | null;
   nextC: LiveFlow | null;
+  prevQ: LiveFlow | null;
+  nextQ: LiveFlow | null;
 }
 
-type Link = 'L' | 'B' | 'C';
+type Link = 'L' | 'B' | 'C' | 'Q';
 
 /** A doubly linked list threaded through the flows' own `prevX`/`nextX` fields (X = the list's link). */
 export class FlowList<F extends LiveFlow = LiveFlow> implements Iterable<F> {
@@ -49,6 +73,20 @@ export class FlowList<F extends LiveFlow = LiveFlow> implements Iterable<F> {
     this.size++;
   }
 
+  /** Puts a flow first (a waiter sent back to the queue keeps its place). */
+  unshift(f: F): void {
+    f[this.prev] = null;
+    f[this.next] = this.head;
+    if (this.head) this.head[this.prev] = f;
+    else this.tail = f;
+    this.head = f;
+    this.size++;
+  }
+
+  has(f: F): boolean {
+    return f[this.prev] !== null || this.head === f;
+  }
+
   /** Removes; false when the flow was not on this list. */
   delete(f: F): boolean {
     const prev = f[this.prev] as F | null;
@@ -68,6 +106,10 @@ export class FlowList<F extends LiveFlow = LiveFlow> implements Iterable<F> {
     return this.head;
   }
 
+  nextOf(f: F): F | null {
+    return f[this.next] as F | null;
+  }
+
   *[Symbol.iterator](): Iterator<F> {
     for (let f = this.head; f !== null; ) {
       const next = f[this.next] as F | null; // read first: the caller may remove f
@@ -77,205 +119,256 @@ export class FlowList<F extends LiveFlow = LiveFlow> implements Iterable<F> {
   }
 }
 
-/** Byte and connection counters shared by backends and listeners. */
-export class Counters {
-  /** Connections open right now. */
-  cur = 0;
-  /** Highest `cur` seen. */
-  max = 0;
-  /** Connections relayed to the end or still relaying (successful connects / accepted clients). */
-  total = 0;
-  private closedSent = 0;
-  private closedRcvd = 0;
-  private baseSent = 0;
-  private baseRcvd = 0;
-  readonly live: FlowList;
-
-  constructor(link: 'L' | 'B') {
-    this.live = new FlowList(link);
-  }
-
-  open(flow: LiveFlow): void {
-    this.live.add(flow);
-  }
-
-  close(flow: LiveFlow): void {
-    if (this.live.delete(flow)) {
-      this.closedSent += flow.sentBytes();
-      this.closedRcvd += flow.rcvdBytes();
-    }
-  }
-
-  /** Bytes client→backend (balance's `sent`), finished plus in-flight connections. */
-  sent(): number {
-    let n = this.closedSent;
-    for (const f of this.live) n += f.sentBytes();
-    return n - this.baseSent;
-  }
-
-  /** Bytes backend→client (balance's `rcvd`). */
-  rcvd(): number {
-    let n = this.closedRcvd;
-    for (const f of this.live) n += f.rcvdBytes();
-    return n - this.baseRcvd;
-  }
-
-  /** Operator `reset`: byte counters restart from zero (current connections are facts, not counters). */
-  resetBytes(): void {
-    this.baseSent += this.sent();
-    this.baseRcvd += this.rcvd();
-  }
-}
-
-export const BACKOFF_START_MS = 1000;
-export const BACKOFF_MAX_MS = 30_000;
-
-export class BackendState extends Counters {
-  constructor() {
-    super('B');
-  }
-
-  /** Times chosen (first tries and failover tries): balance's `totalc`, HAProxy's `lbtot`. */
-  attempts = 0;
-  /** Connects that failed (refused, timeout, unreachable): HAProxy's `econ`. */
-  failures = 0;
-  /** Passive ejection: not chosen before this time (ms since epoch). */
-  ejectedUntil = 0;
-  backoffMs = 0;
-  /** After a back-off, one connection probes the backend; others skip it until that probe ends. */
-  probing = false;
-  /** `autodisable` (balance -a): down until an operator enables it. Shown as `dis`. */
-  autoDisabled = false;
-  /** Active health checks (and data-path connect failures when checks are configured). */
-  readonly check = new HealthTracker();
-  /** `drain`: no new connections; running ones go on. */
-  draining = false;
-  lastChange = Date.now();
+/** One backend, as this thread sees it. `region` is this worker's counter region (-1: read only). */
+export class BackendState {
+  readonly shared: SharedState;
+  readonly slot: number;
+  readonly region: number;
+  /** This thread's open connections to the backend. */
+  readonly live = new FlowList('B');
+  /** Why the last connect or check failed (text lives beside the shared numbers, on each side). */
   lastFailure = '';
 
-  resetCounters(): void {
-    this.attempts = 0;
-    this.total = 0;
-    this.failures = 0;
-    this.resetBytes();
+  constructor(shared: SharedState, slot: number, region: number) {
+    this.shared = shared;
+    this.slot = slot;
+    this.region = region;
+  }
+
+  /** Connections open right now, in every worker. */
+  get cur(): number {
+    return this.shared.cur(this.slot);
+  }
+  get max(): number {
+    return this.shared.maxSeen(this.slot);
+  }
+  /** Times chosen (first tries and failover tries): balance's `totalc`, HAProxy's `lbtot`. */
+  get attempts(): number {
+    return this.shared.backendSum(this.slot, 'attempts');
+  }
+  /** Connects that failed (refused, timeout, unreachable): HAProxy's `econ`. */
+  get failures(): number {
+    return this.shared.backendSum(this.slot, 'failures');
+  }
+  /** Connections relayed (successful connects). */
+  get total(): number {
+    return this.shared.backendSum(this.slot, 'total');
+  }
+  sent(): number {
+    return this.shared.backendSum(this.slot, 'sent');
+  }
+  rcvd(): number {
+    return this.shared.backendSum(this.slot, 'rcvd');
+  }
+  get autoDisabled(): boolean {
+    return (this.shared.flags(this.slot) & FLAG_AUTODISABLED) !== 0;
+  }
+  get draining(): boolean {
+    return (this.shared.flags(this.slot) & FLAG_DRAINING) !== 0;
+  }
+  get probing(): boolean {
+    return (this.shared.flags(this.slot) & FLAG_PROBING) !== 0;
+  }
+  get ejectedUntil(): number {
+    return this.shared.ejectedUntil(this.slot);
+  }
+  get backoffMs(): number {
+    return this.shared.backoffMs(this.slot);
+  }
+  get lastChange(): number {
+    return this.shared.lastChange(this.slot);
+  }
+  get check(): { up: boolean; failedChecks: number; downTransitions: number; lastStatus: CheckStatus; lastDurationMs: number } {
+    return this.shared.checkFields(this.slot);
+  }
+  get checkUp(): boolean {
+    return (this.shared.flags(this.slot) & FLAG_CHECK_DOWN) === 0;
   }
 
   /** True when the backend is down for health reasons (not full, not operator-disabled). */
   isDown(now: number): boolean {
-    return this.autoDisabled || !this.check.up || this.draining || this.ejectedUntil > now || this.probing;
+    return this.shared.isDown(this.slot, now);
   }
 
-  /** A connect to this backend failed: eject it for a doubling back-off so later clients skip it. */
-  connectFailed(now: number, reason: string, autodisable: boolean): void {
-    this.failures++;
-    this.probing = false;
+  /** Takes a connection slot (false at maxc): done by selection, before connecting. */
+  claim(maxc: number): boolean {
+    return this.shared.claim(this.slot, maxc, this.region);
+  }
+
+  release(): void {
+    this.shared.release(this.slot, this.region);
+  }
+
+  /** Called when the backend is picked: counts the attempt; the first pick after a back-off probes. */
+  picked(): void {
+    this.shared.picked(this.slot, this.region);
+  }
+
+  /** A connect failed: ejects it for every worker; returns the back-off (0 when autodisabled). */
+  connectFailed(now: number, reason: string, autodisable: boolean): number {
     this.lastFailure = reason;
-    if (autodisable) {
-      if (!this.autoDisabled) this.lastChange = now;
-      this.autoDisabled = true;
-      return;
-    }
-    this.backoffMs = this.backoffMs === 0 ? BACKOFF_START_MS : Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
-    if (this.ejectedUntil === 0) this.lastChange = now;
-    this.ejectedUntil = now + this.backoffMs;
+    return this.shared.connectFailed(this.slot, now, autodisable, this.region);
   }
 
   connectSucceeded(now: number): void {
-    this.probing = false;
-    if (this.ejectedUntil !== 0) this.lastChange = now;
-    this.ejectedUntil = 0;
-    this.backoffMs = 0;
+    this.shared.connectSucceeded(this.slot, now);
+    this.shared.addBackend(this.region, this.slot, WB_TOTAL);
   }
 
-  /** Called when the backend is picked: the first pick after a back-off becomes the probe. */
-  picked(): void {
-    this.attempts++;
-    if (this.ejectedUntil !== 0) this.probing = true;
+  /** Operator `enable`: clears autodisable, drain and ejection; true when that changed anything. */
+  operatorEnabled(now: number): boolean {
+    return this.shared.operatorEnabled(this.slot, now);
   }
 
-  /** Operator `enable`: clears what autodisable, drain or ejection set, so the backend is tried at once. */
-  operatorEnabled(now: number): void {
-    this.autoDisabled = false;
-    this.draining = false;
-    this.ejectedUntil = 0;
-    this.backoffMs = 0;
-    this.probing = false;
-    this.lastChange = now;
+  /** Operator `drain`: no new connections; running ones go on. */
+  setDraining(on: boolean, now: number): void {
+    this.shared.setDraining(this.slot, on, now);
+  }
+
+  /** Operator `reset`: totalc, sent, rcvd and failures restart from zero, for every reader. */
+  resetCounters(): void {
+    this.shared.resetBackendCounters(this.slot);
+  }
+
+  /** Re-pointed (`assign`): the new address has no health history. */
+  resetHealth(now: number): void {
+    this.shared.resetHealth(this.slot, now);
+    this.lastFailure = '';
+  }
+
+  /** A relayed connection to it ended: its bytes move from live to closed. */
+  closed(flow: LiveFlow): void {
+    if (this.live.delete(flow)) {
+      this.shared.backendClosed(this.region, this.slot, flow.sentBytes(), flow.rcvdBytes(), flow.pubSent, flow.pubRcvd);
+    }
   }
 }
 
 export class GroupState {
-  /** Round robin: index to start the next scan at (one past the backend last chosen). */
-  cursor = 0;
-  /** Smooth weighted round robin: current weight per backend (nginx's algorithm). */
+  readonly shared: SharedState;
+  /** Shared slot of the group: its round-robin cursor is one for every worker. */
+  readonly slot: number;
+  /** Smooth weighted round robin: current weight per backend (nginx's algorithm), per worker. */
   swrr: number[] = [];
   backends: BackendState[];
-  constructor(backends: BackendState[]) {
+  constructor(shared: SharedState, slot: number, backends: BackendState[]) {
+    this.shared = shared;
+    this.slot = slot;
     this.backends = backends;
+  }
+  /** Round robin: index to start the next scan at (one past the backend last chosen). */
+  get cursor(): number {
+    return this.shared.cursor(this.slot);
   }
 }
 
 /** A client waiting in a listener's queue for a backend slot. */
-export interface Waiter {
+export interface Waiter extends LiveFlow {
   readonly queuedAt: number;
 }
 
-export class ListenerState extends Counters {
-  constructor() {
-    super('L');
+export class ListenerState {
+  readonly shared: SharedState;
+  readonly slot: number;
+  readonly region: number;
+  groups: GroupState[];
+  /** This thread's open clients. */
+  readonly live = new FlowList('L');
+  /** This thread's waiting clients, oldest ticket first. */
+  readonly queue = new FlowList<Waiter>('Q');
+
+  constructor(shared: SharedState, slots: ListenerSlots, region: number, previous: ListenerState | null) {
+    this.shared = shared;
+    this.slot = slots.slot;
+    this.region = region;
+    // Views of backends that keep their slot are kept too (with what only this thread knows of them).
+    const old = new Map<number, BackendState>();
+    const oldGroups = new Map<number, GroupState>();
+    for (const g of previous?.groups ?? []) {
+      oldGroups.set(g.slot, g);
+      for (const b of g.backends) old.set(b.slot, b);
+    }
+    this.groups = slots.groups.map((g) => {
+      const gs = new GroupState(shared, g.slot, g.backends.map((b) => old.get(b) ?? new BackendState(shared, b, region)));
+      const prev = oldGroups.get(g.slot);
+      if (prev && prev.backends.length === gs.backends.length) gs.swrr = prev.swrr;
+      return gs;
+    });
+    if (previous) {
+      for (const f of previous.live) this.live.add(f);
+      for (const w of previous.queue) this.queue.add(w);
+    }
   }
 
+  get cur(): number {
+    return this.shared.listenerCur(this.slot);
+  }
+  get max(): number {
+    return this.shared.listenerMax(this.slot);
+  }
+  get total(): number {
+    return this.shared.listenerSum(this.slot, 'total');
+  }
+  sent(): number {
+    return this.shared.listenerSum(this.slot, 'sent');
+  }
+  rcvd(): number {
+    return this.shared.listenerSum(this.slot, 'rcvd');
+  }
   /** Clients closed because no backend was usable (or every candidate failed). */
-  noBackend = 0;
-  groups: GroupState[] = [];
-  /** FIFO of clients waiting for a slot (listeners with a queue section). */
-  readonly queue: Waiter[] = [];
-  /** Longest the queue has been. */
-  queueMax = 0;
-  /** Waiters that gave up: timed out, left, or found the queue full. */
-  queueTimeouts = 0;
-  queueAbandoned = 0;
-  queueRejected = 0;
-}
+  get noBackend(): number {
+    return this.shared.listenerSum(this.slot, 'noBackend');
+  }
+  get queued(): number {
+    return this.shared.queued(this.slot);
+  }
+  get queueMax(): number {
+    return this.shared.queueMax(this.slot);
+  }
+  get queueTimeouts(): number {
+    return this.shared.listenerSum(this.slot, 'queueTimeouts');
+  }
+  get queueAbandoned(): number {
+    return this.shared.listenerSum(this.slot, 'queueAbandoned');
+  }
+  get queueRejected(): number {
+    return this.shared.listenerSum(this.slot, 'queueRejected');
+  }
 
-function backendIdentity(listener: string, group: number, entry: BackendEntry, ordinal: number): string {
-  return `${listener}\u0000${group}\u0000${entry.key}\u0000${ordinal}`;
-}
+  opened(flow: LiveFlow): void {
+    this.shared.listenerOpened(this.slot, this.region);
+    this.live.add(flow);
+  }
 
-/**
- * Builds the state for a (new) listener entry, reusing backend states whose identity survives: the same
- * listener, group index and host:port. A backend that moved or is new starts from zero.
- */
-export function rebuildListenerState(entry: ListenerEntry, previous: ListenerState | null): ListenerState {
-  const state = previous ?? new ListenerState();
-  const old = new Map<string, BackendState>();
-  previous?.groups.forEach((g, gi) => {
-    const seen = new Map<string, number>();
-    const entryGroup = previousEntries.get(previous)?.[gi];
-    g.backends.forEach((b, bi) => {
-      const be = entryGroup?.backends[bi];
-      if (!be) return;
-      const n = seen.get(be.key) ?? 0;
-      seen.set(be.key, n + 1);
-      old.set(backendIdentity(entry.name, gi, be, n), b);
-    });
-  });
-  const groups = entry.groups.map((g, gi) => {
-    const seen = new Map<string, number>();
-    const backends = g.backends.map((be) => {
-      const n = seen.get(be.key) ?? 0;
-      seen.set(be.key, n + 1);
-      return old.get(backendIdentity(entry.name, gi, be, n)) ?? new BackendState();
-    });
-    const gs = new GroupState(backends);
-    const prevGroup = previous?.groups[gi];
-    if (prevGroup) gs.cursor = prevGroup.cursor % Math.max(1, backends.length);
-    return gs;
-  });
-  state.groups = groups;
-  previousEntries.set(state, entry.groups);
-  return state;
-}
+  closed(flow: LiveFlow): void {
+    if (this.live.delete(flow)) {
+      this.shared.listenerClosed(this.slot, this.region, flow.sentBytes(), flow.rcvdBytes(), flow.pubSent, flow.pubRcvd);
+    }
+  }
 
-/** The group entries a state was last built for, to match old states to new entries on a swap. */
-const previousEntries = new WeakMap<ListenerState, readonly GroupEntry[]>();
+  count(what: 'noBackend' | 'queueTimeouts' | 'queueAbandoned' | 'queueRejected'): void {
+    const field = what === 'noBackend' ? WL_NO_BACKEND : what === 'queueTimeouts' ? WL_QUEUE_TIMEOUTS : what === 'queueAbandoned' ? WL_QUEUE_ABANDONED : WL_QUEUE_REJECTED;
+    this.shared.addListener(this.region, this.slot, field);
+  }
+
+  /**
+   * Publishes the bytes this thread's open connections moved since the last call, so that readers in
+   * other threads see transfers while they run, not only when they end.
+   */
+  publishLive(): void {
+    const s = this.shared;
+    for (const f of this.live) {
+      const sent = f.sentBytes();
+      const rcvd = f.rcvdBytes();
+      const ds = sent - f.pubSent;
+      const dr = rcvd - f.pubRcvd;
+      if ((ds === 0 && dr === 0) || f.backendSlot < 0) continue;
+      f.pubSent = sent;
+      f.pubRcvd = rcvd;
+      s.listenerLive(this.region, this.slot, ds, dr);
+      const b = f.backendSlot;
+      if (b < 0) continue; // not connected yet: counted when it ends
+      s.backendLive(this.region, b, ds, dr);
+    }
+  }
+}

@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import type { ConfigDoc, GroupDoc } from '../config/doc.ts';
 import type { PathSegment } from '../config/locate.ts';
 import { isIP } from 'node:net';
+import { optionErrorMessage } from './usage.ts';
 
 export const BALANCE_OPTIONS = {
   b: { type: 'string' },
@@ -44,7 +45,11 @@ function parse(argv: readonly string[]) {
   try {
     return parseArgs({ args: [...argv], options: BALANCE_OPTIONS, allowPositionals: true, strict: true });
   } catch (err) {
-    throw new BalanceArgsError((err as Error).message);
+    const message = optionErrorMessage(err);
+    if (message === null) throw err;
+    // An unknown option here is most often a typo of balance's: list them (lb's own commands are in --help).
+    const known = "balance's options: -b -B -t -T -a -d -f -p -H -M -6 -c -i";
+    throw new BalanceArgsError(message.startsWith('unknown option') ? `${message} (${known})` : message);
   }
 }
 

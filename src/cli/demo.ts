@@ -2,6 +2,7 @@
 
 import net, { type Server } from 'node:net';
 import type { ConfigDoc } from '../config/doc.ts';
+import { balanceSocketPath } from '../control/client.ts';
 
 export interface DemoBackends {
   ports: number[];
@@ -34,24 +35,27 @@ export async function startDemoBackends(count: number): Promise<DemoBackends> {
 }
 
 export function demoConfig(listenPort: number, controlPort: number, backendPorts: number[]): ConfigDoc {
-  const [first, ...rest] = backendPorts;
+  // Named as each one greets, so `show` and the logs say the same name the client sees.
+  const named = (port: number, i: number) => ({ name: `backend-${i + 1}`, host: '127.0.0.1', port });
+  const [first, ...rest] = backendPorts.map(named);
   return {
     global: { drain_timeout: '2s' },
-    control: { listen: `127.0.0.1:${controlPort}`, admin: true },
+    // TCP stays read-only (no token in a demo); the Unix socket, private to this user, may change state.
+    control: { listen: `127.0.0.1:${controlPort}`, socket: balanceSocketPath(`demo-${process.pid}`, undefined) },
     listeners: {
       demo: {
         listen: `127.0.0.1:${listenPort}`,
         connect_timeout: '1s',
         groups: [
-          { policy: 'rr', backends: rest.map((p) => `127.0.0.1:${p}`) },
-          { policy: 'rr', backends: [`127.0.0.1:${first}`] },
+          { policy: 'rr', backends: rest },
+          { policy: 'rr', backends: [first!] },
         ],
       },
     },
   };
 }
 
-export function demoHelp(listen: string, control: string): string {
+export function demoHelp(listen: string, control: string, socket: string): string {
   // From a checkout the command is an npm script (npx would look for an `lb` package in the registry).
   const lb = process.env.npm_lifecycle_event ? 'npm run -s lb --' : 'lb';
   return `
@@ -60,7 +64,7 @@ backend-1 is the failover group, used when both are disabled or down. Try, in an
 
   nc ${listen.replace(':', ' ')}                     # each connection greets from the next backend
   echo show | nc -N ${control.replace(':', ' ')}     # the channel table; telnet ${control.replace(':', ' ')} works too
-  ${lb} ctl --control ${control} disable demo 0 0   # take backend-2 out, then nc again
+  ${lb} ctl --socket ${socket} disable demo 0 0   # take backend-2 out, then nc again
   ${lb} ctl --control ${control} mrtg-bytes demo 0 1
 
 Ctrl-C stops the demo.

@@ -1,21 +1,24 @@
 #!/usr/bin/env node
 // The `lb` command: config checking, running, and balance's own command line.
 
-import { parseArgs } from 'node:util';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { formatDiagnostic, type Diagnostic } from '../config/diagnostics.ts';
+import { formatPath } from '../config/locate.ts';
 import { buildTable, loadConfigFile, type PipelineResult } from '../config/pipeline.ts';
 import { tableSummary, type HealthEntry, type RoutingTable } from '../config/table.ts';
 import { configReference } from '../config/reference.ts';
 import { docToToml, tableToDoc } from '../config/to-toml.ts';
 import { formatDuration, formatHostPort, parseListenAddress } from '../config/values.ts';
-import { Exit, LbError } from '../errors.ts';
-import { flushLog } from '../log.ts';
+import { Exit } from '../errors.ts';
+import { createLogger, flushLog, formatJson, type Fields, type Level } from '../log.ts';
 import { Runtime } from '../runtime.ts';
-import { balanceSocketPath, interactive, sendCommand, type ControlAddress } from '../control/client.ts';
+import { balanceSocketPath, clientToken, interactive, sendCommand, type ControlAddress } from '../control/client.ts';
 import { demoConfig, demoHelp, startDemoBackends } from './demo.ts';
 import { BalanceArgsError, parseBalanceArgs, parseBalanceControl } from './balance-args.ts';
-import { USAGE } from './usage.ts';
+import { debugEnabled, explainFailure, formatFailure } from './failure.ts';
+import { optionErrorMessage, USAGE, USAGE_HINT } from './usage.ts';
 import { VERSION } from '../version.ts';
+import { notifyReady } from './notify.ts';
 
 
 export interface Io {
@@ -30,25 +33,63 @@ const stdio: Io = {
 
 class UsageError extends Error {}
 
-/** Runs one `lb` invocation. Returns the exit code; a started balancer resolves only when it stops. */
-export async function main(argv: readonly string[], io: Io = stdio): Promise<number> {
-  try {
-    return await dispatch(argv, io);
-  } catch (err) {
-    if (err instanceof UsageError || err instanceof BalanceArgsError) {
-      io.err(`lb: ${err.message}\n\n${USAGE}`);
-      return Exit.USAGE;
-    }
-    if (err instanceof LbError) {
-      io.err(`lb: ${err.message} [${err.code}]\n`);
-      return err.exitCode;
-    }
-    io.err(`lb: unexpected error: ${(err as Error).stack ?? String(err)}\n`);
-    return Exit.SOFTWARE;
+/**
+ * What one invocation writes on stderr besides the log: the start-up and stop lines, config diagnostics,
+ * the failure that ends it. Text until a config that asks for JSON lines is loaded; JSON lines after.
+ */
+class Reporter {
+  json = false;
+  readonly io: Io;
+
+  constructor(io: Io) {
+    this.io = io;
+  }
+
+  event(level: Level, event: string, fields: Fields, text: string): void {
+    this.io.err((this.json ? formatJson(new Date().toISOString(), level, event, fields) : text) + '\n');
+  }
+
+  diagnostic(file: string, d: Diagnostic): void {
+    const fields: Fields = { file, line: d.line, col: d.col, path: d.path.length ? formatPath(d.path) : undefined, code: d.code, message: d.message };
+    this.event(d.severity === 'warning' ? 'warn' : 'error', 'config', fields, formatDiagnostic(file, d));
+  }
+
+  failure(err: unknown): number {
+    const f = explainFailure(err);
+    const stack = debugEnabled() && err instanceof Error && err.stack ? err.stack : undefined;
+    this.event('error', 'failed', { code: f.code, error: f.message, hint: f.hint ?? undefined, exit: f.exitCode, stack }, formatFailure(f));
+    if (stack && !this.json) this.io.err(stack + '\n');
+    return f.exitCode;
   }
 }
 
-async function dispatch(argv: readonly string[], io: Io): Promise<number> {
+/** Node's option parser with our one-line messages instead of its own. */
+function options<T extends ParseArgsConfig>(config: T): ReturnType<typeof parseArgs<T>> {
+  try {
+    return parseArgs(config);
+  } catch (err) {
+    const message = optionErrorMessage(err);
+    if (message !== null) throw new UsageError(message);
+    throw err;
+  }
+}
+
+/** Runs one `lb` invocation. Returns the exit code; a started balancer resolves only when it stops. */
+export async function main(argv: readonly string[], io: Io = stdio): Promise<number> {
+  const out = new Reporter(io);
+  try {
+    return await dispatch(argv, out);
+  } catch (err) {
+    if (err instanceof UsageError || err instanceof BalanceArgsError) {
+      io.err(`lb: ${err.message}${USAGE_HINT}\n`);
+      return Exit.USAGE;
+    }
+    return out.failure(err);
+  }
+}
+
+async function dispatch(argv: readonly string[], out: Reporter): Promise<number> {
+  const io = out.io;
   const [first, ...rest] = argv;
   if (first === undefined) throw new UsageError('nothing to do');
   if (first === '--help' || first === '-h' || first === 'help' || argv.includes('--help')) {
@@ -59,26 +100,27 @@ async function dispatch(argv: readonly string[], io: Io): Promise<number> {
     io.out(`lb ${VERSION}\n`);
     return Exit.OK;
   }
-  if (first === '--print-toml') return printToml(rest, io);
+  if (first === '--print-toml') return printToml(rest, out);
   if (first === '--config-reference') {
     io.out(configReference());
     return Exit.OK;
   }
-  if (first === 'run') return runFile(rest, io);
-  if (first === 'ctl') return ctl(rest, io);
-  if (first === 'demo') return demo(rest, io);
-  if (argv.includes('--check')) return check(argv, io);
+  if (first === 'run') return runFile(rest, out);
+  if (first === 'ctl') return ctl(rest, out);
+  if (first === 'demo') return demo(rest, out);
+  if (argv.includes('--check')) return check(argv, out);
   // `lb FILE` runs a config file; anything else is balance's command line (`lb PORT CHANNEL...`).
-  if (argv.length === 1 && !/^\d+$/.test(first) && !first.startsWith('-')) return runFile(argv, io);
-  return runBalance(argv, io);
+  if (argv.length === 1 && !/^\d+$/.test(first) && !first.startsWith('-')) return runFile(argv, out);
+  return runBalance(argv, out);
 }
 
-function reportDiagnostics(file: string, diags: readonly Diagnostic[], io: Io): void {
-  for (const d of diags) io.err(formatDiagnostic(file, d) + '\n');
+function reportDiagnostics(file: string, diags: readonly Diagnostic[], out: Reporter): void {
+  for (const d of diags) out.diagnostic(file, d);
 }
 
-async function check(argv: readonly string[], io: Io): Promise<number> {
-  const { values, positionals } = parseArgs({
+async function check(argv: readonly string[], out: Reporter): Promise<number> {
+  const io = out.io;
+  const { values, positionals } = options({
     args: [...argv],
     options: {
       check: { type: 'boolean' },
@@ -87,16 +129,16 @@ async function check(argv: readonly string[], io: Io): Promise<number> {
       quiet: { type: 'boolean', short: 'q' },
     },
     allowPositionals: true,
-    strict: false,
+    strict: true,
   });
   if (positionals.length !== 1) throw new UsageError('--check takes exactly one FILE');
   const file = positionals[0]!;
   const result = await loadConfigFile(file, { resolve: 'warning' });
   if (!result.ok) {
-    reportDiagnostics(file, result.diagnostics, io);
+    reportDiagnostics(file, result.diagnostics, out);
     return result.exitCode;
   }
-  reportDiagnostics(file, result.warnings, io);
+  reportDiagnostics(file, result.warnings, out);
   if (values.json) io.out(JSON.stringify(result.table, null, 2) + '\n');
   else if (values.print) io.out(describeTable(result.table));
   const s = tableSummary(result.table);
@@ -111,12 +153,12 @@ export function describeTable(table: RoutingTable): string {
   let out = '';
   const c = table.control;
   if (c) {
-    out += `control ${c.listen ? formatHostPort(c.listen.host, c.listen.port) : '-'}${c.socket ? ` socket ${c.socket}` : ''} admin=${c.admin}\n`;
+    out += `control ${c.listen ? formatHostPort(c.listen.host, c.listen.port) : '-'}${c.socket ? ` socket ${c.socket}` : ''} level=${c.level} socket_level=${c.socketLevel}${c.tokenFile ? ` token_file=${c.tokenFile}` : ''}\n`;
   }
   for (const l of table.listeners) {
     out += `listener ${l.name} ${formatHostPort(l.listen.host, l.listen.port)}`;
     out += ` connect_timeout=${formatDuration(l.connectTimeoutMs)} idle_timeout=${formatDuration(l.idleTimeoutMs)}`;
-    out += `${l.source ? ` source=${l.source}` : ''}${l.hashFailover ? ' hash_failover' : ''}${l.autodisable ? ' autodisable' : ''}`;
+    out += `${l.sourceHost ? ` source=${l.sourceHost}${l.source !== l.sourceHost ? ` (${l.source})` : ''}` : ''}${l.hashFailover ? ' hash_failover' : ''}${l.autodisable ? ' autodisable' : ''}`;
     out += `${l.packetDump !== 'off' ? ` packet_dump=${l.packetDump}` : ''}`;
     out += `${l.queue ? ` queue=${l.queue.max}/${formatDuration(l.queue.timeoutMs)}` : ''}\n`;
     l.groups.forEach((g, gi) => {
@@ -124,7 +166,8 @@ export function describeTable(table: RoutingTable): string {
       g.backends.forEach((b, bi) => {
         const addr = b.address !== b.host ? ` (${b.address})` : '';
         const health = b.health === g.health ? '' : b.health ? ` health ${describeHealth(b.health)}` : ' health off';
-        out += `    ${bi} ${b.key}${addr} maxc=${b.maxc} weight=${b.weight}${b.enabled ? '' : ' disabled'}${health}\n`;
+        const name = b.name !== b.key ? ` name=${b.name}` : '';
+        out += `    ${bi} ${b.key}${addr}${name} maxc=${b.maxc} weight=${b.weight}${b.enabled ? '' : ' disabled'}${health}\n`;
       });
     });
   }
@@ -136,17 +179,18 @@ function describeHealth(h: HealthEntry): string {
   return `every ${formatDuration(h.intervalMs)} timeout ${formatDuration(h.timeoutMs)} rise ${h.rise} fall ${h.fall} ${what}${h.port ? ` port ${h.port}` : ''}`;
 }
 
-async function runFile(argv: readonly string[], io: Io): Promise<number> {
-  const { positionals } = parseArgs({ args: [...argv], options: {}, allowPositionals: true, strict: true });
+async function runFile(argv: readonly string[], out: Reporter): Promise<number> {
+  const { positionals } = options({ args: [...argv], options: {}, allowPositionals: true, strict: true });
   if (positionals.length !== 1) throw new UsageError('run takes exactly one FILE');
   const file = positionals[0]!;
   const result = await loadConfigFile(file, { resolve: 'error' });
   if (!result.ok) {
-    reportDiagnostics(file, result.diagnostics, io);
+    reportDiagnostics(file, result.diagnostics, out);
     return result.exitCode;
   }
-  reportDiagnostics(file, result.warnings, io);
-  return serve(result.table, file, io);
+  out.json = result.table.global.logFormat === 'json';
+  reportDiagnostics(file, result.warnings, out);
+  return serve(result.table, file, out);
 }
 
 /** balance's errors name the operand the user typed, not a TOML path they never wrote. */
@@ -160,27 +204,35 @@ function balanceTable(
   if (withSocket) {
     // balance's shell reached its instance through a per-port rendezvous; ours is a 0600 Unix socket.
     // The control server creates the socket's directory once the whole config is known to be good.
-    cmd.doc.control = { socket: balanceSocketPath(cmd.port, cmd.bind), admin: true };
+    cmd.doc.control = { socket: balanceSocketPath(cmd.port, cmd.bind), socket_level: 'admin' };
   }
   return buildTable(cmd.doc, { resolve }).then((result) => {
     if (result.ok) return result;
     for (const d of result.diagnostics) {
       const operand = cmd.operandAt(d.path);
-      io.err(`lb: ${operand ? `"${operand}": ` : ''}${d.message} [${d.code}]\n`);
+      io.err(`lb: ${operand ? `"${operand}": ` : ''}${d.message} [${d.code}]${USAGE_HINT}\n`);
     }
     return null;
   });
 }
 
-async function printToml(argv: readonly string[], io: Io): Promise<number> {
-  const result = await balanceTable(argv, io, 'warning');
+async function printToml(argv: readonly string[], out: Reporter): Promise<number> {
+  const io = out.io;
+  // The same control socket `lb ARGS` serves: balance's `-c`/`-i` and `lb ctl --config FILE` reach the
+  // instance the printed file runs, as they reached the one the command line ran.
+  const result = await balanceTable(argv, io, 'warning', true);
   if (!result?.ok) return Exit.USAGE;
-  const header = `# Generated by lb --print-toml from: lb ${argv.join(' ')}\n\n`;
+  const { port } = parseBalanceArgs(argv);
+  const header =
+    `# Generated by lb --print-toml from: lb ${argv.join(' ')}\n` +
+    `# [control]: the socket that command line serves, so \`lb -c COMMAND ${port}\`, \`lb -i ${port}\` and\n` +
+    `# \`lb ctl --config THIS-FILE COMMAND\` reach an lb run from this file (as the same user).\n\n`;
   io.out(docToToml(tableToDoc(result.table), header));
   return Exit.OK;
 }
 
-async function runBalance(argv: readonly string[], io: Io): Promise<number> {
+async function runBalance(argv: readonly string[], out: Reporter): Promise<number> {
+  const io = out.io;
   const shell = parseBalanceControl(argv);
   if (shell) {
     const addr = { path: balanceSocketPath(shell.port, shell.bind) };
@@ -189,11 +241,12 @@ async function runBalance(argv: readonly string[], io: Io): Promise<number> {
   }
   const result = await balanceTable(argv, io, 'error', true);
   if (!result?.ok) return Exit.USAGE;
-  return serve(result.table, null, io);
+  return serve(result.table, null, out);
 }
 
-async function demo(argv: readonly string[], io: Io): Promise<number> {
-  const { values } = parseArgs({
+async function demo(argv: readonly string[], out: Reporter): Promise<number> {
+  const io = out.io;
+  const { values } = options({
     args: [...argv],
     options: { port: { type: 'string', default: '8888' }, 'control-port': { type: 'string', default: '8023' } },
     strict: true,
@@ -205,11 +258,11 @@ async function demo(argv: readonly string[], io: Io): Promise<number> {
   const result = await buildTable(demoConfig(port, controlPort, backends.ports), { resolve: 'skip' });
   if (!result.ok) {
     await backends.close();
-    reportDiagnostics('demo', result.diagnostics, io);
+    reportDiagnostics('demo', result.diagnostics, out);
     return result.exitCode;
   }
-  return serve(result.table, null, io, {
-    started: (rt) => io.out(demoHelp(rt.boundAddresses()[0]!.address, `127.0.0.1:${rt.control?.port()}`)),
+  return serve(result.table, null, out, {
+    started: (rt) => io.out(demoHelp(rt.boundAddresses()[0]!.address, `127.0.0.1:${rt.control?.port()}`, rt.table.control?.socket ?? '')),
     stopped: () => backends.close(),
   });
 }
@@ -220,8 +273,9 @@ interface ServeHooks {
 }
 
 /** Starts the balancer in the foreground; resolves with the exit code once it has stopped. */
-async function serve(table: RoutingTable, configFile: string | null, io: Io, hooks: ServeHooks = {}): Promise<number> {
-  const runtime = new Runtime(table, { configFile });
+async function serve(table: RoutingTable, configFile: string | null, out: Reporter, hooks: ServeHooks = {}): Promise<number> {
+  const log = createLogger(table.global.logFormat, undefined, table.global.logLevel);
+  const runtime = new Runtime(table, { configFile, log });
   try {
     await runtime.start();
   } catch (err) {
@@ -246,14 +300,16 @@ async function serve(table: RoutingTable, configFile: string | null, io: Io, hoo
         process.removeListener('SIGTERM', onTerm);
         process.removeListener('SIGINT', onInt);
         flushLog(); // the last access-log lines come before the "stopped" line
-        io.err(`lb ${VERSION} stopped\n`);
+        out.json = runtime.log.format === 'json';
+        out.event('info', 'stopped', { version: VERSION }, `lb ${VERSION} stopped`);
         resolve(Exit.OK);
       });
     };
     const hup = (): void => {
       void runtime.reload().then((r) => {
         flushLog();
-        if (!r.ok) reportDiagnostics(configFile ?? '-', r.diagnostics, io);
+        out.json = runtime.log.format === 'json';
+        if (!r.ok) reportDiagnostics(configFile ?? '-', r.diagnostics, out);
       });
     };
     const onTerm = (): void => stop('SIGTERM');
@@ -262,8 +318,13 @@ async function serve(table: RoutingTable, configFile: string | null, io: Io, hoo
     process.on('SIGHUP', hup);
     process.on('SIGTERM', onTerm);
     process.on('SIGINT', onInt);
-    io.err(`lb ${VERSION} listening on ${where}${control} (pid ${process.pid})\n`);
+    out.event(
+      'info', 'listening',
+      { version: VERSION, listeners: where, control: controlAt.join(' ') || undefined, pid: process.pid },
+      `lb ${VERSION} listening on ${where}${control} (pid ${process.pid})`,
+    );
     hooks.started?.(runtime);
+    void notifyReady((f) => out.event('error', 'notify', { code: f.code, error: f.error }, f.text)); // lb.service: Type=notify
   });
 }
 
@@ -273,10 +334,13 @@ function printReply(reply: { text: string; error: boolean }, io: Io): number {
 }
 
 /** `lb ctl [--control HOST:PORT | --socket PATH | --config FILE] COMMAND [ARGS...]` */
-async function ctl(argv: readonly string[], io: Io): Promise<number> {
-  const { values, positionals } = parseArgs({
+async function ctl(argv: readonly string[], out: Reporter): Promise<number> {
+  const io = out.io;
+  const { values, positionals } = options({
     args: [...argv],
-    options: { control: { type: 'string' }, socket: { type: 'string' }, config: { type: 'string' }, help: { type: 'boolean' } },
+    options: {
+      control: { type: 'string' }, socket: { type: 'string' }, config: { type: 'string' }, 'token-file': { type: 'string' }, help: { type: 'boolean' },
+    },
     allowPositionals: true,
     strict: true,
   });
@@ -294,7 +358,7 @@ async function ctl(argv: readonly string[], io: Io): Promise<number> {
   } else if (values.config) {
     const result = await loadConfigFile(values.config, { resolve: 'skip' });
     if (!result.ok) {
-      reportDiagnostics(values.config, result.diagnostics, io);
+      reportDiagnostics(values.config, result.diagnostics, out);
       return result.exitCode;
     }
     const c = result.table.control;
@@ -303,13 +367,19 @@ async function ctl(argv: readonly string[], io: Io): Promise<number> {
     else {
       const host = c.listen!.host;
       addr = { host: host === null || host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host, port: c.listen!.port };
+      // Over TCP a session starts at read: the config's token (if this user may read it) raises it.
+      if (c.tokenFile && values['token-file'] === undefined) values['token-file'] = c.tokenFile;
     }
   }
-  return printReply(await sendCommand(addr, positionals.join(' ')), io);
+  const tokenFile = values['token-file'];
+  const token = tokenFile === undefined ? undefined : clientToken(tokenFile);
+  return printReply(await sendCommand(addr, positionals.join(' '), { token }), io);
 }
 
 const isEntry = process.argv[1] !== undefined && import.meta.filename === (await import('node:fs')).realpathSync(process.argv[1]);
 if (isEntry) {
+  // `pgrep lb`, `ps`, `top` and `systemctl status` show "lb", not "node" or Node's "MainThread".
+  process.title = 'lb';
   // Exit explicitly: a stopped balancer may leave handles (stdin, the dump file) that would keep it alive.
   process.exit(await main(process.argv.slice(2)));
 }

@@ -8,11 +8,13 @@ export const USAGE = `usage:
                               (--print: the compiled routing table; --json: the same as JSON)
   lb demo [--port N] [--control-port N]
                               a demo: three built-in backends, a listener (8888) and the control port (8023)
-  lb ctl [--control HOST:PORT | --socket PATH | --config FILE] COMMAND [ARGS...]
+  lb ctl [--control HOST:PORT | --socket PATH | --config FILE] [--token-file FILE] COMMAND [ARGS...]
                               send one command to a running lb's control port (default 127.0.0.1:8023);
-                              exit 0 ok, 1 the command failed, 69 cannot connect
+                              over TCP, --token-file (or the config's token_file) sends "auth" first,
+                              for commands above read; exit 0 ok, 1 the command failed, 69 cannot connect
   lb --print-toml BALANCE-ARGS
-                              print the TOML config equivalent to a balance command line
+                              print the TOML config equivalent to a balance command line (with the
+                              same control socket, so lb -c/-i and lb ctl --config FILE reach it)
   lb --config-reference       print every config key with its type, default and meaning
   lb [-b addr] [-B addr] [-t sec] [-T sec] [-adfpH6] PORT CHANNEL... [!|%] CHANNEL...
                               balance's command line: run with these groups
@@ -35,5 +37,33 @@ signals: SIGHUP re-reads FILE (a broken file keeps the running config); SIGTERM/
 let connections finish for up to global.drain_timeout, then exit 0.
 
 exit codes: 0 ok, 64 usage, 66 config unreadable, 69 cannot listen or reach the control port,
-77 permission denied, 78 config invalid.
+70 internal error, 71 other system error, 73 cannot create a file or directory (read-only, missing),
+77 permission denied, 78 config invalid. A failure is one line: cause [LB_CODE]; what to do
+(LB_DEBUG=1 adds a stack trace).
 `;
+
+/** The hint that ends every usage error: the whole text is one command away, not in the way. */
+export const USAGE_HINT = "; see 'lb --help' for more";
+
+/**
+ * Node's own option-parser errors (util.parseArgs) in our words, naming the option as typed; null for
+ * anything else. Node's texts talk about `--b <value>` for `-b` and suggest `--` tricks.
+ */
+export function optionErrorMessage(err: unknown): string | null {
+  const e = err as { code?: unknown; message?: unknown };
+  if (typeof e?.code !== 'string' || !e.code.startsWith('ERR_PARSE_ARGS_') || typeof e.message !== 'string') return null;
+  const quoted = /'([^']*)'/.exec(e.message)?.[1] ?? '';
+  // Node writes `--b <value>` for what was typed as `-b`: one-letter options are short ones here.
+  const name = quoted.split(' ')[0]!.replace(/^-+/, '');
+  const option = name.length === 1 ? `-${name}` : `--${name}`;
+  switch (e.code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return `unknown option ${option}`;
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
+      return /argument missing/.test(e.message) ? `option ${option} needs a value` : `option ${option} takes no value`;
+    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
+      return `unexpected argument "${quoted}"`;
+    default:
+      return null;
+  }
+}

@@ -16,16 +16,22 @@ import type {
   HealthEntry,
   ListenerEntry,
   LogFormat,
+  LogLevel,
   PacketDump,
   Policy,
   RoutingTable,
 } from './table.ts';
+import { defaultStateFile } from './operator-state.ts';
+import type { Level } from '../control/access.ts';
 import { formatHostPort, parseBackendString, parseDuration, parseListenAddress, parsePort } from './values.ts';
 
 export interface CompileResult {
   table: RoutingTable | null;
   diagnostics: Diagnostic[];
 }
+
+/** `show`'s own words (control port): a listener may not be named like one of them. */
+export const SHOW_SUBCOMMANDS: readonly string[] = ['stat', 'config', 'info', 'json', 'errors'];
 
 export function compileConfig(doc: ConfigDoc): CompileResult {
   return new Compiler().compile(doc);
@@ -47,7 +53,11 @@ class Compiler {
     const global = {
       drainTimeoutMs: this.duration(doc.global?.drain_timeout ?? '30s', ['global', 'drain_timeout']),
       logFormat: (doc.global?.log_format ?? 'text') as LogFormat,
+      logLevel: (doc.global?.log_level ?? 'info') as LogLevel,
       accessLog: doc.global?.access_log ?? true,
+      workers: doc.global?.workers ?? 'auto',
+      // "" turns the state file off even where systemd gives a state directory.
+      stateFile: doc.global?.state_file === undefined ? defaultStateFile(process.env) : doc.global.state_file || null,
     };
     const control = doc.control ? this.control(doc.control) : null;
     const listeners = Object.entries(doc.listeners).map(([name, l]) => this.listener(name, l, defaults));
@@ -85,16 +95,62 @@ class Compiler {
     allow.forEach((cidr, i) => {
       if (!isCidr(cidr)) this.error(['control', 'allow', i], `invalid CIDR block "${cidr}" (e.g. "10.0.0.0/8", "::1/128")`);
     });
-    if (doc.listen === undefined && doc.socket === undefined) {
+    if (doc.listen === undefined && doc.socket === undefined && doc.http === undefined) {
       this.warn(['control'], 'neither listen nor socket is set: the control port is off');
+    }
+    const tokenFile = doc.token_file ?? null;
+    // `admin` was one flag for both endpoints and no authentication: true now means admin on the socket
+    // and, only with a token, on TCP; false means read-only on both. level/socket_level win when given.
+    const legacy: Level | undefined = doc.admin === undefined ? undefined : doc.admin ? 'admin' : 'read';
+    if (doc.admin !== undefined) {
+      this.warn(
+        ['control', 'admin'],
+        doc.admin
+          ? `admin is deprecated: use socket_level = "admin" and, for TCP, level = "admin" with token_file (admin = true gives admin on the socket${tokenFile === null ? ' only: without token_file TCP stays read' : ' and, after auth, on TCP'})`
+          : 'admin is deprecated: use level = "read" and socket_level = "read" (which is what admin = false means)',
+      );
+    }
+    const level = (doc.level as Level | undefined) ?? (legacy === 'admin' && tokenFile === null ? 'read' : legacy) ?? 'read';
+    const socketLevel = (doc.socket_level as Level | undefined) ?? legacy ?? 'admin';
+    if (level !== 'read' && tokenFile === null) {
+      this.error(
+        ['control', 'level'],
+        `level = "${level}" needs token_file: a TCP session above read must present a token with "auth TOKEN"`,
+      );
+    }
+    if (tokenFile !== null && level === 'read') {
+      this.warn(['control', 'token_file'], 'token_file is set but level is "read": "auth" raises no session');
     }
     return {
       listen: doc.listen === undefined ? null : this.endpoint(doc.listen, ['control', 'listen']),
       socket: doc.socket ?? null,
-      admin: doc.admin ?? false,
+      level,
+      socketLevel,
+      tokenFile,
       allow: [...allow], // the table is frozen; the caller's document must not be
       idleTimeoutMs: this.duration(doc.idle_timeout ?? '5m', ['control', 'idle_timeout']),
+      ...this.controlHttp(doc, tokenFile),
     };
+  }
+
+  /** The HTTP face: off unless `http` is set; with no host it listens on loopback only. */
+  private controlHttp(doc: NonNullable<ConfigDoc['control']>, tokenFile: string | null): Pick<ControlEntry, 'http' | 'httpLevel'> {
+    const httpLevel = (doc.http_level ?? 'read') as Level;
+    if (doc.http === undefined) return { http: null, httpLevel };
+    const ep = this.endpoint(doc.http, ['control', 'http']);
+    if (httpLevel !== 'read' && tokenFile === null) {
+      this.warn(['control', 'http_level'], `http_level = "${httpLevel}" without token_file: every client the allow list admits may use the buttons`);
+    }
+    return { http: ep && { host: ep.host ?? '127.0.0.1', port: ep.port }, httpLevel };
+  }
+
+  /** `show NAME` must mean the listener: a name that is a `show` subcommand, or holds spaces, could not. */
+  private checkListenerName(name: string, path: PathSegment[]): void {
+    if (SHOW_SUBCOMMANDS.includes(name)) {
+      this.error(path, `listener name "${name}" clashes with the control command "show ${name}": choose another name`);
+    } else if (name === '' || /[\s\x00-\x1f\x7f]/.test(name)) {
+      this.error(path, `listener name ${JSON.stringify(name)} must be one word (no spaces or control characters), as control commands take it as one`);
+    }
   }
 
   private listener(
@@ -103,6 +159,7 @@ class Compiler {
     defaults: { connectTimeoutMs: number; idleTimeoutMs: number },
   ): ListenerEntry {
     const at = (...rest: PathSegment[]): PathSegment[] => ['listeners', name, ...rest];
+    this.checkListenerName(name, at());
     const parsedListen = this.endpoint(doc.listen, at('listen'));
     const listen = parsedListen ?? { host: null, port: 0 };
     const packetDump = (doc.packet_dump ?? 'off') as PacketDump;
@@ -116,6 +173,7 @@ class Compiler {
       name,
       listen,
       source: doc.source ?? null,
+      sourceHost: doc.source ?? null,
       hashFailover: doc.hash_failover ?? false,
       autodisable: doc.autodisable ?? false,
       packetDump,
@@ -187,7 +245,26 @@ class Compiler {
     }
     const health = this.health(doc.health, undefined, [...path, 'health']);
     const backends = doc.backends.map((b, i) => this.backend(b, listenPort, [...path, 'backends', i], doc.health, health, source));
+    this.checkNames(doc, backends, path);
     return { policy, health, backends };
+  }
+
+  /**
+   * A configured name must say which backend it is: unique within the group, and not the default name
+   * ("host:port") of another one. Unnamed backends may repeat (balance allowed a channel twice).
+   */
+  private checkNames(doc: GroupDoc, backends: BackendEntry[], path: PathSegment[]): void {
+    const explicit = (i: number): boolean => typeof doc.backends[i] === 'object' && (doc.backends[i] as BackendDoc).name !== undefined;
+    backends.forEach((b, i) => {
+      if (!explicit(i)) return;
+      const at = [...path, 'backends', i, 'name'];
+      if (!NAME.test(b.name)) {
+        this.error(at, `invalid backend name ${JSON.stringify(b.name)}: use letters, digits and _ . : @ - [ ], at most 64`);
+        return;
+      }
+      const other = backends.findIndex((o, j) => j !== i && o.name === b.name && (j < i || !explicit(j)));
+      if (other >= 0) this.error(at, `backend name "${b.name}" is already used by backends[${other}] of this group`);
+    });
   }
 
   private backend(
@@ -207,7 +284,7 @@ class Compiler {
       const parsed = parseBackendString(doc);
       if (!parsed.ok) {
         this.error(path, parsed.error);
-        return { host: doc, port: 1, address: doc, maxc: 0, weight: 1, enabled: false, key: doc, health: null };
+        return { name: doc, host: doc, port: 1, address: doc, maxc: 0, weight: 1, enabled: false, key: doc, health: null };
       }
       host = parsed.value.host;
       port = parsed.value.port;
@@ -236,7 +313,9 @@ class Compiler {
     const own = typeof doc === 'object' ? doc.health : undefined;
     // Without overrides a backend shares its group's entry (so a problem in it is reported once).
     const health = own ? this.health(groupHealth, own, [...path, 'health']) : groupEntry;
-    return { host, port, address: host, maxc, weight, enabled, key: backendKey(host, port), health };
+    const key = backendKey(host, port);
+    const name = typeof doc === 'object' && doc.name !== undefined ? doc.name : key;
+    return { name, host, port, address: host, maxc, weight, enabled, key, health };
   }
 
   private checkAddressClashes(listeners: ListenerEntry[], control: ControlEntry | null): void {
@@ -253,9 +332,13 @@ class Compiler {
       seen.push({ ep, path });
     };
     if (control?.listen) check(control.listen, ['control', 'listen']);
+    if (control?.http) check(control.http, ['control', 'http']);
     for (const l of listeners) check(l.listen, ['listeners', l.name, 'listen']);
   }
 }
+
+/** Backend names appear bare in text logs and CSV: no spaces, commas or quotes. */
+const NAME = /^[A-Za-z0-9_.:@\[\]-]{1,64}$/;
 
 /** A listener on the wildcard address conflicts with every other listener on the same port. */
 function isWildcard(host: string | null): boolean {

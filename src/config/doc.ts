@@ -16,6 +16,7 @@ export interface HealthDoc {
 }
 
 export interface BackendDoc {
+  name?: string;
   host: string;
   port?: number | string;
   maxc?: number;
@@ -44,13 +45,25 @@ export interface ListenerDoc {
 }
 
 export interface ConfigDoc {
-  global?: { drain_timeout?: DurationValue; log_format?: string; access_log?: boolean };
+  global?: {
+    drain_timeout?: DurationValue;
+    log_format?: string;
+    access_log?: boolean;
+    workers?: number | 'auto';
+    log_level?: string;
+    state_file?: string;
+  };
   control?: {
     listen?: AddressValue;
     socket?: string;
     admin?: boolean;
+    level?: string;
+    socket_level?: string;
+    token_file?: string;
     allow?: string[];
     idle_timeout?: DurationValue;
+    http?: AddressValue;
+    http_level?: string;
   };
   defaults?: { connect_timeout?: DurationValue; idle_timeout?: DurationValue };
   listeners: Record<string, ListenerDoc>;

@@ -32,7 +32,9 @@ export function patchBackend(table: RoutingTable, ref: BackendRef, patch: Backen
     backends: g.backends.map((b, i) => {
       if (i !== ref.index) return b;
       const next = { ...b, ...patch };
-      return { ...next, key: backendKey(next.host, next.port) };
+      const key = backendKey(next.host, next.port);
+      // An unnamed backend is called by its address, so its name follows an `assign`; a configured one stays.
+      return { ...next, key, name: b.name === b.key ? key : b.name };
     }),
   }));
 }
@@ -41,9 +43,10 @@ export function addBackend(
   table: RoutingTable,
   listener: string,
   group: number,
-  backend: Omit<BackendEntry, 'key'>,
+  backend: Omit<BackendEntry, 'key' | 'name'> & { name?: string },
 ): RoutingTable {
-  const entry: BackendEntry = { ...backend, key: backendKey(backend.host, backend.port) };
+  const key = backendKey(backend.host, backend.port);
+  const entry: BackendEntry = { ...backend, key, name: backend.name ?? key };
   return mapGroup(table, listener, group, (g) => ({ ...g, backends: [...g.backends, entry] }));
 }
 

@@ -1,14 +1,28 @@
-// Maps key paths of a TOML document to source positions.
+// Maps key paths of a TOML document to source positions, and finds where the document nests too deep.
 //
 // smol-toml reports positions only for syntax errors; schema and semantic errors must still name a line
-// (`FILE:LINE:COL: PATH: message`). This scanner walks the already-parsed (so well-formed) text once and
-// records where every key, table header and array element starts. It understands exactly the TOML
-// structure that matters for paths: [tables], [[arrays of tables]], dotted keys, inline tables and arrays.
+// (`FILE:LINE:COL: PATH: message`). This scanner walks the text once and records where every key, table
+// header and array element starts. It understands exactly the TOML structure that matters for paths:
+// [tables], [[arrays of tables]], dotted keys, inline tables and arrays.
+//
+// It runs before the TOML parser, on any text (it never loops in place and never throws on bad input), so
+// it is also where the nesting depth is bounded: the first key path deeper than the limit stops the scan
+// and is reported with its line. Positions live in a tree of path segments, so the work is linear in the
+// size of the text (recording every prefix of a dotted key as a formatted string was quadratic).
+
+import { MAX_CONFIG_DEPTH } from './limits.ts';
 
 export type PathSegment = string | number;
 export interface Position {
   line: number;
   col: number;
+}
+
+/** The first key path deeper than the limit (up to one level past it), and where it starts. */
+export interface TooDeep {
+  readonly path: PathSegment[];
+  readonly line: number;
+  readonly col: number;
 }
 
 const BARE_KEY = /^[A-Za-z0-9_-]+$/;
@@ -23,11 +37,43 @@ export function formatPath(segments: readonly PathSegment[]): string {
   return out;
 }
 
-export class Locator {
-  private readonly positions = new Map<string, Position>();
+interface PathNode {
+  readonly parent: PathNode | null;
+  readonly seg: PathSegment;
+  readonly depth: number;
+  kids: Map<PathSegment, PathNode> | null;
+  pos: Position | null;
+  /** How many [[tables]] of this name so far (0: not an array of tables). */
+  tables: number;
+}
 
-  constructor(source: string) {
-    new Scanner(source, this.positions).scanDocument();
+function newNode(parent: PathNode | null, seg: PathSegment): PathNode {
+  return { parent, seg, depth: parent ? parent.depth + 1 : 0, kids: null, pos: null, tables: 0 };
+}
+
+function pathOf(node: PathNode): PathSegment[] {
+  const out: PathSegment[] = [];
+  for (let n: PathNode | null = node; n?.parent; n = n.parent) out.push(n.seg);
+  return out.reverse();
+}
+
+/** Thrown inside the scanner to stop at the first path past the depth limit. */
+const STOP = Symbol('too deep');
+
+export class Locator {
+  private readonly root: PathNode;
+  /** Where the text first nests deeper than the limit (the scan stopped there), or null. */
+  readonly tooDeep: TooDeep | null;
+
+  constructor(source: string, maxDepth: number = MAX_CONFIG_DEPTH) {
+    const scanner = new Scanner(source, maxDepth);
+    try {
+      scanner.scanDocument();
+    } catch (err) {
+      if (err !== STOP) throw err;
+    }
+    this.root = scanner.root;
+    this.tooDeep = scanner.tooDeep;
   }
 
   /**
@@ -36,11 +82,16 @@ export class Locator {
    */
   find(segments: readonly PathSegment[]): Position | undefined {
     if (segments.length === 0) return { line: 1, col: 1 };
-    for (let n = segments.length; n >= 1; n--) {
-      const pos = this.positions.get(formatPath(segments.slice(0, n)));
-      if (pos) return pos;
+    let node = this.root;
+    let found: Position | undefined;
+    for (const seg of segments) {
+      // ajv's paths turn every all-digit key into a number; the text may have it as a key.
+      const next = node.kids?.get(seg) ?? (typeof seg === 'number' ? node.kids?.get(String(seg)) : undefined);
+      if (!next) break;
+      node = next;
+      if (node.pos) found = node.pos;
     }
-    return undefined;
+    return found;
   }
 }
 
@@ -48,18 +99,19 @@ class Scanner {
   private i = 0;
   private line = 1;
   private col = 1;
-  private readonly arrayTables = new Map<string, number>();
+  readonly root = newNode(null, '');
+  tooDeep: TooDeep | null = null;
 
   private readonly src: string;
-  private readonly positions: Map<string, Position>;
+  private readonly maxDepth: number;
 
-  constructor(src: string, positions: Map<string, Position>) {
+  constructor(src: string, maxDepth: number) {
     this.src = src;
-    this.positions = positions;
+    this.maxDepth = maxDepth;
   }
 
   scanDocument(): void {
-    let current: PathSegment[] = [];
+    let current = this.root;
     while (!this.eof()) {
       const before = this.i;
       this.skipBlank(true);
@@ -67,39 +119,59 @@ class Scanner {
       const pos = this.pos();
       if (this.src.startsWith('[[', this.i)) {
         this.advance(2);
-        current = this.resolveHeader(this.parseKey(), true);
+        current = this.resolveHeader(this.parseKey(), true, pos);
         this.record(current, pos);
       } else if (this.peek() === '[') {
         this.advance(1);
-        current = this.resolveHeader(this.parseKey(), false);
+        current = this.resolveHeader(this.parseKey(), false, pos);
         this.record(current, pos);
       } else {
-        const keyPath = [...current, ...this.parseKey()];
-        this.recordPrefixes(keyPath, current.length, pos);
+        const node = this.keyPath(current, this.parseKey(), pos);
         this.skipBlank(false);
         if (this.peek() === '=') this.advance(1);
         this.skipBlank(false);
-        this.scanValue(keyPath);
+        this.scanValue(node);
       }
       this.skipToLineEnd();
       if (this.i === before) this.advance(1); // never loop in place, whatever the input
     }
   }
 
-  private resolveHeader(segments: string[], isArray: boolean): PathSegment[] {
-    const out: PathSegment[] = [];
+  /** The child of `node` for `seg`; past the depth limit, records where and stops the scan. */
+  private child(node: PathNode, seg: PathSegment, pos: Position): PathNode {
+    let next = node.kids?.get(seg);
+    if (!next) {
+      next = newNode(node, seg);
+      if (next.depth > this.maxDepth) {
+        this.tooDeep = { path: pathOf(next), line: pos.line, col: pos.col };
+        throw STOP;
+      }
+      (node.kids ??= new Map()).set(seg, next);
+    }
+    return next;
+  }
+
+  private resolveHeader(segments: string[], isArray: boolean, pos: Position): PathNode {
+    let node = this.root;
     segments.forEach((seg, idx) => {
-      out.push(seg);
-      const key = formatPath(out);
-      const count = this.arrayTables.get(key);
+      node = this.child(node, seg, pos);
       if (idx === segments.length - 1 && isArray) {
-        this.arrayTables.set(key, (count ?? 0) + 1);
-        out.push(count ?? 0);
-      } else if (count !== undefined) {
-        out.push(count - 1); // [a.b] after [[a]] names the last element of a
+        node = this.child(node, node.tables++, pos);
+      } else if (node.tables > 0) {
+        node = this.child(node, node.tables - 1, pos); // [a.b] after [[a]] names the last element of a
       }
     });
-    return out;
+    return node;
+  }
+
+  /** A dotted key `a.b.c = 1` defines a, a.b and a.b.c at the same place. */
+  private keyPath(from: PathNode, segments: string[], pos: Position): PathNode {
+    let node = from;
+    for (const seg of segments) {
+      node = this.child(node, seg, pos);
+      this.record(node, pos);
+    }
+    return node;
   }
 
   private parseKey(): string[] {
@@ -122,12 +194,14 @@ class Scanner {
     return segs;
   }
 
-  private scanValue(path: PathSegment[]): void {
+  private scanValue(node: PathNode): void {
     const c = this.peek();
     if (this.src.startsWith('"""', this.i) || this.src.startsWith("'''", this.i)) {
       const fence = this.src.slice(this.i, this.i + 3);
+      // Only a basic string has escapes: in a '''literal''' a backslash is just a character.
+      const escapes = fence === '"""';
       this.advance(3);
-      while (!this.eof() && !this.src.startsWith(fence, this.i)) this.advance(this.peek() === '\\' ? 2 : 1);
+      while (!this.eof() && !this.src.startsWith(fence, this.i)) this.advance(escapes && this.peek() === '\\' ? 2 : 1);
       this.advance(3);
       while (this.peek() === fence[0]) this.advance(1); // up to two quotes may end the content
     } else if (c === '"' || c === "'") {
@@ -137,9 +211,11 @@ class Scanner {
       for (let idx = 0; !this.eof(); idx++) {
         this.skipBlank(true);
         if (this.peek() === ']') break;
-        this.record([...path, idx], this.pos());
+        const pos = this.pos();
+        const element = this.child(node, idx, pos);
+        this.record(element, pos);
         const before = this.i;
-        this.scanValue([...path, idx]);
+        this.scanValue(element);
         this.skipBlank(true);
         if (this.peek() === ',') this.advance(1);
         else if (this.i === before) this.advance(1);
@@ -152,12 +228,11 @@ class Scanner {
         if (this.peek() === '}') break;
         const pos = this.pos();
         const before = this.i;
-        const keyPath = [...path, ...this.parseKey()];
-        this.recordPrefixes(keyPath, path.length, pos);
+        const key = this.keyPath(node, this.parseKey(), pos);
         this.skipBlank(false);
         if (this.peek() === '=') this.advance(1);
         this.skipBlank(false);
-        this.scanValue(keyPath);
+        this.scanValue(key);
         this.skipBlank(false);
         if (this.peek() === ',') this.advance(1);
         else if (this.i === before) this.advance(1);
@@ -168,31 +243,28 @@ class Scanner {
     }
   }
 
+  /** A one-line quoted key or string; runs without escapes are sliced, not built a character at a time. */
   private readQuoted(): string {
     const quote = this.peek();
     this.advance(1);
     let out = '';
+    let start = this.i;
     while (!this.eof() && this.peek() !== quote && this.peek() !== '\n') {
       if (quote === '"' && this.peek() === '\\') {
-        out += this.src[this.i + 1] ?? '';
+        out += this.src.slice(start, this.i) + (this.src[this.i + 1] ?? '');
         this.advance(2);
+        start = this.i;
       } else {
-        out += this.peek();
         this.advance(1);
       }
     }
+    out += this.src.slice(start, this.i);
     this.advance(1);
     return out;
   }
 
-  private record(path: PathSegment[], pos: Position): void {
-    const key = formatPath(path);
-    if (!this.positions.has(key)) this.positions.set(key, pos);
-  }
-
-  /** A dotted key `a.b.c = 1` defines a, a.b and a.b.c at the same place. */
-  private recordPrefixes(path: PathSegment[], from: number, pos: Position): void {
-    for (let n = from + 1; n <= path.length; n++) this.record(path.slice(0, n), pos);
+  private record(node: PathNode, pos: Position): void {
+    node.pos ??= pos;
   }
 
   private skipBlank(newlines: boolean): void {

@@ -7,8 +7,8 @@ import { Exit } from '../errors.ts';
 import { compileConfig } from './compile.ts';
 import { placeDiagnostics, type Diagnostic } from './diagnostics.ts';
 import type { ConfigDoc } from './doc.ts';
-import { loadToml } from './load.ts';
-import { formatPath, Locator } from './locate.ts';
+import { loadToml, parseToml, type LoadResult } from './load.ts';
+import { formatPath, type Locator, type PathSegment } from './locate.ts';
 import { resolveTable } from './resolve.ts';
 import { deepFreeze, type RoutingTable } from './table.ts';
 import { validateConfig } from './validate.ts';
@@ -55,20 +55,40 @@ export async function buildTable(
  * then the schema's report stands alone.
  */
 function semanticErrorsDespite(doc: unknown, schemaErrors: readonly Diagnostic[]): Diagnostic[] {
-  const covered = schemaErrors.map((d) => formatPath(d.path));
-  const under = (path: string): boolean =>
-    covered.some((c) => path === c || path.startsWith(c + '.') || path.startsWith(c + '[') || c.startsWith(path + '.') || c.startsWith(path + '['));
+  // A path is covered when it is, is inside or contains a path the schema reported. Sets of every prefix
+  // keep this linear: a file with thousands of bad backends used to compare every pair.
+  const covered = new Set<string>();
+  const coveredPrefixes = new Set<string>();
+  for (const d of schemaErrors) {
+    covered.add(formatPath(d.path));
+    for (let n = 1; n < d.path.length; n++) coveredPrefixes.add(formatPath(d.path.slice(0, n)));
+  }
+  const under = (path: readonly PathSegment[]): boolean => {
+    if (coveredPrefixes.has(formatPath(path))) return true;
+    for (let n = 0; n <= path.length; n++) if (covered.has(formatPath(path.slice(0, n)))) return true;
+    return false;
+  };
   try {
-    return compileConfig(doc as ConfigDoc).diagnostics.filter((d) => d.severity === 'error' && !under(formatPath(d.path)));
+    return compileConfig(doc as ConfigDoc).diagnostics.filter((d) => d.severity === 'error' && !under(d.path));
   } catch {
     return [];
   }
 }
 
+/** What `lb --check FILE`, `lb run FILE` and a reload run: read, parse, validate, compile, resolve. */
 export async function loadConfigFile(file: string, opts: PipelineOptions): Promise<PipelineResult> {
-  const loaded = loadToml(file);
+  return fromLoaded(loadToml(file), opts);
+}
+
+/** The same pipeline on text already in memory (the fuzzer; a config worker that has read the file). */
+export async function loadConfigSource(source: string, opts: PipelineOptions): Promise<PipelineResult> {
+  return fromLoaded(parseToml(source), opts);
+}
+
+function fromLoaded(loaded: LoadResult, opts: PipelineOptions): Promise<PipelineResult> {
   if (!loaded.ok) {
-    return { ok: false, exitCode: loaded.unreadable ? Exit.NOINPUT : Exit.CONFIG, diagnostics: loaded.diagnostics };
+    const exitCode = loaded.unreadable ? Exit.NOINPUT : Exit.CONFIG;
+    return Promise.resolve({ ok: false, exitCode, diagnostics: loaded.diagnostics });
   }
-  return buildTable(loaded.doc, opts, new Locator(loaded.source));
+  return buildTable(loaded.doc, opts, loaded.locator);
 }

@@ -9,7 +9,7 @@ import { isIP } from 'node:net';
 import { Code } from '../errors.ts';
 import { diagnostic, type Diagnostic } from './diagnostics.ts';
 import type { PathSegment } from './locate.ts';
-import type { RoutingTable } from './table.ts';
+import type { GroupEntry, RoutingTable } from './table.ts';
 
 const LOOKUP_TIMEOUT_MS = 5000;
 
@@ -27,6 +27,21 @@ async function lookupOne(host: string): Promise<string | Error> {
   }
 }
 
+/** Every address of a source name: the one used must be of the family its backends are. */
+async function lookupAll(host: string): Promise<{ address: string; family: number }[] | Error> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<Error>((resolve) => {
+    timer = setTimeout(() => resolve(new Error(`lookup timed out after ${LOOKUP_TIMEOUT_MS} ms`)), LOOKUP_TIMEOUT_MS);
+  });
+  try {
+    return await Promise.race([lookup(host, { all: true }), timeout]);
+  } catch (err) {
+    return err as Error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export async function resolveTable(
   table: RoutingTable,
   severity: 'error' | 'warning',
@@ -35,15 +50,20 @@ export async function resolveTable(
   const want = (host: string | null): void => {
     if (host !== null && isIP(host) === 0) names.add(host);
   };
+  const sourceNames = new Set<string>();
   for (const l of table.listeners) {
     want(l.listen.host);
-    want(l.source);
+    if (l.sourceHost !== null && isIP(l.sourceHost) === 0) sourceNames.add(l.sourceHost);
     for (const g of l.groups) for (const b of g.backends) want(b.host);
   }
   want(table.control?.listen?.host ?? null);
 
   const results = new Map<string, string | Error>();
-  await Promise.all([...names].map(async (n) => results.set(n, await lookupOne(n))));
+  const sourceResults = new Map<string, { address: string; family: number }[] | Error>();
+  await Promise.all([
+    ...[...names].map(async (n) => results.set(n, await lookupOne(n))),
+    ...[...sourceNames].map(async (n) => sourceResults.set(n, await lookupAll(n))),
+  ]);
 
   const diagnostics: Diagnostic[] = [];
   const check = (host: string | null, path: PathSegment[]): void => {
@@ -56,18 +76,58 @@ export async function resolveTable(
   check(table.control?.listen?.host ?? null, ['control', 'listen']);
   const listeners = table.listeners.map((l) => {
     check(l.listen.host, ['listeners', l.name, 'listen']);
-    check(l.source, ['listeners', l.name, 'source']);
-    return {
-      ...l,
-      groups: l.groups.map((g, gi) => ({
-        ...g,
-        backends: g.backends.map((b, bi) => {
-          check(b.host, ['listeners', l.name, 'groups', gi, 'backends', bi]);
-          const r = results.get(b.host);
-          return typeof r === 'string' ? { ...b, address: r } : b;
-        }),
-      })),
-    };
+    const groups = l.groups.map((g, gi) => ({
+      ...g,
+      backends: g.backends.map((b, bi) => {
+        check(b.host, ['listeners', l.name, 'groups', gi, 'backends', bi]);
+        const r = results.get(b.host);
+        return typeof r === 'string' ? { ...b, address: r } : b;
+      }),
+    }));
+    const source = l.sourceHost === null ? undefined : sourceResults.get(l.sourceHost);
+    if (source === undefined) return { ...l, groups };
+    const path: PathSegment[] = ['listeners', l.name, 'source'];
+    if (source instanceof Error) {
+      const msg = `cannot resolve source "${l.sourceHost}": ${(source as NodeJS.ErrnoException).code ?? source.message}`;
+      diagnostics.push(diagnostic(Code.CONFIG_RESOLVE, path, msg, severity));
+      return { ...l, groups };
+    }
+    const chosen = pickSource(l.sourceHost!, source, groups, path, severity, diagnostics, l.name);
+    return { ...l, source: chosen ?? l.source, groups };
   });
   return { table: { ...table, listeners }, diagnostics };
+}
+
+/**
+ * The address of a source name to bind to: of the family the listener's backends are (a name such as
+ * "localhost" may have both). Backends of the other family are reported, as compile does for literals.
+ */
+function pickSource(
+  name: string,
+  addresses: readonly { address: string; family: number }[],
+  groups: readonly GroupEntry[],
+  path: PathSegment[],
+  severity: 'error' | 'warning',
+  diagnostics: Diagnostic[],
+  listener: string,
+): string | null {
+  const families = new Set<number>();
+  for (const g of groups) for (const b of g.backends) if (isIP(b.address) !== 0) families.add(isIP(b.address));
+  const wanted = families.size === 1 ? [...families][0]! : null;
+  const chosen = addresses.find((a) => wanted === null || a.family === wanted) ?? null;
+  if (!chosen) {
+    const all = addresses.map((a) => a.address).join(', ') || 'no address';
+    diagnostics.push(diagnostic(Code.CONFIG_RESOLVE, path, `source "${name}" resolves to ${all}: no IPv${wanted} address for its IPv${wanted} backends`, severity));
+    return null;
+  }
+  groups.forEach((g, gi) =>
+    g.backends.forEach((b, bi) => {
+      const family = isIP(b.address);
+      if (family !== 0 && family !== chosen.family) {
+        const msg = `backend ${b.host} is IPv${family} but the listener's source address ${name} (${chosen.address}) is IPv${chosen.family}`;
+        diagnostics.push(diagnostic(Code.CONFIG_VALUE, ['listeners', listener, 'groups', gi, 'backends', bi], msg, severity));
+      }
+    }),
+  );
+  return chosen.address;
 }

@@ -4,11 +4,15 @@
 // `enable`, `maxc`, ...) builds a new table and swaps it in one assignment, so a connection being set up
 // always sees one consistent table, never half of an edit.
 
+import type { Level } from '../control/access.ts';
+
 export const POLICIES = ['rr', 'hash', 'leastconn', 'random', 'weighted', 'first'] as const;
 export type Policy = (typeof POLICIES)[number];
 
 export type PacketDump = 'off' | 'hex' | 'balance';
 export type LogFormat = 'text' | 'json';
+export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export interface Endpoint {
   /** Host as written (name or literal); `null` for "all addresses". */
@@ -35,6 +39,11 @@ export interface QueueEntry {
 }
 
 export interface BackendEntry {
+  /**
+   * What operators call it (`show`, CSV `svname`, MRTG titles, the state file): the configured `name`,
+   * else the same text as `key`. Unique within its group when configured.
+   */
+  readonly name: string;
   /** Host as configured: a name or an IP literal (IPv6 without brackets). */
   readonly host: string;
   readonly port: number;
@@ -60,7 +69,13 @@ export interface GroupEntry {
 export interface ListenerEntry {
   readonly name: string;
   readonly listen: Endpoint;
+  /**
+   * The local address connections to backends (and health checks) bind to: an IP literal, resolved at
+   * start and on reload like a backend's `address` (net.connect's localAddress takes no host name).
+   */
   readonly source: string | null;
+  /** `source` as configured (a name or an IP literal): what --print, --print-toml and `show config` show. */
+  readonly sourceHost: string | null;
   readonly hashFailover: boolean;
   readonly autodisable: boolean;
   readonly packetDump: PacketDump;
@@ -74,15 +89,29 @@ export interface ListenerEntry {
 export interface ControlEntry {
   readonly listen: Endpoint | null;
   readonly socket: string | null;
-  readonly admin: boolean;
+  /** What a TCP session reaches with `auth TOKEN` (it starts at read); above read needs `tokenFile`. */
+  readonly level: Level;
+  /** What a Unix-socket session has from the start. */
+  readonly socketLevel: Level;
+  readonly tokenFile: string | null;
   readonly allow: readonly string[];
   readonly idleTimeoutMs: number;
+  /** The HTTP face (status page, /metrics, /stats.json): loopback when no host was given; null: off. */
+  readonly http: Endpoint | null;
+  /** What an HTTP client that passed `allow` (and gave the token, when tokenFile is set) may do. */
+  readonly httpLevel: Level;
 }
 
 export interface GlobalEntry {
   readonly drainTimeoutMs: number;
   readonly logFormat: LogFormat;
+  /** Least severe event level written (the access log follows `accessLog` alone). */
+  readonly logLevel: LogLevel;
   readonly accessLog: boolean;
+  /** Data-plane worker threads: "auto" (one per CPU) or a number. */
+  readonly workers: number | 'auto';
+  /** Where operator state (disable, maxc, drain, create, ...) is kept across reloads and restarts; null: nowhere. */
+  readonly stateFile: string | null;
 }
 
 export interface RoutingTable {

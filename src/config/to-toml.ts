@@ -3,6 +3,7 @@
 
 import type { BackendDoc, ConfigDoc, HealthDoc, ListenerDoc } from './doc.ts';
 import type { BackendEntry, HealthEntry, RoutingTable } from './table.ts';
+import { defaultStateFile } from './operator-state.ts';
 import { formatDuration, formatHostPort } from './values.ts';
 
 /** The document that compiles back to `table` (addresses re-resolve from the host names). */
@@ -11,7 +12,11 @@ export function tableToDoc(table: RoutingTable): ConfigDoc {
     global: {
       drain_timeout: formatDuration(table.global.drainTimeoutMs),
       log_format: table.global.logFormat,
+      log_level: table.global.logLevel,
       access_log: table.global.accessLog,
+      workers: table.global.workers,
+      // Written only when it is not what this environment would default to, so a saved file stays portable.
+      ...(table.global.stateFile !== defaultStateFile(process.env) ? { state_file: table.global.stateFile ?? '' } : {}),
     },
     defaults: {
       connect_timeout: formatDuration(table.defaults.connectTimeoutMs),
@@ -24,9 +29,12 @@ export function tableToDoc(table: RoutingTable): ConfigDoc {
     doc.control = {
       ...(c.listen ? { listen: formatHostPort(c.listen.host, c.listen.port) } : {}),
       ...(c.socket ? { socket: c.socket } : {}),
-      admin: c.admin,
+      level: c.level,
+      socket_level: c.socketLevel,
+      ...(c.tokenFile ? { token_file: c.tokenFile } : {}),
       allow: [...c.allow],
       idle_timeout: formatDuration(c.idleTimeoutMs),
+      ...(c.http ? { http: formatHostPort(c.http.host, c.http.port), http_level: c.httpLevel } : {}),
     };
   }
   for (const l of table.listeners) {
@@ -39,7 +47,7 @@ export function tableToDoc(table: RoutingTable): ConfigDoc {
       })),
     };
     if (l.queue) ld.queue = { max: l.queue.max, timeout: formatDuration(l.queue.timeoutMs) };
-    if (l.source) ld.source = l.source;
+    if (l.sourceHost) ld.source = l.sourceHost;
     if (l.hashFailover) ld.hash_failover = true;
     if (l.autodisable) ld.autodisable = true;
     if (l.packetDump !== 'off') ld.packet_dump = l.packetDump;
@@ -65,8 +73,12 @@ function healthDoc(h: HealthEntry): HealthDoc {
 
 function backendDoc(b: BackendEntry, groupHealth: HealthEntry | null): string | BackendDoc {
   const ownHealth = b.health !== groupHealth;
-  if (b.weight === 1 && b.enabled && !ownHealth) return `${formatHostPort(b.host, b.port)}${b.maxc ? `:${b.maxc}` : ''}`;
-  const doc: BackendDoc = { host: b.host, port: b.port, maxc: b.maxc, weight: b.weight, enabled: b.enabled };
+  const named = b.name !== b.key;
+  if (b.weight === 1 && b.enabled && !ownHealth && !named) return `${formatHostPort(b.host, b.port)}${b.maxc ? `:${b.maxc}` : ''}`;
+  const doc: BackendDoc = {
+    ...(named ? { name: b.name } : {}),
+    host: b.host, port: b.port, maxc: b.maxc, weight: b.weight, enabled: b.enabled,
+  };
   if (ownHealth) doc.health = b.health ? healthDoc(b.health) : { enabled: false };
   return doc;
 }

@@ -31,11 +31,17 @@ function pointerToPath(pointer: string): PathSegment[] {
     .map((seg) => (/^\d+$/.test(seg) ? Number(seg) : seg));
 }
 
+/** A value quoted for a message, cut short: a wrong value may be megabytes long. */
+function quoteShort(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 80 ? `${text.slice(0, 80)}…` : text;
+}
+
 function describe(value: unknown): string {
   if (Array.isArray(value)) return 'an array';
   if (value === null) return 'null';
   if (typeof value === 'object') return 'a table';
-  if (typeof value === 'string') return `the string ${JSON.stringify(value)}`;
+  if (typeof value === 'string') return `the string ${quoteShort(value)}`;
   return `${typeof value} ${String(value)}`;
 }
 
@@ -60,7 +66,7 @@ function toDiagnostic(err: ErrorObject): Diagnostic | null {
     }
     case 'enum': {
       const allowed = (p.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ');
-      return diagnostic(Code.CONFIG_VALUE, path, `must be one of ${allowed}, not ${JSON.stringify(err.data)}`);
+      return diagnostic(Code.CONFIG_VALUE, path, `must be one of ${allowed}, not ${quoteShort(err.data)}`);
     }
     case 'minimum':
       return diagnostic(Code.CONFIG_VALUE, path, `must be >= ${String(p.limit)}, not ${String(err.data)}`);
@@ -77,6 +83,8 @@ function toDiagnostic(err: ErrorObject): Diagnostic | null {
 
 /** The known key nearest to a misspelt one, if it is near enough to be what was meant. */
 export function closest(word: string, candidates: readonly string[]): string | null {
+  // No key is near a word this long, and the edit distance costs its length times each key's.
+  if (word.length > 64) return null;
   let best: string | null = null;
   let bestDist = Infinity;
   for (const c of candidates) {

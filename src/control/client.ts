@@ -5,6 +5,7 @@ import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Code, Exit, LbError } from '../errors.ts';
+import { readToken } from './access.ts';
 
 export type ControlAddress = { host: string; port: number } | { path: string };
 
@@ -32,8 +33,30 @@ function connect(addr: ControlAddress): Promise<Socket> {
   });
 }
 
-/** Sends one command, half-closes, and returns the whole reply without its closing blank line. */
-export async function sendCommand(addr: ControlAddress, command: string): Promise<{ text: string; error: boolean }> {
+/**
+ * Sends one command, half-closes, and returns the whole reply without its closing blank line. With a
+ * token, `auth TOKEN` goes first (a TCP session starts at read); its reply is shown only if it failed.
+ */
+export async function sendCommand(addr: ControlAddress, command: string, opts: { token?: string } = {}): Promise<{ text: string; error: boolean }> {
+  const reply = await exchange(addr, opts.token === undefined ? `${command}\n` : `auth ${opts.token}\n${command}\n`);
+  if (opts.token === undefined) return reply;
+  const end = reply.text.indexOf('\n\n');
+  const auth = end < 0 ? reply.text : reply.text.slice(0, end);
+  if (/^error:/.test(auth)) return { text: auth, error: true };
+  const text = end < 0 ? '' : reply.text.slice(end + 2);
+  return { text, error: /^error:/m.test(text.split('\n')[0] ?? '') };
+}
+
+/** Reads a token file for `lb ctl --token-file` (the same rules as the server's). */
+export function clientToken(file: string): string {
+  try {
+    return readToken(file);
+  } catch (err) {
+    throw new LbError(Code.USAGE, (err as Error).message, Exit.NOINPUT);
+  }
+}
+
+async function exchange(addr: ControlAddress, input: string): Promise<{ text: string; error: boolean }> {
   const socket = await connect(addr);
   return new Promise((resolve, reject) => {
     let data = '';
@@ -45,7 +68,7 @@ export async function sendCommand(addr: ControlAddress, command: string): Promis
       const text = data.replace(/\n\n$/, '');
       resolve({ text, error: /^error:/m.test(text.split('\n')[0] ?? '') });
     });
-    socket.end(`${command}\n`);
+    socket.end(input);
   });
 }
 

@@ -3,7 +3,7 @@
 // Every command that works on "the current listener/group" also takes an explicit address, so a script
 // never depends on session state: `disable 1` in the current group, or `disable imap 0 1`. There are no
 // prefix abbreviations (balance's `r` meant reset, not rr). One table drives dispatch, help, and the
-// admin check, so a command cannot exist without its help line or its permission.
+// level check, so a command cannot exist without its help line or its permission.
 
 import { isIP } from 'node:net';
 import type { BackendState } from '../balance/state.ts';
@@ -12,6 +12,7 @@ import { POLICIES, type ListenerEntry, type Policy, type RoutingTable } from '..
 import { docToToml, tableToDoc } from '../config/to-toml.ts';
 import { parsePort } from '../config/values.ts';
 import { Code, type ErrorCode } from '../errors.ts';
+import { levelAllows, type Level } from './access.ts';
 import { renderInfo, renderJson, renderMrtg, renderShow, renderStatCsv } from '../stats/render.ts';
 import type { Snapshot } from '../stats/snapshot.ts';
 
@@ -24,6 +25,8 @@ export interface ControlTarget {
   /** Swaps in an edited table; `carry` moves a backend's counters to its new slot (assign). */
   applyEdit(table: RoutingTable, carry?: { ref: BackendRef; state: BackendState }): Promise<void>;
   resolveHost(host: string): Promise<string>;
+  /** Runtime state changed without a table change (enable, drain): queued clients may get a slot. */
+  stateChanged(): void;
   requestStop(reason: string): void;
   /** Writes the running table to FILE (default: the config file it was started with); returns the path. */
   save(file: string | undefined): string;
@@ -32,8 +35,11 @@ export interface ControlTarget {
 export interface Session {
   listener: string;
   group: number;
-  readonly admin: boolean;
+  /** What this session may run (access.ts); the server raises it on `auth` and re-applies it on reload. */
+  level: Level;
   prompt: boolean;
+  /** Checks a token and raises the session (`auth`); absent where the endpoint takes no token. */
+  authenticate?(token: string): Promise<Reply>;
 }
 
 export interface Reply {
@@ -53,7 +59,8 @@ class CommandError extends Error {
 interface Command {
   readonly usage: string;
   readonly help: string;
-  readonly admin: boolean;
+  /** The least level a session needs to run it. */
+  readonly level: Level;
   run(t: ControlTarget, s: Session, args: string[]): Reply | string | Promise<Reply | string>;
 }
 
@@ -164,19 +171,34 @@ function policyCommand(policy: Policy, text: string): Command['run'] {
 }
 
 export const COMMANDS: Readonly<Record<string, Command>> = {
-  help: { usage: 'help', help: 'this list', admin: false, run: () => helpText() },
-  '?': { usage: '?', help: 'the same as help', admin: false, run: () => helpText() },
+  help: { usage: 'help', help: 'this list', level: 'read', run: (_t, s) => helpText(s) },
+  '?': { usage: '?', help: 'the same as help', level: 'read', run: (_t, s) => helpText(s) },
+  auth: {
+    usage: 'auth TOKEN',
+    help: 'raise this session to control.level with the token of control.token_file',
+    level: 'read',
+    run(_t, s, args) {
+      if (args.length !== 1) throw new CommandError('wrong number of arguments');
+      if (!s.authenticate) return { text: 'error: this port takes no token (control.token_file is not set)', error: Code.CONTROL_AUTH };
+      return s.authenticate(args[0]!);
+    },
+  },
   show: {
     usage: 'show [LISTENER | stat | info | json | config]',
     help: 'the channel table (balance), or HAProxy-style CSV, process info, JSON, the running config as TOML',
-    admin: false,
-    run(t, _s, args) {
+    level: 'read',
+    run(t, s, args) {
       const [what, ...more] = args;
       if (more.length) throw new CommandError('wrong number of arguments');
       if (what === 'stat') return renderStatCsv(t.snapshot());
       if (what === 'info') return renderInfo(t.snapshot());
-      if (what === 'json') return renderJson(t.snapshot());
-      if (what === 'config') return docToToml(tableToDoc(t.table)).replace(/\n\n+/g, '\n').trimEnd();
+      // Health `send` strings may hold credentials (an IMAP login): shown only above read.
+      const secrets = levelAllows(s.level, 'operator');
+      if (what === 'json') return secrets ? renderJson(t.snapshot()) : JSON.stringify(hideSecrets(JSON.parse(renderJson(t.snapshot()))), null, 2);
+      if (what === 'config') {
+        const doc = secrets ? tableToDoc(t.table) : (hideSecrets(tableToDoc(t.table)) as ReturnType<typeof tableToDoc>);
+        return docToToml(doc).replace(/\n\n+/g, '\n').trimEnd();
+      }
       if (what !== undefined) listenerOf(t, what);
       return renderShow(t.snapshot(), what);
     },
@@ -184,7 +206,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   use: {
     usage: 'use LISTENER',
     help: 'set the current listener (and group 0)',
-    admin: false,
+    level: 'read',
     run(t, s, args) {
       if (args.length !== 1) throw new CommandError('wrong number of arguments');
       listenerOf(t, args[0]!);
@@ -196,7 +218,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   group: {
     usage: 'group GROUP',
     help: 'set the current group of the current listener',
-    admin: false,
+    level: 'read',
     run(t, s, args) {
       if (args.length !== 1) throw new CommandError('wrong number of arguments');
       const g = int(args[0], 'group');
@@ -208,12 +230,12 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   enable: {
     usage: 'enable [LISTENER GROUP] CHANNEL',
     help: 'enable a channel (also clears autodisable and ejection)',
-    admin: true,
+    level: 'operator',
     async run(t, s, args) {
       const { ref } = backendRef(t, s, args, 0);
       const st = t.backendState(ref);
-      const wasDown = st?.autoDisabled || st?.draining || (st?.ejectedUntil ?? 0) > 0;
-      st?.operatorEnabled(Date.now());
+      const wasDown = st?.operatorEnabled(Date.now()) ?? false;
+      t.stateChanged();
       if (entryOf(t, ref).enabled) return wasDown ? `channel ${ref.index} enabled` : `channel ${ref.index} already enabled`;
       await t.applyEdit(patchBackend(t.table, ref, { enabled: true }));
       return `channel ${ref.index} enabled`;
@@ -222,7 +244,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   disable: {
     usage: 'disable [LISTENER GROUP] CHANNEL',
     help: 'disable a channel (DIS): no new connections, running ones go on',
-    admin: true,
+    level: 'operator',
     async run(t, s, args) {
       const { ref } = backendRef(t, s, args, 0);
       if (!entryOf(t, ref).enabled) return `channel ${ref.index} already disabled`;
@@ -233,7 +255,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   maxc: {
     usage: 'maxc [LISTENER GROUP] CHANNEL MAXC',
     help: 'set the maximum connections of a channel (0 = unlimited)',
-    admin: true,
+    level: 'operator',
     async run(t, s, args) {
       const { ref, rest } = backendRef(t, s, args, 1);
       const maxc = int(rest[0], 'maxc');
@@ -245,7 +267,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   reset: {
     usage: 'reset [LISTENER GROUP] CHANNEL',
     help: 'zero the counters of a channel (totalc, sent, rcvd, fail)',
-    admin: true,
+    level: 'operator',
     run(t, s, args) {
       const { ref } = backendRef(t, s, args, 0);
       t.backendState(ref)?.resetCounters();
@@ -255,7 +277,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   create: {
     usage: 'create [LISTENER GROUP] HOST PORT',
     help: 'add a channel to a group; it starts disabled until enabled',
-    admin: true,
+    level: 'admin',
     async run(t, s, args) {
       const { listener, group, rest } =
         args.length === 1 || args.length === 3 ? addressed(t, s, args, 1) : addressed(t, s, args, 2);
@@ -269,7 +291,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   assign: {
     usage: 'assign [LISTENER GROUP] CHANNEL HOST PORT',
     help: 're-point a disabled channel to another address',
-    admin: true,
+    level: 'admin',
     async run(t, s, args) {
       const { ref, rest } = backendRef(t, s, args, 2);
       if (entryOf(t, ref).enabled) throw new CommandError('channel must be disabled to assign new address');
@@ -282,7 +304,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   delete: {
     usage: 'delete [LISTENER GROUP] CHANNEL [force]',
     help: 'remove a channel; refused while it has connections unless "force" (they go on)',
-    admin: true,
+    level: 'admin',
     async run(t, s, args) {
       const force = args.at(-1) === 'force';
       const { ref } = backendRef(t, s, force ? args.slice(0, -1) : args, 0);
@@ -295,30 +317,31 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   drain: {
     usage: 'drain [LISTENER GROUP] CHANNEL',
     help: 'no new connections to a channel; running ones go on (a log line says when the last ended)',
-    admin: true,
+    level: 'operator',
     run(t, s, args) {
       const { ref } = backendRef(t, s, args, 0);
       const st = t.backendState(ref);
       if (!st) throw new CommandError(`no such channel ${ref.index}`);
-      st.draining = true;
+      st.setDraining(true, Date.now());
+      t.stateChanged();
       return st.cur === 0 ? `channel ${ref.index} drained (no connections)` : `channel ${ref.index} draining, ${st.cur} connection(s) left`;
     },
   },
   save: {
     usage: 'save [FILE]',
     help: 'write the running configuration as TOML (atomically; the old file is kept as FILE.bak)',
-    admin: true,
+    level: 'admin',
     run(t, _s, args) {
       if (args.length > 1) throw new CommandError('wrong number of arguments');
       return `saved to ${t.save(args[0])}`;
     },
   },
-  hash: { usage: 'hash [LISTENER GROUP]', help: 'the group chooses by client IP hash', admin: true, run: policyCommand('hash', 'hash') },
-  rr: { usage: 'rr [LISTENER GROUP]', help: 'the group chooses round robin', admin: true, run: policyCommand('rr', 'round robin') },
+  hash: { usage: 'hash [LISTENER GROUP]', help: 'the group chooses by client IP hash', level: 'admin', run: policyCommand('hash', 'hash') },
+  rr: { usage: 'rr [LISTENER GROUP]', help: 'the group chooses round robin', level: 'admin', run: policyCommand('rr', 'round robin') },
   policy: {
     usage: 'policy [LISTENER GROUP] POLICY',
     help: `set the group's policy: ${POLICIES.join(', ')}`,
-    admin: true,
+    level: 'admin',
     async run(t, s, args) {
       const { listener, group, rest } = addressed(t, s, args, 1);
       const policy = rest[0] as Policy;
@@ -330,30 +353,30 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   'mrtg-bytes': {
     usage: 'mrtg-bytes [LISTENER] [GROUP CHANNEL]',
     help: 'MRTG: bytes backend->client, bytes client->backend, uptime, name',
-    admin: false,
+    level: 'read',
     run: mrtg('bytes'),
   },
   'mrtg-conns': {
     usage: 'mrtg-conns [LISTENER] [GROUP CHANNEL]',
     help: 'MRTG: total connections, failed connects (no-backend for a listener), uptime, name',
-    admin: false,
+    level: 'read',
     run: mrtg('conns'),
   },
-  version: { usage: 'version', help: 'the lb version', admin: false, run: (t) => `  This is lb ${t.version}\n  Node ${process.version}` },
+  version: { usage: 'version', help: 'the lb version', level: 'read', run: (t) => `  This is lb ${t.version}\n  Node ${process.version}` },
   prompt: {
     usage: 'prompt',
     help: 'toggle the "lb> " prompt (on for Telnet clients, off for scripts)',
-    admin: false,
+    level: 'read',
     run(_t, s) {
       s.prompt = !s.prompt;
       return `prompt ${s.prompt ? 'on' : 'off'}`;
     },
   },
-  quit: { usage: 'quit', help: 'close this session', admin: false, run: () => ({ text: '', close: true }) },
+  quit: { usage: 'quit', help: 'close this session', level: 'read', run: () => ({ text: '', close: true }) },
   kill: {
     usage: 'kill',
     help: 'stop lb gracefully (like SIGTERM: drain, then exit)',
-    admin: true,
+    level: 'admin',
     run(t) {
       t.requestStop('kill command');
       return { text: 'shutting down', close: true };
@@ -361,14 +384,33 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
   },
 };
 
-function helpText(): string {
+function helpText(s: Session): string {
   const names = Object.keys(COMMANDS).filter((n) => n !== '?');
   const width = Math.max(...names.map((n) => COMMANDS[n]!.usage.length));
   const lines = names.map((n) => {
     const c = COMMANDS[n]!;
-    return `  ${c.usage.padEnd(width)}  ${c.help}${c.admin ? ' (admin)' : ''}`;
+    return `  ${c.usage.padEnd(width)}  ${c.help}${c.level === 'read' ? '' : ` (${c.level})`}`;
   });
-  return ['available commands:', ...lines].join('\n');
+  return [`available commands (this session: ${s.level}):`, ...lines].join('\n');
+}
+
+/** What replaces a secret for a read-level session. */
+export const HIDDEN = '<hidden>';
+
+/**
+ * A copy of a JSON-like value with secrets replaced by HIDDEN: every `send` of a `health` table (config
+ * document or snapshot) and the token file's path. Shape-agnostic, so it follows the table as it grows.
+ */
+export function hideSecrets(value: unknown, key = '', depth = 0): unknown {
+  if (depth > 64 || value === null || typeof value !== 'object') return value;
+  if (Array.isArray(value)) return value.map((v) => hideSecrets(v, '', depth + 1));
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) {
+    if (key === 'health' && k === 'send' && typeof v === 'string') out[k] = HIDDEN;
+    else if ((k === 'token_file' || k === 'tokenFile') && typeof v === 'string') out[k] = HIDDEN;
+    else out[k] = hideSecrets(v, k, depth + 1);
+  }
+  return out;
 }
 
 /** Printable for an error message: control and non-ASCII bytes shown as `?`, long input cut. */
@@ -386,9 +428,9 @@ export async function execute(t: ControlTarget, s: Session, line: string): Promi
   if (!cmd) {
     return { text: `error: unknown command "${sanitize(name)}" (try "help")`, error: Code.CONTROL_UNKNOWN_COMMAND };
   }
-  if (cmd.admin && !s.admin) {
+  if (!levelAllows(s.level, cmd.level)) {
     return {
-      text: `error: "${name}" changes state and needs control.admin = true in the config`,
+      text: `error: "${name}" needs level ${cmd.level}, this session has ${s.level} (control.level with "auth TOKEN" on TCP, control.socket_level on the socket)`,
       error: Code.CONTROL_NOT_ADMIN,
     };
   }

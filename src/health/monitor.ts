@@ -14,8 +14,9 @@ import type { CheckResult, CheckStatus } from './state.ts';
 const MAX_REPLY_BYTES = 16 * 1024;
 
 /**
- * Feeds one result to a backend's state machine and logs a transition. Used by the checks and by the
- * data path (a failed connect there counts as a failed check when checks are configured).
+ * Feeds one check result to a backend's shared rise/fall machine and logs a transition; true when the
+ * backend went up or down. Checks run once per backend, here on the main thread, whatever the number
+ * of workers: they all read the result from the shared state.
  */
 export function applyCheck(
   log: Logger,
@@ -28,11 +29,9 @@ export function applyCheck(
 ): boolean {
   const h = entry.health;
   if (!h) return false;
-  if (result.ok && st.ejectedUntil !== 0) st.connectSucceeded(Date.now()); // reachable again: end the back-off
-  const change = st.check.record(result, h.rise, h.fall);
+  if (!result.ok) st.lastFailure = result.detail;
+  const change = st.shared.recordCheck(st.slot, result, h.rise, h.fall, Date.now());
   if (!change) return false;
-  st.lastChange = Date.now();
-  if (change.to === 'UP') st.connectSucceeded(st.lastChange); // a passing check ends a passive ejection too
   log.log(change.to === 'UP' ? 'info' : 'warn', 'health', {
     listener,
     group,
@@ -78,7 +77,7 @@ export class HealthMonitor {
           const state = groups[gi]?.backends[bi];
           if (!state) return;
           if (!entry.health) {
-            if (!state.check.up) state.check.forget();
+            if (!state.checkUp) state.shared.forgetChecks(state.slot, Date.now());
             return;
           }
           if (!entry.enabled) return; // operator-disabled (DIS) backends are not checked

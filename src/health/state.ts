@@ -20,13 +20,41 @@ export interface Transition {
   readonly to: 'UP' | 'DOWN';
 }
 
-export class HealthTracker {
-  up = true;
+/** The fields the rise/fall machine reads and writes: a plain object, or a backend's shared slot. */
+export interface HealthFields {
+  up: boolean;
   /** Consecutive passes (while down) or failures (while up) toward the next transition. */
-  streak = 0;
+  streak: number;
   /** Failed checks in total (HAProxy `chkfail`). */
-  failedChecks = 0;
+  failedChecks: number;
   /** UP→DOWN transitions (HAProxy `chkdown`). */
+  downTransitions: number;
+  lastStatus: CheckStatus;
+  lastDurationMs: number;
+}
+
+/** Records one result; returns the transition it caused, if any. */
+export function recordCheck(f: HealthFields, result: CheckResult, rise: number, fall: number): Transition | null {
+  f.lastStatus = result.status;
+  f.lastDurationMs = result.durationMs;
+  if (!result.ok) f.failedChecks++;
+  if (f.up === result.ok) {
+    f.streak = 0; // the streak toward the other state is broken
+    return null;
+  }
+  f.streak++;
+  if (f.streak < (f.up ? fall : rise)) return null;
+  f.streak = 0;
+  f.up = !f.up;
+  if (!f.up) f.downTransitions++;
+  return f.up ? { from: 'DOWN', to: 'UP' } : { from: 'UP', to: 'DOWN' };
+}
+
+/** One backend's health as a plain object (tests, and anything that needs no sharing). */
+export class HealthTracker implements HealthFields {
+  up = true;
+  streak = 0;
+  failedChecks = 0;
   downTransitions = 0;
   lastStatus: CheckStatus = 'INI';
   lastDurationMs = 0;
@@ -43,21 +71,8 @@ export class HealthTracker {
     this.lastDetail = '';
   }
 
-  /** Records one result; returns the transition it caused, if any. */
   record(result: CheckResult, rise: number, fall: number): Transition | null {
-    this.lastStatus = result.status;
-    this.lastDurationMs = result.durationMs;
     this.lastDetail = result.detail;
-    if (!result.ok) this.failedChecks++;
-    if (this.up === result.ok) {
-      this.streak = 0; // the streak toward the other state is broken
-      return null;
-    }
-    this.streak++;
-    if (this.streak < (this.up ? fall : rise)) return null;
-    this.streak = 0;
-    this.up = !this.up;
-    if (!this.up) this.downTransitions++;
-    return this.up ? { from: 'DOWN', to: 'UP' } : { from: 'UP', to: 'DOWN' };
+    return recordCheck(this, result, rise, fall);
   }
 }

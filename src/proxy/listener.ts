@@ -1,14 +1,23 @@
-// A listening socket for one configured listener: accepts clients and hands each to a Relay.
+// A listening socket for one configured listener, in one data-plane worker: accepts clients and hands
+// each to a Relay. Every worker binds the same address with SO_REUSEPORT, so the kernel spreads new
+// connections over the workers; what must be global (slots, the queue order, health) is in the shared
+// state, so it does not matter which worker a client lands on.
 
 import { createWriteStream, type WriteStream } from 'node:fs';
 import net, { type Server, type Socket } from 'node:net';
-import { chooseBackend } from '../balance/select.ts';
-import { FlowList, rebuildListenerState, type ListenerState } from '../balance/state.ts';
+import { chooseBackend, type Choice } from '../balance/select.ts';
+import { FlowList, ListenerState, type Waiter } from '../balance/state.ts';
 import type { ListenerEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import { Code, Exit, LbError } from '../errors.ts';
+import type { CheckResult } from '../health/state.ts';
 import type { Logger } from '../log.ts';
+import type { ListenerSlots } from '../shared/slots.ts';
+import { NO_TICKET, type SharedState } from '../shared/state.ts';
 import { Relay, type RelayHost } from './relay.ts';
+
+/** How often a worker with queued clients looks again even without a wake-up (an ejection that ran out). */
+const QUEUE_RECHECK_MS = 250;
 
 /**
  * TCP_NODELAY and SO_KEEPALIVE for every client socket. Linux copies both from the listening socket to
@@ -29,71 +38,85 @@ function inheritSocketOptions(server: Server): void {
   });
 }
 
+/** What a listener needs from the worker that runs it. */
+export interface ListenerContext {
+  readonly shared: SharedState;
+  readonly region: number;
+  readonly log: Logger;
+  nextId(): number;
+  /** A data-path connect result for a backend with checks: recorded in the shared health state. */
+  trafficCheck(listener: ListenerEntry, choice: Choice, result: CheckResult): void;
+  localError(code: string): void;
+}
+
+/** Binds `host:port` (SO_REUSEPORT where `shared`); rejects with LB_BIND when the address cannot be used. */
+export function bindServer(entry: ListenerEntry, port: number, reusePort: boolean, onConnection: (s: Socket) => void, log: Logger): Promise<Server> {
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
+  server.on('connection', onConnection);
+  const { host } = entry.listen;
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
+      const where = formatHostPort(host, port);
+      const exit = err.code === 'EACCES' ? Exit.NOPERM : Exit.UNAVAILABLE;
+      reject(new LbError(Code.BIND, `listener ${entry.name}: cannot listen on ${where}: ${err.code ?? err.message}`, exit));
+    };
+    server.once('error', onError);
+    server.listen({ host: host ?? undefined, port, backlog: 511, reusePort }, () => {
+      server.removeListener('error', onError);
+      inheritSocketOptions(server);
+      server.on('error', (err) => log.log('error', 'listener-error', { listener: entry.name, error: err.message }));
+      resolve(server);
+    });
+  });
+}
+
 export class ListenerRuntime implements RelayHost {
   entry: ListenerEntry;
   state: ListenerState;
+  readonly ctx: ListenerContext;
   readonly log: Logger;
   accessLog: boolean;
   dump: ((text: string) => void) | null = null;
   private dumpFile: WriteStream | null = null;
   private server: Server | null = null;
+  /** A server bound for a table not yet committed (a reload's staging). */
+  private staged: Server | null = null;
   private onIdle: (() => void) | null = null;
 
-  constructor(entry: ListenerEntry, log: Logger, accessLog: boolean, state: ListenerState | null = null) {
+  constructor(entry: ListenerEntry, slots: ListenerSlots, ctx: ListenerContext, accessLog: boolean) {
     this.entry = entry;
-    this.log = log;
+    this.ctx = ctx;
+    this.log = ctx.log;
     this.accessLog = accessLog;
-    this.state = rebuildListenerState(entry, state);
+    this.state = new ListenerState(ctx.shared, slots, ctx.region, null);
     this.setDump();
   }
 
-  /** Binds the listening socket. Rejects with LB_BIND (exit 69) when the address cannot be used. */
-  async listen(): Promise<void> {
-    this.server = await this.bind(this.entry);
+  nextId(): number {
+    return this.ctx.nextId();
   }
 
-  /**
-   * Moves to a new address: the new socket is bound before the old one closes, so a failed move leaves
-   * the listener where it was. Only a move to the same port has to close the old socket first.
-   */
-  async rebind(entry: ListenerEntry, accessLog: boolean): Promise<void> {
+  /** Binds a socket for `entry` on `port` without accepting on it for this listener yet. */
+  async stage(entry: ListenerEntry, port: number, reusePort: boolean): Promise<number> {
+    await this.unstage();
+    this.staged = await bindServer(entry, port, reusePort, (s) => this.accept(s), this.log);
+    const a = this.staged.address();
+    return a && typeof a === 'object' ? a.port : port;
+  }
+
+  /** Makes the staged socket the listening one (closing the old one, if any). */
+  async commitStaged(): Promise<void> {
+    if (!this.staged) return;
     const old = this.server;
-    let server: Server;
-    try {
-      server = await this.bind(entry);
-    } catch (err) {
-      if (!old || entry.listen.port !== this.entry.listen.port) throw err;
-      await this.stopAccepting();
-      try {
-        server = await this.bind(entry);
-      } catch (err2) {
-        this.server = await this.bind(this.entry);
-        throw err2;
-      }
-    }
-    if (this.server) await this.stopAccepting();
-    this.server = server;
-    this.update(entry, accessLog);
+    this.server = this.staged;
+    this.staged = null;
+    if (old) await closeServer(old);
   }
 
-  private bind(entry: ListenerEntry): Promise<Server> {
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
-    server.on('connection', (socket: Socket) => this.accept(socket));
-    const { host, port } = entry.listen;
-    return new Promise((resolve, reject) => {
-      const onError = (err: NodeJS.ErrnoException): void => {
-        const where = formatHostPort(host, port);
-        const exit = err.code === 'EACCES' ? Exit.NOPERM : Exit.UNAVAILABLE;
-        reject(new LbError(Code.BIND, `listener ${entry.name}: cannot listen on ${where}: ${err.code ?? err.message}`, exit));
-      };
-      server.once('error', onError);
-      server.listen({ host: host ?? undefined, port, backlog: 511 }, () => {
-        server.removeListener('error', onError);
-        inheritSocketOptions(server);
-        server.on('error', (err) => this.log.log('error', 'listener-error', { listener: entry.name, error: err.message }));
-        resolve(server);
-      });
-    });
+  async unstage(): Promise<void> {
+    const s = this.staged;
+    this.staged = null;
+    if (s) await closeServer(s);
   }
 
   /** The address actually bound (port 0 in the config means "any free port"). */
@@ -105,6 +128,8 @@ export class ListenerRuntime implements RelayHost {
   accept(socket: Socket): void {
     new Relay(socket, this.entry, this);
   }
+
+  // --- Connect deadlines ----------------------------------------------------------------------------
 
   /** Connects in progress, oldest first, and the one timer that expires them. */
   private readonly connecting = new FlowList<Relay>('C');
@@ -133,27 +158,163 @@ export class ListenerRuntime implements RelayHost {
       if (relay.connectDeadline <= now) relay.connectFailed('ETIMEDOUT'); // removes it from the list
       else if (relay.connectDeadline < next) next = relay.connectDeadline;
     }
+    for (const relay of this.connecting) if (relay.connectDeadline < next) next = relay.connectDeadline; // failovers just started
     if (next !== Infinity) this.armConnectTimer(next);
   }
 
+  // --- The queue --------------------------------------------------------------------------------------
+
+  private queueTimer: NodeJS.Timeout | null = null;
+  private queueTimerAt = Infinity;
+  private waking = false;
+
+  /**
+   * Waiters that any usable backend would do for take slots strictly in ticket order across workers:
+   * only the holder of the oldest such ticket may take one. A waiter pinned to particular backends (a
+   * hash without failover, or one that already failed somewhere) is served whenever one of those has a
+   * slot, so it never blocks the others, and it may go before older unpinned waiters.
+   */
+  private pinned(r: Relay): boolean {
+    return r.tried !== null || (!this.entry.hashFailover && this.entry.groups.some((g) => g.policy === 'hash'));
+  }
+
+  enqueue(relay: Relay): boolean {
+    const q = relay.entry.queue!;
+    const ticket = this.ctx.shared.enqueue(this.state.slot, q.max, this.ctx.region);
+    if (ticket < 0) return false;
+    const now = Date.now();
+    relay.ticket = ticket;
+    relay.queuedAt = now;
+    relay.queueDeadline = now + q.timeoutMs;
+    this.state.queue.add(relay);
+    this.queueChanged();
+    // A slot may be free already (its wake-up went to an older waiter that left): look once the relay
+    // has settled into its queued phase.
+    setImmediate(() => this.serveQueue());
+    return true;
+  }
+
+  requeue(relay: Relay): void {
+    this.ctx.shared.requeue(this.state.slot, this.ctx.region);
+    this.state.queue.unshift(relay);
+    this.queueChanged();
+  }
+
+  leaveQueue(relay: Relay): void {
+    if (!this.state.queue.delete(relay)) return;
+    this.ctx.shared.dequeue(this.state.slot, this.ctx.region);
+    this.publishOldest();
+  }
+
+  private queueChanged(): void {
+    this.publishOldest();
+    const first = this.state.queue.first() as Relay | null;
+    if (first) this.armQueueTimer(first.queueDeadline);
+    this.armWake();
+  }
+
+  private publishOldest(): void {
+    let ticket = NO_TICKET;
+    for (const w of this.state.queue) {
+      const r = w as Relay;
+      if (!this.pinned(r) && r.ticket < ticket) ticket = r.ticket;
+    }
+    this.ctx.shared.publishOldest(this.state.slot, this.ctx.region, ticket);
+  }
+
+  private armQueueTimer(deadline: number): void {
+    if (deadline >= this.queueTimerAt) return;
+    if (this.queueTimer !== null) clearTimeout(this.queueTimer);
+    this.queueTimerAt = deadline;
+    this.queueTimer = setTimeout(() => this.sweepQueue(), Math.max(1, deadline - Date.now()));
+  }
+
+  private sweepQueue(): void {
+    this.queueTimer = null;
+    this.queueTimerAt = Infinity;
+    const now = Date.now();
+    let next = Infinity;
+    for (const w of this.state.queue) {
+      const r = w as Relay;
+      if (r.queueDeadline <= now) r.queueTimedOut(); // removes it
+      else if (r.queueDeadline < next) next = r.queueDeadline;
+    }
+    if (next !== Infinity) this.armQueueTimer(next);
+  }
+
+  /** Waits for a wake-up from any worker (or a short recheck) while this worker has waiters. */
+  private armWake(): void {
+    if (this.waking || this.state.queue.size === 0) return;
+    const shared = this.ctx.shared;
+    const slot = this.state.slot;
+    const wait = shared.waitWake(slot, shared.wakeValue(slot), QUEUE_RECHECK_MS);
+    this.waking = true;
+    const then = (): void => {
+      this.waking = false;
+      this.serveQueue();
+      this.armWake();
+    };
+    if (wait === null) setImmediate(then);
+    else void wait.then(then);
+  }
+
+  /** A slot was released here: wake every worker's queue for this listener. */
+  slotFreed(): void {
+    if (this.ctx.shared.queued(this.state.slot) > 0) this.ctx.shared.wake(this.state.slot);
+  }
+
+  /** Gives every slot that is free now to the waiters entitled to it, as many as there are slots. */
+  serveQueue(): void {
+    const queue = this.state.queue;
+    if (queue.size === 0) return;
+    const shared = this.ctx.shared;
+    const slot = this.state.slot;
+    const now = Date.now();
+    let served = false;
+    let unpinnedBlocked = false;
+    for (let w = queue.first() as Relay | null; w !== null; ) {
+      const next = queue.nextOf(w) as Relay | null;
+      const pinned = this.pinned(w);
+      if (!pinned && (unpinnedBlocked || w.ticket > shared.oldestTicketOf(slot))) {
+        unpinnedBlocked = true; // an older waiter (maybe in another worker) goes first
+      } else {
+        const choice = chooseBackend(this.entry, this.state, w.clientIp, now, w.tried);
+        if (choice !== null) {
+          w.serve(choice);
+          served = true;
+        } else if (!pinned) unpinnedBlocked = true; // nothing free for anyone unpinned
+      }
+      w = next;
+    }
+    if (served && shared.queued(slot) > 0) shared.wake(slot); // slots may be left for other workers' waiters
+  }
+
+  // --- Relay host -------------------------------------------------------------------------------------
+
+  trafficCheck(_relay: Relay, choice: Choice, result: CheckResult): void {
+    this.ctx.trafficCheck(this.entry, choice, result);
+  }
+
+  localError(code: string): void {
+    this.ctx.localError(code);
+  }
+
   /** A new table: future clients use the new entry; running relays keep the one they started with. */
-  update(entry: ListenerEntry, accessLog: boolean): void {
+  update(entry: ListenerEntry, slots: ListenerSlots, accessLog: boolean): void {
     this.entry = entry;
     this.accessLog = accessLog;
-    this.state = rebuildListenerState(entry, this.state);
+    this.state = new ListenerState(this.ctx.shared, slots, this.ctx.region, this.state);
     this.setDump();
+    this.publishOldest();
+    if (this.state.queue.size > 0) this.serveQueue();
   }
 
   /** Stops accepting; open connections go on. */
-  stopAccepting(): Promise<void> {
+  async stopAccepting(): Promise<void> {
     const server = this.server;
     this.server = null;
-    if (!server) return Promise.resolve();
-    // close() shuts the listening socket at once, but its callback waits for every accepted connection
-    // to end: waiting for it would hold up drains and reloads until the last client leaves. The port is
-    // free once libuv has closed the handle, on the next turn of the loop.
-    server.close();
-    return new Promise((resolve) => setImmediate(resolve));
+    await this.unstage();
+    if (server) await closeServer(server);
   }
 
   get connections(): number {
@@ -172,29 +333,16 @@ export class ListenerRuntime implements RelayHost {
     for (const flow of [...this.state.live]) (flow as unknown as Relay).abort('shutdown');
   }
 
+  /** Ends every relay now, whatever its sockets report (shutdown's last resort). */
+  endAll(): void {
+    for (const flow of [...this.state.live]) (flow as unknown as Relay).end();
+  }
+
   relayFinished(_relay: Relay): void {
-    if (this.state.queue.length > 0) this.serveQueue();
     if (this.onIdle && this.state.live.size === 0) {
       const done = this.onIdle;
       this.onIdle = null;
       done();
-    }
-  }
-
-  healthChanged(): void {
-    if (this.state.queue.length > 0) this.serveQueue();
-  }
-
-  /** Gives every slot that is free now to the oldest waiters, as many as there are slots (not one per event). */
-  serveQueue(): void {
-    const queue = this.state.queue as Relay[];
-    const now = Date.now();
-    while (queue.length > 0) {
-      const head = queue[0]!;
-      const choice = chooseBackend(this.entry, this.state, head.clientIp, now, head.tried);
-      if (choice === null) break;
-      head.leaveQueue();
-      head.connectTo(choice);
     }
   }
 
@@ -225,3 +373,15 @@ export class ListenerRuntime implements RelayHost {
     }
   }
 }
+
+/**
+ * close() shuts the listening socket at once, but its callback waits for every accepted connection to
+ * end: waiting for it would hold up drains and reloads until the last client leaves. The port is free
+ * once libuv has closed the handle, on the next turn of the loop.
+ */
+function closeServer(server: Server): Promise<void> {
+  server.close();
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+export type { Waiter };

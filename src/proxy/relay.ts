@@ -1,5 +1,10 @@
 // One client connection: choose a backend, connect (failing over), then relay bytes both ways.
 //
+// A relay goes through explicit phases, each entered once: new → (queued ↔ connecting)* → relaying →
+// done. Every event handler checks the phase it belongs to, so a late event (a connect timeout after the
+// client left, an error after a reset) cannot run a transition twice: slots are released once, a
+// backend is ejected only for a connect that really failed, and `done` is reached whatever the sockets do.
+//
 // The data path is socket to socket: each chunk read from one side is handed, as the same Buffer, to the
 // other side's write(); when that write reports a full buffer the reading side pauses until 'drain'.
 // So nothing is copied, at most one high-water mark per direction is buffered, and a slow reader slows
@@ -10,11 +15,11 @@
 
 import net, { type Socket } from 'node:net';
 import { chooseBackend, normaliseClientIp, someBackendFull, type Choice } from '../balance/select.ts';
-import type { BackendState, LiveFlow, ListenerState, Waiter } from '../balance/state.ts';
+import type { LiveFlow, ListenerState, Waiter } from '../balance/state.ts';
 import type { ListenerEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import { Code } from '../errors.ts';
-import { applyCheck } from '../health/monitor.ts';
+import type { CheckResult } from '../health/state.ts';
 import type { Logger } from '../log.ts';
 import { balanceDump, hexDump, type Direction } from './dump.ts';
 
@@ -27,7 +32,10 @@ export type EndReason =
   | 'no-backend'
   | 'queue-timeout'
   | 'queue-full'
+  | 'local-error'
   | 'shutdown';
+
+export type Phase = 'new' | 'queued' | 'connecting' | 'relaying' | 'done';
 
 /** What a relay needs from the listener that accepted it. */
 export interface RelayHost {
@@ -36,12 +44,22 @@ export interface RelayHost {
   readonly accessLog: boolean;
   /** Packet dump sink, or null (then the relay installs no dump handlers at all). */
   readonly dump: ((text: string) => void) | null;
+  /** A connection id, unique across workers. */
+  nextId(): number;
   relayFinished(relay: Relay): void;
-  /** A health transition happened on the data path: queued clients may now have a backend. */
-  healthChanged(): void;
+  /** A data-path connect result to feed to the backend's health (when it has checks). */
+  trafficCheck(relay: Relay, choice: Choice, result: CheckResult): void;
+  /** A backend slot was released: queued clients (in any worker) may now get it. */
+  slotFreed(): void;
   /** Connect deadlines: one timer per listener sweeps them, instead of a timer per connection. */
   connectStarted(relay: Relay): void;
   connectEnded(relay: Relay): void;
+  /** The queue: a shared ticket order across workers, one deadline sweep per listener. */
+  enqueue(relay: Relay): boolean;
+  requeue(relay: Relay): void;
+  leaveQueue(relay: Relay): void;
+  /** A local resource error (EMFILE...): not the backend's fault; logged once per burst. */
+  localError(code: string): void;
 }
 
 interface RelaySocket extends Socket {
@@ -51,58 +69,67 @@ interface RelaySocket extends Socket {
 /** Most bytes kept from a queued client before reading from it pauses. */
 const QUEUED_BYTES_MAX = 64 * 1024;
 
-let nextId = 1;
+/** Errors that say this host ran out of something, not that the backend is bad. */
+const LOCAL_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOTAVAIL']);
+
+/** After a reset, the longest a socket may take to report its close before it is forced. */
+const CLOSE_GRACE_MS = 2000;
 
 export class Relay implements LiveFlow, Waiter {
-  readonly id = nextId++;
+  readonly id: number;
   readonly client: RelaySocket;
   readonly entry: ListenerEntry;
   readonly host: RelayHost;
   readonly clientIp: string;
   readonly clientPort: number;
   readonly startedAt = Date.now();
+  phase: Phase = 'new';
   backend: RelaySocket | null = null;
   choice: Choice | null = null;
-  /** Backends that failed for this client (allocated on the first failure only). */
-  tried: BackendState[] | null = null;
-  connected = false;
+  /** Slots of the backends that failed for this client (allocated on the first failure only). */
+  tried: number[] | null = null;
   reason: EndReason | null = null;
   queuedAt = 0;
+  /** Queue order across workers (lower = waited longer). */
+  ticket = -1;
+  /** When the queue wait ends (ms since epoch), for the listener's sweep. */
+  queueDeadline = 0;
   /** When the connect in progress times out (ms since epoch), for the listener's sweep. */
   connectDeadline = 0;
-  /** Set once backpressure happened: from then on 'drain' resumes the paused side. */
-  private drainWatched = false;
+  pubSent = 0;
+  pubRcvd = 0;
+  backendSlot = -1;
   prevL: LiveFlow | null = null;
   nextL: LiveFlow | null = null;
   prevB: LiveFlow | null = null;
   nextB: LiveFlow | null = null;
   prevC: LiveFlow | null = null;
   nextC: LiveFlow | null = null;
-  private queueDeadline = 0;
-  private queueTimer: NodeJS.Timeout | null = null;
-  /** Bytes a queued client sent before its backend was connected, and whether it already sent EOF. */
+  prevQ: LiveFlow | null = null;
+  nextQ: LiveFlow | null = null;
+  /** Set once backpressure happened: from then on 'drain' resumes the paused side. */
+  private drainWatched = false;
+  /** Bytes a queued client sent before its backend was connected. */
   private early: Buffer[] | null = null;
   private earlyBytes = 0;
   clientEnded = false;
   private connectStarted = 0;
-  private closedSockets = 0;
-  private finished = false;
+  private closeTimer: NodeJS.Timeout | null = null;
 
   constructor(client: Socket, entry: ListenerEntry, host: RelayHost) {
+    this.id = host.nextId();
     this.client = client;
     this.entry = entry;
     this.host = host;
     this.clientIp = normaliseClientIp(client.remoteAddress ?? '');
     this.clientPort = client.remotePort ?? 0;
     this.client.lbRelay = this;
-    const st = host.state;
-    st.cur++;
-    st.total++;
-    if (st.cur > st.max) st.max = st.cur;
-    st.open(this);
+    host.state.opened(this);
     client.on('error', onClientError);
     client.on('close', onClientClose);
-    this.connectNext();
+    // Someone queued before this client keeps their place: newcomers queue behind them.
+    if (entry.queue && host.state.queued > 0 && someBackendFull(entry, host.state, Date.now())) this.queueOrRefuse();
+    else this.connectNext();
   }
 
   sentBytes(): number {
@@ -113,26 +140,37 @@ export class Relay implements LiveFlow, Waiter {
     return this.backend?.bytesRead ?? 0;
   }
 
-  get queued(): boolean {
-    return this.queueTimer !== null;
+  get connected(): boolean {
+    return this.phase === 'relaying';
   }
 
-  /** Picks the next candidate and connects; queues the client or closes it when none is free. */
+  get queued(): boolean {
+    return this.phase === 'queued';
+  }
+
+  /** Picks the next candidate (taking its slot) and connects; queues the client or closes it when none is free. */
   connectNext(): void {
-    const now = Date.now();
-    const choice = chooseBackend(this.entry, this.host.state, this.clientIp, now, this.tried);
+    const choice = chooseBackend(this.entry, this.host.state, this.clientIp, Date.now(), this.tried);
     if (choice !== null) {
       this.connectTo(choice);
       return;
     }
-    const queue = this.entry.queue;
-    if (queue && someBackendFull(this.entry, this.host.state, now)) {
-      const st = this.host.state;
-      if (st.queue.length < queue.max) {
-        this.enqueue(queue.timeoutMs);
+    this.queueOrRefuse();
+  }
+
+  private queueOrRefuse(): void {
+    if (this.entry.queue && someBackendFull(this.entry, this.host.state, Date.now())) {
+      if (this.queuedAt !== 0) {
+        this.phase = 'queued';
+        this.host.requeue(this); // served, but its connect failed: back to its place, never "queue-full"
         return;
       }
-      st.queueRejected++;
+      if (this.host.enqueue(this)) {
+        this.phase = 'queued';
+        this.readWhileQueued();
+        return;
+      }
+      this.host.state.count('queueRejected');
       this.refuse('queue-full');
       return;
     }
@@ -142,70 +180,73 @@ export class Relay implements LiveFlow, Waiter {
   /** balance compatible: the client sees the accepted connection close. */
   private refuse(reason: EndReason): void {
     this.reason = reason;
-    this.host.state.noBackend++;
+    this.host.state.count('noBackend');
     this.host.log.log('warn', reason === 'queue-full' || reason === 'queue-timeout' ? reason : 'no-backend', {
       code: Code.NO_BACKEND,
       listener: this.entry.name,
       client: formatHostPort(this.clientIp, this.clientPort),
       tried: this.tried?.length ?? 0,
     });
+    this.phase = 'done';
     this.client.destroy();
+    this.finish();
   }
 
-  private enqueue(timeoutMs: number): void {
-    const st = this.host.state;
-    const now = Date.now();
-    if (this.queuedAt === 0) {
-      this.queuedAt = now;
-      this.queueDeadline = now + timeoutMs;
-      st.queue.push(this);
-    } else {
-      // Served, but its backend failed to connect: it keeps its place at the head and its deadline.
-      st.queue.unshift(this);
-    }
-    if (st.queue.length > st.queueMax) st.queueMax = st.queue.length;
-    this.queueTimer = setTimeout(onQueueTimeout, Math.max(0, this.queueDeadline - now), this);
-    if (this.early === null) {
-      // Read while waiting (bounded) so that a client that gives up is noticed and leaves the queue.
-      this.early = [];
-      this.client.on('data', keepWhileQueued);
-      this.client.on('end', onEndWhileQueued);
-      this.client.resume();
-    }
+  /** Read while waiting (bounded) so that a client that gives up is noticed and leaves the queue. */
+  private readWhileQueued(): void {
+    if (this.early !== null) return;
+    this.early = [];
+    this.client.on('data', keepWhileQueued);
+    this.client.on('end', onEndWhileQueued);
+    this.client.resume();
   }
 
-  /** Leaves the queue (served, timed out, or gone); returns false if it was not queued. */
-  leaveQueue(): boolean {
-    if (this.queueTimer === null) return false;
-    clearTimeout(this.queueTimer);
-    this.queueTimer = null;
-    const q = this.host.state.queue;
-    const i = q.indexOf(this);
-    if (i >= 0) q.splice(i, 1);
-    return true;
-  }
-
+  /** The listener's sweep: the wait is over. */
   queueTimedOut(): void {
-    if (!this.leaveQueue()) return;
-    this.host.state.queueTimeouts++;
+    if (this.phase !== 'queued') return;
+    this.host.leaveQueue(this);
+    this.host.state.count('queueTimeouts');
     this.refuse('queue-timeout');
   }
 
+  /** Served from the queue with a slot already taken. */
+  serve(choice: Choice): void {
+    if (this.phase !== 'queued') {
+      choice.state.release();
+      return;
+    }
+    this.host.leaveQueue(this);
+    this.connectTo(choice);
+  }
+
   connectTo(choice: Choice): void {
+    this.phase = 'connecting';
     this.choice = choice;
     const st = choice.state;
     st.picked();
-    st.cur++;
-    if (st.cur > st.max) st.max = st.cur;
     this.connectStarted = Date.now();
-    const backend: RelaySocket = net.connect({
-      host: choice.entry.address,
-      port: choice.entry.port,
-      localAddress: this.entry.source ?? undefined,
-      allowHalfOpen: true,
-      noDelay: true,
-      keepAlive: true,
-    });
+    let backend: RelaySocket;
+    try {
+      backend = net.connect({
+        host: choice.entry.address,
+        port: choice.entry.port,
+        localAddress: this.entry.source ?? undefined,
+        allowHalfOpen: true,
+        noDelay: true,
+        keepAlive: true,
+      });
+    } catch (err) {
+      // A synchronous throw (a bad local address): a local fault, never the backend's.
+      this.choice = null;
+      st.release();
+      this.host.slotFreed();
+      this.host.log.log('error', 'connect-error', { listener: this.entry.name, error: (err as Error).message });
+      this.reason = 'local-error';
+      this.phase = 'done';
+      this.client.destroy();
+      this.finish();
+      return;
+    }
     backend.lbRelay = this;
     this.backend = backend;
     if (this.entry.connectTimeoutMs > 0) {
@@ -217,8 +258,8 @@ export class Relay implements LiveFlow, Waiter {
     backend.on('close', onBackendClose);
   }
 
-  /** The current backend attempt failed before connecting: eject it and fail over. */
-  connectFailed(reason: string): void {
+  /** Ends the connect attempt in progress (its socket, its slot); the backend's fate is the caller's. */
+  private dropAttempt(): Choice {
     const backend = this.backend!;
     const choice = this.choice!;
     this.host.connectEnded(this);
@@ -226,42 +267,61 @@ export class Relay implements LiveFlow, Waiter {
     backend.destroy();
     this.backend = null;
     this.choice = null;
-    const st = choice.state;
+    choice.state.release();
+    this.host.slotFreed();
+    return choice;
+  }
+
+  /** The current backend attempt failed before connecting: eject it and fail over. */
+  connectFailed(reason: string): void {
+    if (this.phase !== 'connecting') return;
+    const choice = this.dropAttempt();
     const now = Date.now();
-    st.cur--;
-    st.connectFailed(now, reason, this.entry.autodisable);
+    if (LOCAL_ERRORS.has(reason)) {
+      // Out of file descriptors or memory here: the backend is not to blame, and neither are the others.
+      this.host.localError(reason);
+      this.reason = 'local-error';
+      this.phase = 'done';
+      this.client.destroy();
+      this.finish();
+      return;
+    }
+    const st = choice.state;
+    const backoff = st.connectFailed(now, reason, this.entry.autodisable);
     this.host.log.log('warn', 'connect-failed', {
       code: Code.CONNECT_FAILED,
       listener: this.entry.name,
       group: choice.group,
       backend: choice.entry.key,
       reason,
-      ...(this.entry.autodisable ? { action: 'autodisabled until enabled by an operator' } : { retry_ms: st.backoffMs }),
+      ...(this.entry.autodisable ? { action: 'autodisabled until enabled by an operator' } : { retry_ms: backoff }),
     });
-    const result = {
+    this.host.trafficCheck(this, choice, {
       ok: false,
-      status: reason === 'ETIMEDOUT' ? ('L4TOUT' as const) : ('L4CON' as const),
+      status: reason === 'ETIMEDOUT' ? 'L4TOUT' : 'L4CON',
       durationMs: now - this.connectStarted,
       detail: reason,
-    };
-    if (applyCheck(this.host.log, this.entry.name, choice.group, choice.entry, st, result, 'traffic')) this.host.healthChanged();
+    });
     if (this.client.destroyed) {
+      this.phase = 'done';
       this.finish();
       return;
     }
-    (this.tried ??= []).push(st);
+    (this.tried ??= []).push(st.slot);
     this.connectNext();
   }
 
   connectSucceeded(): void {
+    if (this.phase !== 'connecting') return;
     const backend = this.backend!;
     const client = this.client;
-    const st = this.choice!.state;
-    this.connected = true;
+    const choice = this.choice!;
+    const st = choice.state;
+    this.phase = 'relaying';
     this.host.connectEnded(this);
     st.connectSucceeded(this.connectStarted);
-    st.total++;
-    st.open(this);
+    st.live.add(this);
+    this.backendSlot = st.slot;
     if (this.entry.idleTimeoutMs > 0) {
       // Reads and writes both reset a socket's timer, so the client socket alone sees traffic either way.
       client.setTimeout(this.entry.idleTimeoutMs);
@@ -310,8 +370,9 @@ export class Relay implements LiveFlow, Waiter {
   endWhileQueued(): void {
     this.clientEnded = true;
     this.reason ??= 'client-close';
-    if (this.earlyBytes === 0 && this.leaveQueue()) {
-      this.host.state.queueAbandoned++;
+    if (this.earlyBytes === 0 && this.phase === 'queued') {
+      this.host.leaveQueue(this);
+      this.host.state.count('queueAbandoned');
       this.reason = 'client-close';
       this.client.destroy();
     }
@@ -322,6 +383,7 @@ export class Relay implements LiveFlow, Waiter {
     this.reason ??= reason;
     this.client.destroy();
     this.backend?.destroy();
+    this.armCloseGrace();
   }
 
   /** One side was reset: the other side is reset too (RST, not FIN), so it cannot mistake a cut for an end. */
@@ -329,26 +391,62 @@ export class Relay implements LiveFlow, Waiter {
     this.reason ??= 'reset';
     const other = from === this.client ? this.backend : this.client;
     from.destroy();
-    if (other && !other.destroyed) other.resetAndDestroy();
+    if (other && !other.destroyed) {
+      // libuv cannot reset a socket whose write side is shut down (or shutting down): it refuses with
+      // EINVAL and Node then never closes the handle. Such a socket has already said FIN; close it.
+      if (other.writableEnded || other.connecting) other.destroy();
+      else other.resetAndDestroy();
+    }
+    this.armCloseGrace();
   }
 
+  /** Whatever a socket does after being destroyed, the relay ends within CLOSE_GRACE_MS. */
+  private armCloseGrace(): void {
+    if (this.closeTimer !== null || this.phase === 'done') return;
+    this.closeTimer = setTimeout(onCloseGrace, CLOSE_GRACE_MS, this);
+    this.closeTimer.unref();
+  }
+
+  /** A socket reported its close: the relay ends when every socket it still has is closed. */
   socketClosed(): void {
-    this.closedSockets++;
-    if (this.closedSockets === (this.backend === null ? 1 : 2)) this.finish();
+    if (this.phase === 'done') return;
+    if (!this.client.closed) return;
+    if (this.backend !== null && !this.backend.closed) return;
+    this.end();
   }
 
+  /** Ends the relay now, whatever its sockets report (shutdown's last resort, the close grace). */
+  end(): void {
+    if (this.phase === 'done') return;
+    if (this.phase === 'queued') {
+      this.host.leaveQueue(this);
+      this.host.state.count('queueAbandoned');
+    }
+    if (this.phase === 'connecting') {
+      this.reason ??= 'client-close';
+      this.dropAttempt();
+    }
+    this.phase = 'done';
+    this.client.destroy();
+    this.backend?.destroy();
+    this.finish();
+  }
+
+  /** The one place a relay's counts and slots are given back: reached once, from phase done. */
   private finish(): void {
-    if (this.finished) return;
-    this.finished = true;
-    if (this.leaveQueue()) this.host.state.queueAbandoned++;
-    const st = this.host.state;
-    st.cur--;
-    st.close(this);
+    if (this.closeTimer !== null) {
+      clearTimeout(this.closeTimer);
+      this.closeTimer = null;
+    }
+    this.host.connectEnded(this);
+    this.host.state.closed(this);
     const choice = this.choice;
     if (choice) {
-      choice.state.cur--;
-      if (this.connected) choice.state.close(this);
-      if (choice.state.draining && choice.state.cur === 0) {
+      const st = choice.state;
+      st.closed(this);
+      st.release();
+      this.host.slotFreed();
+      if (st.draining && st.cur === 0) {
         this.host.log.log('info', 'drained', { listener: this.entry.name, group: choice.group, backend: choice.entry.key });
       }
     }
@@ -380,25 +478,23 @@ export class Relay implements LiveFlow, Waiter {
 
 function onClientError(this: RelaySocket): void {
   const r = this.lbRelay;
-  if (r) r.reset(this);
+  if (!r || r.phase === 'done') return;
+  if (r.phase === 'relaying') r.reset(this);
+  else this.destroy(); // queued or connecting: 'close' follows and ends the relay
 }
 
 function onClientClose(this: RelaySocket): void {
   const r = this.lbRelay;
-  if (!r) return;
-  if (!r.connected && r.backend) {
-    // The client left while we were still connecting: drop the attempt, nothing was relayed.
-    r.reason ??= 'client-close';
-    r.backend.destroy();
-  }
-  r.socketClosed();
+  if (!r || r.phase === 'done') return;
+  if (r.phase === 'relaying') r.socketClosed();
+  else r.end(); // left while queued or while its backend was connecting: nothing was relayed
 }
 
 function onBackendError(this: RelaySocket, err: NodeJS.ErrnoException): void {
   const r = this.lbRelay;
   if (!r || r.backend !== this) return;
-  if (!r.connected) r.connectFailed(err.code ?? err.message);
-  else r.reset(this);
+  if (r.phase === 'connecting') r.connectFailed(err.code ?? err.message);
+  else if (r.phase === 'relaying') r.reset(this);
 }
 
 function onBackendConnect(this: RelaySocket): void {
@@ -408,15 +504,15 @@ function onBackendConnect(this: RelaySocket): void {
 
 function onBackendClose(this: RelaySocket): void {
   const r = this.lbRelay;
-  if (r && r.backend === this) r.socketClosed();
+  if (r && r.backend === this && r.phase === 'relaying') r.socketClosed();
 }
 
 function onIdleTimeout(this: RelaySocket): void {
   this.lbRelay?.abort('idle-timeout');
 }
 
-function onQueueTimeout(relay: Relay): void {
-  relay.queueTimedOut();
+function onCloseGrace(relay: Relay): void {
+  relay.end();
 }
 
 function keepWhileQueued(this: RelaySocket, chunk: Buffer): void {

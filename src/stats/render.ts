@@ -1,6 +1,6 @@
 // Renderers of a Snapshot: balance's `show` table, HAProxy's `show stat` CSV and `show info`, JSON, MRTG.
 
-import type { Policy } from '../config/table.ts';
+import type { BackendEntry, Policy } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import type { BackendSnap, GroupSnap, ListenerSnap, Snapshot, TrafficSnap } from './snapshot.ts';
 
@@ -8,17 +8,19 @@ const TYPE: Record<Policy, string> = { rr: 'RR', hash: 'Hash', leastconn: 'LC', 
 
 const r = (v: string | number, width: number): string => String(v).padStart(width);
 
-/** balance's header and column widths, with lb's own columns (`fail`, `host`) at the right. */
+/**
+ * balance's header and column widths, with lb's own columns at the right: `fail`, `check`, and `name` (the
+ * configured name, else "host:port" with the host as configured, so a host name shows there too).
+ */
 export const SHOW_HEADER =
-  'GRP Type  #   S       ip-address  port    c      totalc maxc        sent        rcvd     fail  check host';
+  'GRP Type  #   S       ip-address  port    c      totalc maxc        sent        rcvd     fail  check name';
 
 function showRow(g: GroupSnap, b: BackendSnap): string {
   const e = b.entry;
-  const host = e.host !== e.address ? e.host : '';
   return [
     r(g.index, 3), r(TYPE[g.policy], 4), r(b.index, 2), r(b.status, 3), r(e.address, 16), r(e.port, 5),
     r(b.cur, 4), r(b.attempts, 11), r(e.maxc, 4), r(b.sent, 11), r(b.rcvd, 11), r(b.failures, 8),
-    r(b.check?.status ?? '-', 6), host,
+    r(b.check?.status ?? '-', 6), e.name,
   ].join(' ').trimEnd();
 }
 
@@ -42,6 +44,11 @@ export function formatUptime(sec: number): string {
   const m = Math.floor((sec % 3600) / 60);
   const s = sec % 60;
   return `${d}d ${h}h${String(m).padStart(2, '0')}m${String(s).padStart(2, '0')}s`;
+}
+
+/** The fourth MRTG line for one backend: where it is, and what operators call it. */
+export function mrtgBackendTitle(listener: string, group: number, channel: number, entry: BackendEntry): string {
+  return `lb ${listener} group ${group} channel ${channel} (${entry.name})`;
 }
 
 /** MRTG's external-script protocol: exactly four lines. */
@@ -85,7 +92,7 @@ export function renderStatCsv(snap: Snapshot): string {
       const px = `${l.name}/${g.index}`;
       for (const b of g.backends) {
         rows.push({
-          pxname: px, svname: b.entry.key, ...trafficCols(b), slim: b.entry.maxc || undefined, econ: b.failures,
+          pxname: px, svname: b.entry.name, ...trafficCols(b), slim: b.entry.maxc || undefined, econ: b.failures,
           status: STATUS[b.status], weight: b.entry.weight, act: g.index === 0 ? 1 : 0, bck: g.index === 0 ? 0 : 1,
           lastchg: b.lastChangeSec, pid: snap.pid, iid: li + 1, sid: b.index + 1, lbtot: b.attempts, type: 2,
           ...(b.check

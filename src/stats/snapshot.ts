@@ -1,7 +1,7 @@
 // One snapshot of every counter, taken at once: `show`, `show stat`, `show info`, `show json` and the
 // MRTG four-liners all render from it, so the formats cannot disagree with each other.
 
-import type { BackendState, Counters, ListenerState } from '../balance/state.ts';
+import type { BackendState, ListenerState } from '../balance/state.ts';
 import type { BackendEntry, ListenerEntry, Policy } from '../config/table.ts';
 
 /**
@@ -61,12 +61,24 @@ export interface Snapshot {
   pid: number;
   now: number;
   uptimeSec: number;
+  /** Data-plane worker threads running, and how many were replaced after dying. */
+  workers: number;
+  workerRestarts: number;
   listeners: ListenerSnap[];
 }
 
 export interface SnapshotSource {
   readonly startedAt: number;
+  workerCounts(): { workers: number; restarts: number };
   listenerViews(): { entry: ListenerEntry; state: ListenerState; address: string }[];
+}
+
+interface Counters {
+  readonly cur: number;
+  readonly max: number;
+  readonly total: number;
+  sent(): number;
+  rcvd(): number;
 }
 
 function traffic(c: Counters): TrafficSnap {
@@ -83,7 +95,7 @@ function downReason(entry: BackendEntry, st: BackendState, now: number): string 
   if (!entry.enabled) return 'disabled by operator';
   if (st.autoDisabled) return `autodisabled: ${st.lastFailure}`;
   if (st.draining) return 'draining';
-  if (!st.check.up) return `health check failed: ${st.check.lastStatus} ${st.check.lastDetail}`.trimEnd();
+  if (!st.checkUp) return `health check failed: ${st.check.lastStatus} ${st.lastFailure}`.trimEnd();
   if (st.ejectedUntil > now) return `ejected ${Math.ceil((st.ejectedUntil - now) / 1000)}s: ${st.lastFailure}`;
   if (st.probing) return 'probing';
   return '';
@@ -95,13 +107,14 @@ export function takeSnapshot(src: SnapshotSource, version: string, now = Date.no
     pid: process.pid,
     now,
     uptimeSec: Math.floor((now - src.startedAt) / 1000),
+    ...((w) => ({ workers: w.workers, workerRestarts: w.restarts }))(src.workerCounts()),
     listeners: src.listenerViews().map(({ entry, state, address }) => ({
       name: entry.name,
       address,
       noBackend: state.noBackend,
       queue: entry.queue
         ? {
-            cur: state.queue.length,
+            cur: state.queued,
             max: state.queueMax,
             limit: entry.queue.max,
             timeouts: state.queueTimeouts,

@@ -70,7 +70,7 @@ describe('build farm: policy first + maxc + queue', () => {
     // Right after the burst: 4 running (fast 2, mid 1, slow 1), 3 waiting.
     const [sf, sm, ss] = state.groups[0]!.backends;
     expect([sf!.cur, sm!.cur, ss!.cur]).toEqual([2, 1, 1]);
-    expect(state.queue.length).toBe(3);
+    expect(state.queued).toBe(3);
 
     const jobs = await Promise.all(results);
     const order = jobs.map((j) => `job ${j.n} → ${j.host} (done at ${Math.round(j.doneMs)} ms)`);

@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { ask, backendOf, connectClient, echoServer, refusedPort, sinkServer, within, type TestClient } from '../helpers/backends.ts';
 import { runLb } from '../helpers/cli.ts';
 import {
-  useControlScope, ctl, ERROR_LINE, lbCli, openSession, parseShow, SHOW_HEADER_BALANCE, showRow, startCliLb, startControlLb,
+  adminControl, testTokenFile, useControlScope, ctl, ERROR_LINE, lbCli, openSession, parseShow, SHOW_HEADER_BALANCE, showRow, startCliLb, startControlLb,
   UPTIME,
 } from '../helpers/control.ts';
 import { at, type InProcessLb } from '../helpers/lb.ts';
@@ -27,13 +27,13 @@ const COMMAND_NAMES = [
 
 /**
  * web: group 0 rr [a, b], group 1 rr [c]; imap: group 0 rr [d, e]. Echo backends answer `[name] data`.
- * Control port on 127.0.0.1:0 with admin on.
+ * Control port on 127.0.0.1:0 at level admin (the helpers send `auth` with the test token).
  */
 async function fixture() {
   const [a, b, c, d, e] = await Promise.all(['a', 'b', 'c', 'd', 'e'].map((n) => echoServer(n, { prefix: true })));
   const { lb, port } = await startControlLb({
     global: { access_log: true },
-    control: { listen: '127.0.0.1:0', admin: true },
+    control: adminControl(),
     listeners: {
       web: {
         listen: '127.0.0.1:0',
@@ -77,7 +77,7 @@ describe('read-only commands', () => {
     const s = await openSession(cport);
     const help = await s.command('help');
     const lines = help.split('\n');
-    expect(lines[0]).toBe('available commands:');
+    expect(lines[0]).toBe('available commands (this session: admin):');
     for (const name of COMMAND_NAMES) {
       expect(lines.some((l) => l.startsWith(`  ${name}`)), `help lists ${name}:\n${help}`).toBe(true);
     }
@@ -206,7 +206,7 @@ describe('read-only commands', () => {
     expect(r2.stdout).toContain('ok (2 listeners, 3 groups, 6 backends)');
     expect(r2.stdout).toMatch(new RegExp(`listener web[^]*group 0 rr\\n +0 127\\.0\\.0\\.1:\\d+ [^\\n]*\\n +1 127\\.0\\.0\\.1:${b.port} [^\\n]* disabled\\n`));
     expect(r2.stdout).toMatch(new RegExp(`listener imap[^]*group 0 hash\\n(?: +\\d [^\\n]*\\n){2} +2 127\\.0\\.0\\.1:${b.port} [^\\n]* disabled\\n`));
-    expect(r2.stdout).toMatch(/^control 127\.0\.0\.1:0 admin=true$/m);
+    expect(r2.stdout).toMatch(/^control 127\.0\.0\.1:0 level=admin socket_level=admin token_file=\S+$/m);
   });
 
   it('version names lb and its version', async () => {
@@ -370,7 +370,7 @@ describe('MRTG output', () => {
     const live = await echoServer('live');
     const { lb, port: cport } = await startControlLb({
       global: { access_log: true },
-      control: { listen: '127.0.0.1:0', admin: true },
+      control: adminControl(),
       listeners: {
         web: { listen: '127.0.0.1:0', connect_timeout: '1s', groups: [{ policy: 'rr', backends: [at(s1.port), at(s2.port)] }] },
         other: { listen: '127.0.0.1:0', connect_timeout: '1s', groups: [{ policy: 'rr', backends: [at(dead), at(live.port)] }] },
@@ -424,7 +424,7 @@ describe('MRTG output', () => {
     const a = await echoServer('a');
     const { lb, port: cport } = await startControlLb({
       global: { access_log: true },
-      control: { listen: '127.0.0.1:0', admin: true },
+      control: adminControl(),
       listeners: { web: { listen: '127.0.0.1:0', groups: [{ policy: 'rr', backends: [at(a.port)] }] } },
     });
     const s = await openSession(cport);
@@ -517,12 +517,12 @@ describe('quit and kill', () => {
     const scratch = scope.scratch();
     const file = scratch.write(
       'lb.toml',
-      `[control]\nlisten = "127.0.0.1:0"\nadmin = true\n\n[listeners.web]\nlisten = "127.0.0.1:0"\n[[listeners.web.groups]]\nbackends = ["127.0.0.1:${a.port}"]\n`,
+      `[control]\nlisten = "127.0.0.1:0"\nlevel = "admin"\ntoken_file = ${JSON.stringify(testTokenFile())}\n\n[listeners.web]\nlisten = "127.0.0.1:0"\n[[listeners.web.groups]]\nbackends = ["127.0.0.1:${a.port}"]\n`,
     );
     const lbp = await startCliLb([file]);
     expect(lbp.controlPort).toBeGreaterThan(0);
     expect(await ask(lbp.ports.web!, 'hi')).toBe('hi');
-    const r = await lbCli(['ctl', '--control', `127.0.0.1:${lbp.controlPort}`, 'kill']);
+    const r = await lbCli(['ctl', '--control', `127.0.0.1:${lbp.controlPort}`, '--token-file', testTokenFile(), 'kill']);
     expect(r.stdout).toBe('shutting down\n');
     expect(r.code).toBe(0);
     const exit = await within(lbp.exited, 5000, 'lb to exit after kill');

@@ -22,7 +22,7 @@ async function webLb(control: Record<string, unknown> = {}) {
   const [a, b] = await Promise.all([echoServer('a', { prefix: true }), echoServer('b', { prefix: true })]);
   const started = await startControlLb({
     global: { access_log: true },
-    control: { listen: '127.0.0.1:0', admin: true, ...control },
+    control: { listen: '127.0.0.1:0', ...control }, // TCP at read: nothing here needs more
     listeners: { web: { listen: '127.0.0.1:0', groups: [{ policy: 'rr', backends: [at(a.port), at(b.port)] }] } },
   });
   return { ...started, a, b };
@@ -276,7 +276,7 @@ describe('many sessions', () => {
   async function cliWebLb(control: Record<string, unknown>) {
     const [a, b] = await Promise.all([echoServer('a', { prefix: true }), echoServer('b', { prefix: true })]);
     const scratch = scope.scratch();
-    const lbp = await startCliLb([scratch.write('lb.toml', webToml({ admin: true, ...control }, [a.port, b.port]))]);
+    const lbp = await startCliLb([scratch.write('lb.toml', webToml({ ...control }, [a.port, b.port]))]);
     expect(lbp.controlPort).toBeGreaterThan(0);
     return { lbp, port: lbp.controlPort, web: lbp.ports.web! };
   }

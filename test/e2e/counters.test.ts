@@ -2,13 +2,13 @@
 // → backend, rcvd = backend → client), and their monotonicity across a routing-table swap.
 
 import { afterEach, describe, expect, it } from 'vitest';
-import type { BackendState, Counters } from '../../src/balance/state.ts';
+import type { BackendState, ListenerState } from '../../src/balance/state.ts';
 import { connectClient, echoServer, refusedPort, sinkServer, until, within } from '../helpers/backends.ts';
 import { at, cleanup, startLb, webDoc } from '../helpers/lb.ts';
 
 afterEach(cleanup);
 
-const snap = (c: Counters) => ({ cur: c.cur, total: c.total, sent: c.sent(), rcvd: c.rcvd() });
+const snap = (c: BackendState | ListenerState) => ({ cur: c.cur, total: c.total, sent: c.sent(), rcvd: c.rcvd() });
 const snapB = (b: BackendState) => ({ ...snap(b), attempts: b.attempts, failures: b.failures });
 
 describe('counters', () => {
@@ -50,6 +50,8 @@ describe('counters', () => {
     const st = lb.listener().state;
     const be = st.groups[0]!.backends[0]!;
     await until(() => be.cur === 2, 2000, 'both relays to count as open');
+    // Workers publish the bytes of open connections a few times a second.
+    await until(() => snap(be).sent === 8 && snap(st).rcvd === 8, 2000, 'the bytes in flight to be published');
     expect(snap(be)).toEqual({ cur: 2, total: 2, sent: 8, rcvd: 8 });
     expect(snap(st)).toEqual({ cur: 2, total: 2, sent: 8, rcvd: 8 });
     expect(st.max).toBe(2);
@@ -80,6 +82,7 @@ describe('counters', () => {
     const after = lb.listener().state;
     const [nc, nb, na] = after.groups[0]!.backends as [BackendState, BackendState, BackendState];
     expect(snap(after).total).toBe(5);
+    await until(() => na.sent() === 25, 2000, 'the open connection\'s bytes to be published');
     expect(snapB(na)).toMatchObject({ total: 3, sent: 25, rcvd: 25, cur: 1 });
     expect(snapB(nb)).toEqual(before.b);
     expect(snapB(nc)).toEqual({ cur: 0, total: 0, sent: 0, rcvd: 0, attempts: 0, failures: 0 });

@@ -26,7 +26,7 @@ afterEach(async () => {
 
 const FAST = { interval: '100ms', timeout: '80ms', rise: 2, fall: 2 };
 
-const admin = (): Session => ({ listener: 'web', group: 0, admin: true, prompt: false });
+const admin = (): Session => ({ listener: 'web', group: 0, level: 'admin', prompt: false });
 
 /** The `show` status (ENA/dis/DIS/DRN) and check block of backend `index` of group `group`. */
 function status(lb: InProcessLb, index = 0, group = 0) {
@@ -393,8 +393,8 @@ describe('check scheduling', () => {
     const backends: Backend[] = [];
     for (let i = 0; i < 10; i++) backends.push(await silentServer(`b${i}`));
     const { performance } = await import('node:perf_hooks');
-    const t0 = performance.now();
     await startLb(webDoc([{ backends: backends.map((b) => at(b.port)), health: { interval: '1s', timeout: '500ms' } }]));
+    const t0 = performance.now(); // checks are scheduled once every worker is serving
     await until(() => backends.every((b) => b.accepted >= 1), 2500, 'a first check on every backend');
     const firsts = backends.map((b) => b.acceptTimes[0]! - t0).sort((x, y) => x - y);
     console.log(`first checks (ms after start): ${firsts.map((t) => Math.round(t)).join(' ')}`);

@@ -51,7 +51,6 @@ describe('Last.fm failover', () => {
   it('dead main → backup without waiting; the main rejoins on the same port after rise checks', async () => {
     const dead = await deadHost();
     const backup = await namedEcho('backup');
-    const started = Date.now();
     const lb = await startLb(
       webDoc(
         [
@@ -61,6 +60,7 @@ describe('Last.fm failover', () => {
         { connect_timeout: '1s' },
       ),
     );
+    const started = Date.now(); // checks start once every worker is serving
 
     // fall × interval (+ the random phase of the first check, + margin): poll until the checks said so.
     await until(() => mainStatus(lb) === 'dis', 1500, `the main to be taken down by checks (is ${mainStatus(lb)})`, 5);

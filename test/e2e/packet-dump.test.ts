@@ -6,9 +6,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { connectClient, echoServer, within } from '../helpers/backends.ts';
+import { connectClient, echoServer, freePort, within } from '../helpers/backends.ts';
 import { BALANCE_DUMP_FIRST_EXCHANGE, BALANCE_DUMP_REQUEST } from '../helpers/balance-dump.ts';
-import { at, cleanup, startLb, webDoc, type InProcessLb } from '../helpers/lb.ts';
+import { at, cleanup, spawnLb, startLb, webDoc, type InProcessLb } from '../helpers/lb.ts';
 
 let dir = '';
 beforeEach(() => {
@@ -79,11 +79,16 @@ describe('packet dump to a file', () => {
     );
   });
 
-  it('packet_dump off: the listener installs no dump tap at all', async () => {
+  it('packet_dump off (the default): a real lb process writes nothing on stdout for traffic', async () => {
     const echo = await echoServer('e');
-    const lb = await startLb(webDoc([{ backends: [at(echo.port)] }]));
-    await exchange(lb, Buffer.from('quiet'), 5, 1);
-    await lb.stop();
-    expect(lb.listener().dump).toBeNull();
+    const port = await freePort();
+    const lb = await spawnLb([String(port), at(echo.port)]);
+    const c = await connectClient(port);
+    c.socket.write('quiet');
+    await c.waitFor((b) => b.length >= 5, 3000, 'the echo');
+    c.socket.end();
+    await within(c.ended, 3000, 'the echo to half-close back');
+    await lb.logs.waitFor('conn');
+    expect(lb.stdout()).toBe('');
   });
 });

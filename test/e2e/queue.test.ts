@@ -40,7 +40,7 @@ async function recorder(opts: { closeAfter?: boolean } = {}): Promise<Backend & 
 const one = (port: number, maxc: number) => ({ host: '127.0.0.1', port, maxc });
 
 function queueLen(lb: InProcessLb): number {
-  return lb.listener().state.queue.length;
+  return lb.listener().state.queued;
 }
 
 /** Connects a client that says `name` and waits until lb has queued it (queue length grows to `n`). */
@@ -119,7 +119,7 @@ describe('queue', () => {
     await holder(lb, 'h');
     const w: TestClient[] = [];
     for (const name of ['w1', 'w2', 'w3', 'w4']) w.push(await queued(lb, name, w.length + 1));
-    const reply = await execute(lb.rt, { listener: 'web', group: 0, admin: true, prompt: false }, 'maxc web 0 0 4');
+    const reply = await execute(lb.rt, { listener: 'web', group: 0, level: 'admin', prompt: false }, 'maxc web 0 0 4');
     expect(reply.error).toBeUndefined();
     await Promise.all(w.slice(0, 3).map((c, i) => c.waitFor((r) => r.toString() === `served w${i + 1}`, 2000, `w${i + 1} served`)));
     await sleep(100);

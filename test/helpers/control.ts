@@ -4,6 +4,8 @@
 // Every wait is bounded (`within`).
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import net, { type Socket } from 'node:net';
 import path from 'node:path';
 import { afterEach } from 'vitest';
@@ -33,6 +35,37 @@ export function useControlScope(): { scratch(): ScratchDir } {
     dir = null;
   });
   return { scratch: () => (dir ??= scratchDir()) };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tokens: a TCP session above read needs `auth TOKEN`
+
+/** The token of the file ADMIN_CONTROL names (written once per test process, mode 0600). */
+export const TEST_TOKEN = 'lb-test-token-0123456789abcdef';
+let tokenFile: string | null = null;
+
+/** The path of a token file holding TEST_TOKEN. */
+export function testTokenFile(): string {
+  if (tokenFile === null) {
+    tokenFile = path.join(mkdtempSync(path.join(tmpdir(), 'lb-token-')), 'token');
+    writeFileSync(tokenFile, `${TEST_TOKEN}\n`, { mode: 0o600 });
+  }
+  return tokenFile;
+}
+
+/** `[control]` keys for a TCP port where a session that sends `auth TEST_TOKEN` is admin. */
+export function adminControl(): { listen: string; level: 'admin'; token_file: string } {
+  return { listen: '127.0.0.1:0', level: 'admin', token_file: testTokenFile() };
+}
+
+/**
+ * TCP control ports whose sessions the helpers authenticate first (filled by startControlLb and
+ * startCliLb when the config names the test token file). `{ auth: false }` opts a session out.
+ */
+const tokenPorts = new Set<number>();
+
+function wantsAuth(addr: ControlAddr, auth: boolean | undefined): boolean {
+  return auth ?? (typeof addr === 'number' && tokenPorts.has(addr));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -105,20 +138,23 @@ export interface ControlSession {
  * Telnet client (prompt on), `'\n'` as a script. The socket is half-open capable: the server's FIN does
  * not close our side, so tests can see what lb does with a client that keeps its side open.
  */
-export async function openSession(addr: ControlAddr, opts: { eol?: string; ms?: number } = {}): Promise<ControlSession> {
+export async function openSession(addr: ControlAddr, opts: { eol?: string; ms?: number; auth?: boolean } = {}): Promise<ControlSession> {
   const eol = opts.eol ?? '\n';
+  /** Bytes before this offset (the `auth` reply) are not shown to the test. */
+  let skip = 0;
   const socket =
     typeof addr === 'number' ? net.connect({ port: addr, host: '127.0.0.1', allowHalfOpen: true }) : net.connect({ path: addr, allowHalfOpen: true });
   const chunks: Buffer[] = [];
   let total = Buffer.alloc(0);
   const waiters = new Set<() => void>();
-  const raw = (): Buffer => {
+  const all = (): Buffer => {
     if (chunks.length > 0) {
       total = Buffer.concat([total, ...chunks]);
       chunks.length = 0;
     }
     return total;
   };
+  const raw = (): Buffer => all().subarray(skip);
   socket.on('data', (c: Buffer) => {
     chunks.push(c);
     for (const w of [...waiters]) w();
@@ -169,6 +205,12 @@ export async function openSession(addr: ControlAddr, opts: { eol?: string; ms?: 
     },
   });
   await connected(socket, opts.ms ?? 3000, `a control connection to ${addr}`);
+  if (wantsAuth(addr, opts.auth)) {
+    const reply = await session.command(`auth ${TEST_TOKEN}`);
+    if (!/^level \w+$/.test(reply)) throw new Error(`auth failed on ${addr}: ${reply}`);
+    const text = all().toString('latin1');
+    skip = text.indexOf(eol === '\n' ? '\n\n' : '\r\n\r\n') + (eol === '\n' ? 2 : 4);
+  }
   return session;
 }
 
@@ -176,8 +218,8 @@ export async function openSession(addr: ControlAddr, opts: { eol?: string; ms?: 
  * Sends `input` as a script would (`printf ... | nc -N`): writes it, half-closes, and returns everything
  * received until the server closes, as latin1 text (one character per byte).
  */
-export async function oneShot(addr: ControlAddr, input: string | Buffer, ms = 5000): Promise<string> {
-  const s = await openSession(addr);
+export async function oneShot(addr: ControlAddr, input: string | Buffer, ms = 5000, opts: { auth?: boolean } = {}): Promise<string> {
+  const s = await openSession(addr, opts);
   s.socket.end(input);
   await within(s.gone, ms, `lb to answer and close after ${JSON.stringify(String(input).slice(0, 60))}`);
   const text = s.raw().toString('latin1');
@@ -186,8 +228,8 @@ export async function oneShot(addr: ControlAddr, input: string | Buffer, ms = 50
 }
 
 /** One command over a fresh session; returns the reply without its closing blank line. */
-export async function ctl(addr: ControlAddr, command: string, ms = 5000): Promise<string> {
-  const text = await oneShot(addr, `${command}\n`, ms);
+export async function ctl(addr: ControlAddr, command: string, ms = 5000, opts: { auth?: boolean } = {}): Promise<string> {
+  const text = await oneShot(addr, `${command}\n`, ms, opts);
   if (!text.endsWith('\n\n')) throw new Error(`reply to ${JSON.stringify(command)} does not end with a blank line: ${JSON.stringify(text)}`);
   return text.slice(0, -2);
 }
@@ -253,6 +295,8 @@ export interface ControlLb {
 export async function startControlLb(doc: Record<string, unknown>): Promise<ControlLb> {
   const lb = await startLb(doc);
   const port = lb.rt.control?.port() ?? 0;
+  const control = (doc as { control?: { token_file?: string } }).control;
+  if (port && control?.token_file === tokenFile && tokenFile !== null) tokenPorts.add(port);
   return { lb, port };
 }
 
@@ -380,11 +424,14 @@ export async function startCliLb(args: readonly string[], opts: { env?: NodeJS.P
   }
   let controlPort = 0;
   let controlSocket = '';
+  const config = args.find((a) => a.endsWith('.toml'));
+  const usesTestToken = tokenFile !== null && config !== undefined && readFileSync(config, 'utf8').includes(JSON.stringify(tokenFile));
   for (const c of (m[2] ?? '').split(' ').filter(Boolean)) {
     const cm = /:(\d+)$/.exec(c);
     if (cm && !c.startsWith('/')) controlPort = Number(cm[1]);
     else controlSocket = c;
   }
+  if (usesTestToken && controlPort) tokenPorts.add(controlPort);
   return Object.assign(p, { ports, controlPort, controlSocket });
 }
 

@@ -8,8 +8,7 @@ import path from 'node:path';
 import { buildTable } from '../../src/config/pipeline.ts';
 import type { RoutingTable } from '../../src/config/table.ts';
 import { createLogger } from '../../src/log.ts';
-import type { ListenerRuntime } from '../../src/proxy/listener.ts';
-import { Runtime } from '../../src/runtime.ts';
+import { Runtime, type ListenerView } from '../../src/runtime.ts';
 import { closeAllBackends, within } from './backends.ts';
 
 export const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -138,7 +137,7 @@ export interface InProcessLb {
   readonly rt: Runtime;
   readonly logs: LogCapture;
   port(listener?: string): number;
-  listener(name?: string): ListenerRuntime;
+  listener(name?: string): ListenerView;
   /** Swaps in the table built from `doc`. */
   apply(doc: unknown): Promise<void>;
   /** Stops with the given drain time (default 0: closes whatever is open). */
@@ -169,9 +168,6 @@ export async function startLb(doc: unknown): Promise<InProcessLb> {
     apply: async (next) => rt.apply(await tableFrom(next)),
     stop: (drainMs = 0) => {
       running.delete(lb);
-      // Close the open relays first when not draining: rt.shutdown() awaits server.close(), whose callback
-      // only runs once every accepted connection has ended (see shutdown.test.ts), so it would hang here.
-      if (drainMs === 0) for (const l of rt.listeners.values()) l.closeAll();
       return (stopping ??= within(rt.shutdown(drainMs), 5000, 'the in-process lb to shut down'));
     },
   };

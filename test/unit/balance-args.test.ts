@@ -3,6 +3,7 @@
 
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { parseBalanceArgs } from '../../src/cli/balance-args.ts';
+import { balanceSocketPath } from '../../src/control/client.ts';
 import { parseToml } from '../../src/config/load.ts';
 import { buildTable } from '../../src/config/pipeline.ts';
 import type { ListenerEntry, RoutingTable } from '../../src/config/table.ts';
@@ -219,14 +220,33 @@ describe("balance's command line errors exit 64", () => {
     ['-t 0', ['-t', '0', '8888', 'h1'], /-t takes whole seconds >= 1, not "0"/],
     ['-T 0', ['-T', '0', '8888', 'h1'], /-T takes whole seconds >= 1, not "0"/],
     ['-t with a fraction', ['-t', '1.5', '8888', 'h1'], /-t takes whole seconds >= 1/],
-    ['-t with no value', ['8888', 'h1', '-t'], /argument missing/],
-    ['an unknown option', ['-x', '8888', 'h1'], /Unknown option '-x'/],
-  ])('%s', async (_what, argv, message) => {
+    ['-t with no value', ['8888', 'h1', '-t'], /^lb: option -t needs a value;/],
+    ['-b with no value', ['-b'], /^lb: option -b needs a value;/],
+    ['an unknown option', ['-x', '8888', 'h1'], /^lb: unknown option -x \(balance's options: -b -B -t -T -a -d -f -p -H -M -6 -c -i\);/],
+    ['an unknown long option', ['--frobnicate', '8888', 'h1'], /^lb: unknown option --frobnicate /],
+    ['a value given to a flag', ['--print-toml', '-a=1', '8888', 'h1'], /^lb: /],
+  ])('%s: one line, with a pointer to --help', async (_what, argv, message) => {
     const { code, stdout, stderr } = await runLb(argv);
     expect(code).toBe(64);
     expect(stdout).toBe('');
-    expect(stderr).toMatch(/^lb: /);
     expect(stderr).toMatch(message);
+    // One line, ours: not Node's option-parser text (`'--b <value>'`, "place it after '--'"), not the usage.
+    expect(stderr.split('\n')).toEqual([expect.stringMatching(/^lb: .*; see 'lb --help' for more$/), '']);
+    expect(stderr).not.toMatch(/<value>|positional argument|usage:/);
+  });
+
+  it.each<[string, string[], RegExp]>([
+    ['lb with nothing', [], /^lb: nothing to do;/],
+    ['run with an unknown option', ['run', '--frobnicate', 'x.toml'], /^lb: unknown option --frobnicate;/],
+    ['--check with an unknown option', ['--check', '--jsno', 'x.toml'], /^lb: unknown option --jsno;/],
+    ['ctl with a missing value', ['ctl', '--control'], /^lb: option --control needs a value;/],
+    ['demo with a stray argument', ['demo', 'now'], /^lb: unexpected argument "now";/],
+  ])("lb's own commands: %s is one line too", async (_what, argv, message) => {
+    const { code, stdout, stderr } = await runLb(argv);
+    expect(code).toBe(64);
+    expect(stdout).toBe('');
+    expect(stderr).toMatch(message);
+    expect(stderr.split('\n')).toEqual([expect.stringMatching(/; see 'lb --help' for more$/), '']);
   });
 
   it('--print-toml with bad arguments exits 64 and prints no TOML', async () => {
@@ -256,7 +276,13 @@ describe('lb --print-toml', () => {
     const file = dir.write(`print-toml-${what.replace(/\W+/g, '-')}.toml`, printed.stdout);
     const checked = await runLb(['--check', file]);
     expect(checked).toEqual({ code: 0, stdout: expect.stringMatching(/: ok \(1 listener, \d+ groups?, \d+ backends?\)\n$/), stderr: '' });
-    expect(await checkJson(file)).toEqual(JSON.parse(JSON.stringify(await compileArgs(argv))));
+    const { control, ...rest } = (await checkJson(file)) as Record<string, unknown>;
+    const { control: none, ...expected } = JSON.parse(JSON.stringify(await compileArgs(argv))) as Record<string, unknown>;
+    expect(none).toBeNull();
+    expect(rest).toEqual(expected);
+    // The control socket the same command line would serve: `lb -c`, `lb -i` and `lb ctl --config` reach it.
+    const cmd = parseBalanceArgs(argv);
+    expect(control).toMatchObject({ listen: null, socket: balanceSocketPath(cmd.port, cmd.bind) });
   });
 
   it('writes disabled and weighted backends in a form that reads back to the same table', async () => {

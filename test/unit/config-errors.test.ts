@@ -79,7 +79,7 @@ const broken: BrokenConfig[] = [
     source: toml('[global]', 'verbosity = 3', '[listeners.a]', 'listen = 18001', '[[listeners.a.groups]]', 'backends = ["127.0.0.1"]'),
     line: 2,
     path: 'global.verbosity',
-    message: /unknown key "verbosity" \(known keys: drain_timeout, log_format, access_log\)/,
+    message: /unknown key "verbosity" \(known keys: (\w+, )*drain_timeout, log_format, access_log(, \w+)*\)/,
   },
   {
     what: 'a wrong type (string for a boolean)',
@@ -447,12 +447,11 @@ describe('lb --check: files and usage', () => {
     expect(stderr).toMatch(/cannot read config: EISDIR/);
   });
 
-  it('exits 64 with the usage text when --check has no file', async () => {
+  it('exits 64 with one line and a pointer to --help when --check has no file', async () => {
     const { code, stdout, stderr } = await runLb(['--check']);
     expect(code).toBe(64);
     expect(stdout).toBe('');
-    expect(stderr).toMatch(/--check takes exactly one FILE/);
-    expect(stderr).toContain('usage:');
+    expect(stderr).toBe("lb: --check takes exactly one FILE; see 'lb --help' for more\n");
   });
 
   it('exits 64 when --check is given two files', async () => {

@@ -160,7 +160,7 @@ describe('the compiled routing table is deeply frozen', () => {
 describe('defaults are applied', () => {
   it('to a minimal config: global, defaults, listener, group and backend', async () => {
     const table = await compile(MINIMAL);
-    expect(table.global).toEqual({ drainTimeoutMs: 30_000, logFormat: 'text', accessLog: true });
+    expect(table.global).toMatchObject({ drainTimeoutMs: 30_000, logFormat: 'text', logLevel: 'info', accessLog: true, stateFile: null });
     expect(table.defaults).toEqual({ connectTimeoutMs: 5000, idleTimeoutMs: 0 });
     expect(table.control).toBeNull();
     // toMatchObject: keys added to the table later need not break this test; arrays still match exactly.

@@ -2,13 +2,9 @@
 
 import { describe, expect, it } from 'vitest';
 import { chooseBackend, hashOrder, hashScore, normaliseClientIp, unusable, type Choice } from '../../src/balance/select.ts';
-import {
-  BACKOFF_MAX_MS,
-  BACKOFF_START_MS,
-  BackendState,
-  rebuildListenerState,
-  type ListenerState,
-} from '../../src/balance/state.ts';
+import { BACKOFF_MAX_MS, BACKOFF_START_MS, BackendState, ListenerState } from '../../src/balance/state.ts';
+import { SlotAllocator } from '../../src/shared/slots.ts';
+import { DEFAULT_CAPACITY, SharedState } from '../../src/shared/state.ts';
 import { compileConfig } from '../../src/config/compile.ts';
 import type { ConfigDoc } from '../../src/config/doc.ts';
 import type { BackendEntry, ListenerEntry, Policy } from '../../src/config/table.ts';
@@ -50,19 +46,31 @@ function backend(b: B): BackendEntry {
   return listener([{ policy: 'rr', backends: [b] }]).groups[0]!.backends[0]!;
 }
 
-/** A listener and its state, with a `pick` that does what a relay does with a choice (picked, cur++). */
+/** One backend's state in shared memory of its own (for the ejection tests). */
+function newBackend(): BackendState {
+  return new BackendState(new SharedState(undefined, { ...DEFAULT_CAPACITY, regions: 1 }), 0, 0);
+}
+
+/** Sets a backend's open-connection count by claiming or releasing slots, as relays would. */
+function setCur(b: BackendState, n: number): void {
+  while (b.cur < n) b.claim(0);
+  while (b.cur > n) b.release();
+}
+
+/** A listener and its state, with an `open` that does what a relay does with a choice (picked; the slot is taken by the choice). */
 function setup(groups: { policy: Policy; backends: B[] }[], opts: { hashFailover?: boolean; random?: () => number } = {}) {
   const entry = listener(groups, opts);
-  const state: ListenerState = rebuildListenerState(entry, null);
+  const shared = new SharedState(undefined, { ...DEFAULT_CAPACITY, regions: 1 });
+  const slots = new SlotAllocator(shared).plan({ listeners: [entry] } as never).map;
+  const state = new ListenerState(shared, slots.listeners[0]!, 0, null);
   const st = (g: number, i: number): BackendState => state.groups[g]!.backends[i]!;
   const choose = (now = 1_000_000, ip = '10.0.0.9', tried: BackendState[] | null = null): Choice | null =>
-    chooseBackend(entry, state, ip, now, tried, opts.random ?? Math.random);
+    chooseBackend(entry, state, ip, now, tried?.map((b) => b.slot) ?? null, opts.random ?? Math.random);
   /** Chooses and, like the relay, counts the connection as open on that backend. */
   const open = (now = 1_000_000, ip = '10.0.0.9'): string => {
     const c = choose(now, ip);
     if (!c) return '-';
     c.state.picked();
-    c.state.cur++;
     return c.entry.key;
   };
   const key = (c: Choice | null): string => (c ? c.entry.key : '-');
@@ -250,11 +258,11 @@ describe('leastconn', () => {
     const { st, key, choose } = setup([
       { policy: 'leastconn', backends: [{ addr: A, weight: 1 }, { addr: Bk, weight: 3 }, { addr: C, weight: 1 }] },
     ]);
-    st(0, 0).cur = 2; // 2 per weight
-    st(0, 1).cur = 3; // 1 per weight
-    st(0, 2).cur = 2; // 2 per weight
+    setCur(st(0, 0), 2); // 2 per weight
+    setCur(st(0, 1), 3); // 1 per weight
+    setCur(st(0, 2), 2); // 2 per weight
     expect(key(choose())).toBe(Bk);
-    st(0, 1).cur = 7; // 2.33 per weight
+    setCur(st(0, 1), 7); // 2.33 per weight
     expect(key(choose())).not.toBe(Bk);
   });
 
@@ -353,7 +361,7 @@ describe('first', () => {
   it('always the first usable backend in list order', () => {
     const { open, st } = setup([{ policy: 'first', backends: [{ addr: A, maxc: 2 }, { addr: Bk, maxc: 1 }, C] }]);
     expect(seq(5, () => open())).toEqual([A, A, Bk, C, C]);
-    st(0, 0).cur--; // one of A's connections ends
+    st(0, 0).release(); // one of A's connections ends
     expect(open()).toBe(A);
   });
 });
@@ -365,7 +373,7 @@ describe('maxc', () => {
       { policy: 'rr', backends: [C] },
     ]);
     expect(seq(4, () => open())).toEqual([A, Bk, C, C]);
-    st(0, 1).cur--; // B's connection ends
+    st(0, 1).release(); // B's connection ends
     expect(open()).toBe(Bk);
     expect(open()).toBe(C);
   });
@@ -384,7 +392,7 @@ describe('maxc', () => {
 
 describe('passive ejection', () => {
   it('backs off 1 s, 2 s, 4 s ... capped at 30 s', () => {
-    const st = new BackendState();
+    const st = newBackend();
     expect(BACKOFF_START_MS).toBe(1000);
     expect(BACKOFF_MAX_MS).toBe(30_000);
     let now = 1_000_000;
@@ -403,7 +411,7 @@ describe('passive ejection', () => {
   });
 
   it('a success resets the back-off', () => {
-    const st = new BackendState();
+    const st = newBackend();
     st.connectFailed(0, 'ECONNREFUSED', false);
     st.connectFailed(1000, 'ECONNREFUSED', false);
     expect(st.backoffMs).toBe(2000);
@@ -456,7 +464,7 @@ describe('passive ejection', () => {
   });
 
   it('an operator enable also ends an ejection at once', () => {
-    const st = new BackendState();
+    const st = newBackend();
     st.connectFailed(0, 'ETIMEDOUT', false);
     st.connectFailed(1000, 'ETIMEDOUT', false);
     st.operatorEnabled(1500);

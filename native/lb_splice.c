@@ -1,0 +1,883 @@
+// lb_splice: relays connected TCP socket pairs with splice(2), the bytes never entering user space.
+//
+// Shape (one instance per Node environment, so per worker thread; Node-API instance data):
+// - JS hands over two connected sockets (their fds are dup()ed here; JS then closes its own copies).
+// - One thread per instance runs an epoll loop (edge-triggered) and does all the splicing. libuv's
+//   uv_poll_t would need uv.h, which the Node-API headers package does not ship; a thread of our own
+//   keeps the build to Node-API alone and takes the byte moving off the JS thread.
+// - Per direction: splice(in -> pipe) then splice(pipe -> out), SPLICE_F_NONBLOCK | SPLICE_F_MOVE.
+//   The pipe is the only buffer, so a slow reader stops the reads from the sender (backpressure).
+//   Pipes come from a pool and are held only while bytes are in them: an idle connection holds none.
+// - Byte counts live in a Float64Array the JS side reads at any time (two doubles per connection, in
+//   slabs of SLAB_SLOTS connections); the thread stores them with relaxed atomic stores.
+// - Completions go back through one threadsafe function, batched: the JS callback gets
+//   (slot, sent, rcvd, endCode, errno) once per connection.
+//
+// Semantics follow the JS relay (src/proxy/relay.ts): EOF on one side becomes shutdown(SHUT_WR) on the
+// other (half-close per direction), the connection ends when both directions have ended; a reset on
+// one side is passed on as a reset (SO_LINGER 0, then close) on the other; the first cause recorded is
+// the one reported; idle timeout and abort close both sides.
+
+#define _GNU_SOURCE
+#define NAPI_VERSION 8
+#include <node_api.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+// End codes: the index into the JS side's list of reasons (keep in step with src/proxy/splice.ts).
+enum { END_NONE = 0, END_CLIENT_CLOSE, END_BACKEND_CLOSE, END_RESET, END_IDLE, END_ABORTED, END_ERROR };
+
+#define SLAB_SLOTS 4096 // connections per counters slab (2 doubles each: 64 KiB)
+#define BUDGET 16       // splice rounds per direction before other connections get a turn
+#define MAX_EVENTS 256
+#define SPLICE_FLAGS (SPLICE_F_NONBLOCK | SPLICE_F_MOVE)
+
+typedef struct {
+  int r, w;
+  int cap; // bytes the pipe holds (F_GETPIPE_SZ): F_SETPIPE_SZ may have been refused
+} pipe_t;
+
+typedef struct {
+  pipe_t p;       // p.r < 0: no pipe held
+  size_t inpipe;  // bytes spliced in and not yet out
+  uint64_t moved; // bytes read from this direction's input
+  double *count;  // where JS reads `moved`
+  bool eof;       // read EOF from the input
+  bool shut;      // shutdown(SHUT_WR) done on the output
+} dir_t;
+
+struct idle_class;
+
+typedef struct conn {
+  atomic_int refs; // the thread's, the JS side's, and one per pending abort command
+  uint32_t slot;
+  int fd[2];         // 0 = client, 1 = backend
+  bool rd[2], wr[2]; // readiness seen by the edge-triggered epoll and not yet used up
+  dir_t d[2];        // d[0]: client -> backend, d[1]: backend -> client
+  int reason, err;
+  bool dead, ready;
+  int64_t last;    // ms of the last byte moved (idle timeout)
+  int64_t idle_ms; // 0 = no idle timeout
+  struct idle_class *idle;
+  struct conn *iprev, *inext; // in its idle class, oldest activity first
+  struct conn *aprev, *anext; // every live connection of the thread
+  struct conn *rnext;         // ready list: its budget ran out with work left
+  struct conn *dnext;         // ended this turn
+} conn_t;
+
+// Connections with the same idle timeout, ordered by last activity: the head expires first.
+typedef struct idle_class {
+  int64_t ms;
+  conn_t *head, *tail;
+} idle_class_t;
+
+enum { CMD_ADD, CMD_ABORT };
+typedef struct cmd {
+  int op;
+  conn_t *c;
+  struct cmd *next;
+} cmd_t;
+
+typedef struct {
+  uint32_t slot;
+  int reason, err;
+  double sent, rcvd;
+} done_t;
+
+typedef struct {
+  napi_env env;
+  napi_threadsafe_function tsfn;
+  napi_ref on_end;
+  int pipe_bytes; // wanted pipe size, 0 = kernel default
+  int pool_max;   // idle pipes kept
+
+  // JS thread only.
+  napi_ref *slab_refs;
+  double **slabs;
+  uint32_t nslabs, next_slot;
+  uint32_t *free_slots;
+  uint32_t nfree, cap_free;
+  conn_t **by_slot;
+  uint32_t active;
+  bool tsfn_refd, started;
+  pthread_t thread;
+
+  // Shared, under mu.
+  pthread_mutex_t mu;
+  cmd_t *cmd_head, *cmd_tail;
+  bool stop;
+  done_t *done;
+  size_t ndone, cap_done;
+
+  // Thread only.
+  int ep, evfd;
+  int64_t now;
+  pipe_t *pool;
+  int npool;
+  idle_class_t **classes;
+  int nclasses;
+  conn_t *all, *ready, *dead;
+
+  // Read from JS, written by the thread.
+  atomic_long pipes_created, pipes_in_use, pipes_pooled, conns_live, pipe_cap_last;
+} inst_t;
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void store_count(double *at, uint64_t v) {
+  double d = (double)v;
+  __atomic_store(at, &d, __ATOMIC_RELAXED);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Pipe pool (thread only)
+
+static bool pipe_take(inst_t *I, pipe_t *p) {
+  if (I->npool > 0) {
+    *p = I->pool[--I->npool];
+    atomic_fetch_sub(&I->pipes_pooled, 1);
+  } else {
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return false;
+    // A refusal (the user's pipe-page budget spent, size above pipe-max-size) leaves the default size.
+    if (I->pipe_bytes > 0) (void)fcntl(fds[1], F_SETPIPE_SZ, I->pipe_bytes);
+    int cap = fcntl(fds[1], F_GETPIPE_SZ);
+    p->r = fds[0];
+    p->w = fds[1];
+    p->cap = cap > 0 ? cap : 65536;
+    atomic_fetch_add(&I->pipes_created, 1);
+    atomic_store(&I->pipe_cap_last, p->cap);
+  }
+  atomic_fetch_add(&I->pipes_in_use, 1);
+  return true;
+}
+
+// An empty pipe goes back to the pool; one still holding bytes (a connection cut short) is closed.
+static void pipe_give(inst_t *I, pipe_t *p, bool empty) {
+  if (p->r < 0) return;
+  atomic_fetch_sub(&I->pipes_in_use, 1);
+  if (empty && I->npool < I->pool_max) {
+    I->pool[I->npool++] = *p;
+    atomic_fetch_add(&I->pipes_pooled, 1);
+  } else {
+    close(p->r);
+    close(p->w);
+  }
+  p->r = p->w = -1;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Idle timeout classes (thread only)
+
+static void idle_unlink(conn_t *c) {
+  idle_class_t *k = c->idle;
+  if (!k) return;
+  if (c->iprev) c->iprev->inext = c->inext;
+  else k->head = c->inext;
+  if (c->inext) c->inext->iprev = c->iprev;
+  else k->tail = c->iprev;
+  c->iprev = c->inext = NULL;
+}
+
+static void idle_append(conn_t *c) {
+  idle_class_t *k = c->idle;
+  c->iprev = k->tail;
+  c->inext = NULL;
+  if (k->tail) k->tail->inext = c;
+  else k->head = c;
+  k->tail = c;
+}
+
+static void touch(inst_t *I, conn_t *c) {
+  c->last = I->now;
+  if (c->idle && c->idle->tail != c) {
+    idle_unlink(c);
+    idle_append(c);
+  }
+}
+
+// Few distinct timeouts exist (one per listener), so a list scan finds the class; classes are kept.
+static idle_class_t *idle_class_for(inst_t *I, int64_t ms) {
+  for (int i = 0; i < I->nclasses; i++)
+    if (I->classes[i]->ms == ms) return I->classes[i];
+  idle_class_t **grown = realloc(I->classes, (size_t)(I->nclasses + 1) * sizeof *grown);
+  idle_class_t *k = calloc(1, sizeof *k);
+  if (grown) I->classes = grown;
+  if (!grown || !k) {
+    free(k);
+    return NULL;
+  }
+  k->ms = ms;
+  I->classes[I->nclasses++] = k;
+  return k;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Ending a connection (thread only)
+
+static void post_done(inst_t *I, conn_t *c) {
+  done_t d = {c->slot, c->reason, c->err, (double)c->d[0].moved, (double)c->d[1].moved};
+  pthread_mutex_lock(&I->mu);
+  bool was_empty = I->ndone == 0;
+  if (I->ndone == I->cap_done) {
+    size_t cap = I->cap_done ? I->cap_done * 2 : 64;
+    done_t *grown = realloc(I->done, cap * sizeof *grown);
+    if (!grown) abort(); // out of memory on a 64-byte-per-connection list: nothing sensible remains
+    I->done = grown;
+    I->cap_done = cap;
+  }
+  I->done[I->ndone++] = d;
+  pthread_mutex_unlock(&I->mu);
+  if (was_empty) napi_call_threadsafe_function(I->tsfn, NULL, napi_tsfn_nonblocking);
+}
+
+static void reset_close(int fd) {
+  struct linger lg = {1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  close(fd);
+}
+
+// rst[i]: close side i with a reset instead of an orderly close.
+static void conn_end(inst_t *I, conn_t *c, int reason, int err, bool rst0, bool rst1) {
+  if (c->dead) return;
+  c->dead = true;
+  if (c->reason == END_NONE) {
+    c->reason = reason;
+    c->err = err;
+  }
+  idle_unlink(c);
+  if (c->aprev) c->aprev->anext = c->anext;
+  else I->all = c->anext;
+  if (c->anext) c->anext->aprev = c->aprev;
+  for (int i = 0; i < 2; i++) {
+    // Explicit, though closing the last descriptor removes it too: JS may not have closed its copy yet.
+    epoll_ctl(I->ep, EPOLL_CTL_DEL, c->fd[i], NULL);
+    if (i == 0 ? rst0 : rst1) reset_close(c->fd[i]);
+    else close(c->fd[i]);
+    pipe_give(I, &c->d[i].p, c->d[i].inpipe == 0);
+  }
+  atomic_fetch_sub(&I->conns_live, 1);
+  post_done(I, c);
+  // Events for it may still sit in this turn's batch: the thread's reference goes at the end of the turn.
+  c->dnext = I->dead;
+  I->dead = c;
+}
+
+static bool is_reset_errno(int e) {
+  return e == ECONNRESET || e == EPIPE || e == ETIMEDOUT || e == ECONNABORTED || e == EHOSTUNREACH ||
+         e == ENETUNREACH || e == ENETDOWN || e == EHOSTDOWN || e == ECONNREFUSED;
+}
+
+// A socket error on side `side`: that side closes, the other is reset (as relay.ts's reset()).
+// Anything else (a pipe that cannot be had, an unexpected errno) resets both and is reported as 'error'.
+static void conn_fail(inst_t *I, conn_t *c, int side, int err) {
+  if (is_reset_errno(err)) conn_end(I, c, END_RESET, err, side != 0, side != 1);
+  else conn_end(I, c, END_ERROR, err, true, true);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Moving bytes (thread only)
+
+// Runs one direction until it would block or its budget is spent. Returns -1 if the connection
+// ended, 1 if the budget ran out with work left, 0 otherwise.
+static int pump(inst_t *I, conn_t *c, int di) {
+  dir_t *d = &c->d[di];
+  int in = di, out = 1 - di;
+  int round;
+  for (round = 0; round < BUDGET; round++) {
+    bool progress = false;
+    if (d->inpipe > 0 && c->wr[out]) {
+      ssize_t n = splice(d->p.r, NULL, c->fd[out], NULL, d->inpipe, SPLICE_FLAGS);
+      if (n > 0) {
+        d->inpipe -= (size_t)n;
+        progress = true;
+        touch(I, c);
+      } else if (n < 0 && errno == EAGAIN) {
+        c->wr[out] = false;
+      } else if (!(n < 0 && errno == EINTR)) {
+        conn_fail(I, c, out, n < 0 ? errno : EIO);
+        return -1;
+      }
+    }
+    if (d->eof && d->inpipe == 0 && !d->shut) {
+      d->shut = true;
+      if (shutdown(c->fd[out], SHUT_WR) < 0 && errno != ENOTCONN) {
+        conn_fail(I, c, out, errno);
+        return -1;
+      }
+    }
+    int room = d->p.r >= 0 ? d->p.cap - (int)d->inpipe : 1;
+    if (!d->eof && c->rd[in] && room > 0) {
+      if (d->p.r < 0) {
+        if (!pipe_take(I, &d->p)) {
+          conn_fail(I, c, in, errno);
+          return -1;
+        }
+        room = d->p.cap;
+      }
+      ssize_t n = splice(c->fd[in], NULL, d->p.w, NULL, (size_t)room, SPLICE_FLAGS);
+      if (n > 0) {
+        d->inpipe += (size_t)n;
+        d->moved += (uint64_t)n;
+        store_count(d->count, d->moved);
+        progress = true;
+        touch(I, c);
+      } else if (n == 0) {
+        d->eof = true;
+        if (c->reason == END_NONE) c->reason = di == 0 ? END_CLIENT_CLOSE : END_BACKEND_CLOSE;
+        progress = true;
+      } else if (errno == EAGAIN) {
+        // Ambiguous: the socket is empty, or the pipe is out of slots (a pipe has a fixed number of
+        // buffers and a socket's small segments can use them up before its byte size is reached).
+        // Only an empty pipe tells the socket is empty; otherwise drain first and read again.
+        if (d->inpipe == 0) c->rd[in] = false;
+      } else if (errno != EINTR) {
+        conn_fail(I, c, in, errno);
+        return -1;
+      }
+    }
+    if (!progress) break;
+  }
+  if (d->inpipe == 0) pipe_give(I, &d->p, true);
+  return round == BUDGET ? 1 : 0;
+}
+
+static void service(inst_t *I, conn_t *c) {
+  int more = 0;
+  for (int di = 0; di < 2; di++) {
+    int r = pump(I, c, di);
+    if (r < 0) return;
+    more |= r;
+  }
+  if (c->d[0].shut && c->d[1].shut) {
+    // Both directions ended: an orderly close of both (no unread bytes remain, so no RST is sent).
+    conn_end(I, c, END_NONE, 0, false, false);
+    return;
+  }
+  if (more && !c->ready) {
+    c->ready = true;
+    c->rnext = I->ready;
+    I->ready = c;
+  }
+}
+
+static void conn_unref(conn_t *c) {
+  if (atomic_fetch_sub(&c->refs, 1) == 1) free(c);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The thread
+
+static void add_conn(inst_t *I, conn_t *c) {
+  c->aprev = NULL;
+  c->anext = I->all;
+  if (I->all) I->all->aprev = c;
+  I->all = c;
+  atomic_fetch_add(&I->conns_live, 1);
+  c->last = I->now;
+  if (c->idle_ms > 0) {
+    c->idle = idle_class_for(I, c->idle_ms);
+    if (!c->idle) {
+      conn_end(I, c, END_ERROR, ENOMEM, true, true);
+      return;
+    }
+    idle_append(c);
+  }
+  for (int i = 0; i < 2; i++) {
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = (uintptr_t)c | (uintptr_t)i};
+    if (epoll_ctl(I->ep, EPOLL_CTL_ADD, c->fd[i], &ev) < 0) {
+      conn_end(I, c, END_ERROR, errno, true, true);
+      return;
+    }
+  }
+}
+
+static void run_commands(inst_t *I, bool *stop) {
+  uint64_t junk;
+  (void)!read(I->evfd, &junk, sizeof junk);
+  pthread_mutex_lock(&I->mu);
+  cmd_t *list = I->cmd_head;
+  I->cmd_head = I->cmd_tail = NULL;
+  *stop = I->stop;
+  pthread_mutex_unlock(&I->mu);
+  while (list) {
+    cmd_t *next = list->next;
+    if (list->op == CMD_ADD) {
+      add_conn(I, list->c);
+    } else {
+      conn_end(I, list->c, END_ABORTED, 0, false, false);
+      conn_unref(list->c);
+    }
+    free(list);
+    list = next;
+  }
+}
+
+static int next_timeout(inst_t *I) {
+  if (I->ready) return 0;
+  int64_t best = -1;
+  for (int i = 0; i < I->nclasses; i++) {
+    conn_t *h = I->classes[i]->head;
+    if (!h) continue;
+    int64_t left = h->last + I->classes[i]->ms - I->now;
+    if (left < 0) left = 0;
+    if (best < 0 || left < best) best = left;
+  }
+  return best > INT32_MAX ? INT32_MAX : (int)best;
+}
+
+static void expire_idle(inst_t *I) {
+  for (int i = 0; i < I->nclasses; i++) {
+    idle_class_t *k = I->classes[i];
+    // Bounded: each pass removes the head.
+    while (k->head && k->head->last + k->ms <= I->now) conn_end(I, k->head, END_IDLE, 0, false, false);
+  }
+}
+
+static void *thread_main(void *arg) {
+  inst_t *I = arg;
+  struct epoll_event evs[MAX_EVENTS];
+  bool stop = false;
+  while (!stop) {
+    int n = epoll_wait(I->ep, evs, MAX_EVENTS, next_timeout(I));
+    I->now = now_ms();
+    for (int i = 0; i < n; i++) {
+      if (evs[i].data.u64 == 0) {
+        run_commands(I, &stop);
+        continue;
+      }
+      conn_t *c = (conn_t *)(uintptr_t)(evs[i].data.u64 & ~(uint64_t)1);
+      int side = (int)(evs[i].data.u64 & 1);
+      if (c->dead) continue;
+      uint32_t e = evs[i].events;
+      if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->rd[side] = true;
+      if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->wr[side] = true;
+      service(I, c);
+      if (!c->dead && (e & EPOLLERR)) {
+        // A reset that no pending read or write would notice (that side idle): pass it on now.
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(c->fd[side], SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0) conn_fail(I, c, side, err);
+      }
+    }
+    conn_t *ready = I->ready;
+    I->ready = NULL;
+    while (ready) {
+      conn_t *next = ready->rnext;
+      ready->ready = false;
+      if (!ready->dead) service(I, ready);
+      ready = next;
+    }
+    expire_idle(I);
+    // A connection that ended after it was put on the ready list leaves the list before its memory
+    // may go (JS may drop the last reference as soon as it hears of the end).
+    for (conn_t **at = &I->ready; *at;) {
+      if ((*at)->dead) *at = (*at)->rnext;
+      else at = &(*at)->rnext;
+    }
+    while (I->dead) {
+      conn_t *next = I->dead->dnext;
+      conn_unref(I->dead);
+      I->dead = next;
+    }
+  }
+  // The environment is going away: close what is left, no completions (nobody would receive them).
+  // The JS side's references are dropped by cleanup().
+  while (I->all) {
+    conn_t *c = I->all;
+    I->all = c->anext;
+    for (int i = 0; i < 2; i++) {
+      close(c->fd[i]);
+      if (c->d[i].p.r >= 0) {
+        close(c->d[i].p.r);
+        close(c->d[i].p.w);
+      }
+    }
+    conn_unref(c);
+  }
+  for (int i = 0; i < I->npool; i++) {
+    close(I->pool[i].r);
+    close(I->pool[i].w);
+  }
+  I->npool = 0;
+  return NULL;
+}
+
+static void send_cmd(inst_t *I, cmd_t *cmd) {
+  cmd->next = NULL;
+  pthread_mutex_lock(&I->mu);
+  if (I->cmd_tail) I->cmd_tail->next = cmd;
+  else I->cmd_head = cmd;
+  I->cmd_tail = cmd;
+  pthread_mutex_unlock(&I->mu);
+  uint64_t one = 1;
+  (void)!write(I->evfd, &one, sizeof one);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// JS side
+
+#define CHECK(call)                                                                                           \
+  do {                                                                                                        \
+    if ((call) != napi_ok) return throw_last(env, #call);                                                     \
+  } while (0)
+
+static napi_value throw_last(napi_env env, const char *what) {
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (!pending) napi_throw_error(env, "LB_SPLICE", what);
+  return NULL;
+}
+
+static napi_value throw_errno(napi_env env, const char *what, int err) {
+  char msg[160];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  napi_throw_error(env, "LB_SPLICE", msg);
+  return NULL;
+}
+
+static inst_t *get_inst(napi_env env) {
+  void *p = NULL;
+  napi_get_instance_data(env, &p);
+  return p;
+}
+
+// Completions, on the JS thread: one call of the JS callback per connection ended.
+static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
+  (void)js_cb;
+  (void)data;
+  inst_t *I = context;
+  if (env == NULL) return; // the environment is being torn down
+  pthread_mutex_lock(&I->mu);
+  done_t *list = I->done;
+  size_t n = I->ndone;
+  I->done = NULL;
+  I->ndone = I->cap_done = 0;
+  pthread_mutex_unlock(&I->mu);
+  napi_value cb, global;
+  napi_get_reference_value(env, I->on_end, &cb);
+  napi_get_global(env, &global);
+  for (size_t i = 0; i < n; i++) {
+    done_t *d = &list[i];
+    conn_t *c = I->by_slot[d->slot];
+    I->by_slot[d->slot] = NULL;
+    conn_unref(c);
+    // The slot is free before JS hears of the end, so a relay started from the callback may reuse it.
+    I->free_slots[I->nfree++] = d->slot;
+    I->active--;
+    napi_value argv[5];
+    napi_create_uint32(env, d->slot, &argv[0]);
+    napi_create_double(env, d->sent, &argv[1]);
+    napi_create_double(env, d->rcvd, &argv[2]);
+    napi_create_int32(env, d->reason, &argv[3]);
+    napi_create_int32(env, d->err, &argv[4]);
+    if (napi_call_function(env, global, cb, 5, argv, NULL) == napi_pending_exception) {
+      napi_value exc;
+      napi_get_and_clear_last_exception(env, &exc);
+      napi_fatal_exception(env, exc);
+    }
+  }
+  free(list);
+  // No connection left: this instance must not keep the event loop (or the worker) alive.
+  if (I->active == 0 && I->tsfn_refd) {
+    napi_unref_threadsafe_function(env, I->tsfn);
+    I->tsfn_refd = false;
+  }
+}
+
+static void cleanup(void *arg) {
+  inst_t *I = arg;
+  if (I->started) {
+    pthread_mutex_lock(&I->mu);
+    I->stop = true;
+    pthread_mutex_unlock(&I->mu);
+    uint64_t one = 1;
+    (void)!write(I->evfd, &one, sizeof one);
+    pthread_join(I->thread, NULL);
+  }
+  // The thread ran every command before it stopped; what is left was never seen by a thread.
+  while (I->cmd_head) {
+    cmd_t *next = I->cmd_head->next;
+    if (I->cmd_head->op == CMD_ADD) {
+      close(I->cmd_head->c->fd[0]);
+      close(I->cmd_head->c->fd[1]);
+    }
+    conn_unref(I->cmd_head->c);
+    free(I->cmd_head);
+    I->cmd_head = next;
+  }
+  close(I->ep);
+  close(I->evfd);
+  for (size_t i = 0; i < (size_t)I->nslabs * SLAB_SLOTS; i++)
+    if (I->by_slot[i]) conn_unref(I->by_slot[i]);
+  for (int i = 0; i < I->nclasses; i++) free(I->classes[i]);
+  free(I->by_slot);
+  free(I->free_slots);
+  free(I->slabs);
+  free(I->slab_refs);
+  free(I->pool);
+  free(I->classes);
+  free(I->done);
+  pthread_mutex_destroy(&I->mu);
+  free(I);
+}
+
+// init(onEnd, pipeBytes, poolMax): once per environment, before the first relay.
+static napi_value js_init(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (get_inst(env) != NULL) {
+    napi_throw_error(env, "LB_SPLICE", "init called twice");
+    return NULL;
+  }
+  int32_t pipe_bytes = 0, pool_max = 64;
+  CHECK(napi_get_value_int32(env, argv[1], &pipe_bytes));
+  CHECK(napi_get_value_int32(env, argv[2], &pool_max));
+  inst_t *I = calloc(1, sizeof *I);
+  if (!I) return throw_errno(env, "calloc", ENOMEM);
+  I->env = env;
+  I->pipe_bytes = pipe_bytes;
+  I->pool_max = pool_max < 0 ? 0 : pool_max;
+  I->pool = calloc((size_t)I->pool_max + 1, sizeof *I->pool);
+  pthread_mutex_init(&I->mu, NULL);
+  I->ep = epoll_create1(EPOLL_CLOEXEC);
+  I->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (I->ep < 0 || I->evfd < 0 || !I->pool) {
+    int err = errno;
+    if (I->ep >= 0) close(I->ep);
+    if (I->evfd >= 0) close(I->evfd);
+    free(I->pool);
+    free(I);
+    return throw_errno(env, "epoll/eventfd", err);
+  }
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
+  epoll_ctl(I->ep, EPOLL_CTL_ADD, I->evfd, &ev);
+  CHECK(napi_create_reference(env, argv[0], 1, &I->on_end));
+  napi_value name;
+  CHECK(napi_create_string_utf8(env, "lb_splice", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, I, call_js, &I->tsfn));
+  CHECK(napi_unref_threadsafe_function(env, I->tsfn));
+  CHECK(napi_set_instance_data(env, I, NULL, NULL));
+  CHECK(napi_add_env_cleanup_hook(env, cleanup, I));
+  return NULL;
+}
+
+static bool grow_slots(napi_env env, inst_t *I) {
+  uint32_t slab = I->nslabs;
+  napi_ref *refs = realloc(I->slab_refs, (slab + 1) * sizeof *refs);
+  if (!refs) return false;
+  I->slab_refs = refs;
+  double **slabs = realloc(I->slabs, (slab + 1) * sizeof *slabs);
+  if (!slabs) return false;
+  I->slabs = slabs;
+  conn_t **by_slot = realloc(I->by_slot, (size_t)(slab + 1) * SLAB_SLOTS * sizeof *by_slot);
+  if (!by_slot) return false;
+  I->by_slot = by_slot;
+  uint32_t *free_slots = realloc(I->free_slots, (size_t)(slab + 1) * SLAB_SLOTS * sizeof *free_slots);
+  if (!free_slots) return false;
+  I->free_slots = free_slots;
+  void *data;
+  napi_value ab;
+  if (napi_create_arraybuffer(env, SLAB_SLOTS * 2 * sizeof(double), &data, &ab) != napi_ok) return false;
+  if (napi_create_reference(env, ab, 1, &I->slab_refs[slab]) != napi_ok) return false;
+  I->slabs[slab] = data;
+  memset(&I->by_slot[(size_t)slab * SLAB_SLOTS], 0, SLAB_SLOTS * sizeof *by_slot);
+  I->nslabs = slab + 1;
+  return true;
+}
+
+static int dup_socket(int fd) {
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (copy < 0) return -1;
+  // O_NONBLOCK lives on the shared open file description: libuv set it already; make sure.
+  int fl = fcntl(copy, F_GETFL);
+  if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(copy, F_SETFL, fl | O_NONBLOCK);
+  return copy;
+}
+
+// relay(clientFd, backendFd, idleMs) -> slot. The fds are duplicated; the caller closes its own.
+static napi_value js_relay(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  inst_t *I = get_inst(env);
+  if (!I) {
+    napi_throw_error(env, "LB_SPLICE", "init first");
+    return NULL;
+  }
+  int32_t cfd, bfd;
+  double idle_ms;
+  CHECK(napi_get_value_int32(env, argv[0], &cfd));
+  CHECK(napi_get_value_int32(env, argv[1], &bfd));
+  CHECK(napi_get_value_double(env, argv[2], &idle_ms));
+  if (!I->started) {
+    if (pthread_create(&I->thread, NULL, thread_main, I) != 0) return throw_errno(env, "pthread_create", errno);
+    I->started = true;
+  }
+  conn_t *c = calloc(1, sizeof *c);
+  cmd_t *cmd = calloc(1, sizeof *cmd);
+  if (!c || !cmd) {
+    free(c);
+    free(cmd);
+    return throw_errno(env, "calloc", ENOMEM);
+  }
+  c->fd[0] = dup_socket(cfd);
+  c->fd[1] = c->fd[0] < 0 ? -1 : dup_socket(bfd);
+  if (c->fd[1] < 0) {
+    int err = errno;
+    if (c->fd[0] >= 0) close(c->fd[0]);
+    free(c);
+    free(cmd);
+    return throw_errno(env, "dup", err);
+  }
+  if (I->nfree == 0 && I->next_slot == I->nslabs * SLAB_SLOTS && !grow_slots(env, I)) {
+    close(c->fd[0]);
+    close(c->fd[1]);
+    free(c);
+    free(cmd);
+    return throw_errno(env, "counters", ENOMEM);
+  }
+  uint32_t slot = I->nfree > 0 ? I->free_slots[--I->nfree] : I->next_slot++;
+  double *count = I->slabs[slot / SLAB_SLOTS] + (size_t)(slot % SLAB_SLOTS) * 2;
+  count[0] = count[1] = 0;
+  c->slot = slot;
+  for (int i = 0; i < 2; i++) {
+    c->d[i].p.r = c->d[i].p.w = -1;
+    c->d[i].count = &count[i];
+  }
+  c->idle_ms = idle_ms > 0 ? (int64_t)idle_ms : 0;
+  atomic_init(&c->refs, 2);
+  I->by_slot[slot] = c;
+  I->active++;
+  if (!I->tsfn_refd) {
+    napi_ref_threadsafe_function(env, I->tsfn);
+    I->tsfn_refd = true;
+  }
+  cmd->op = CMD_ADD;
+  cmd->c = c;
+  send_cmd(I, cmd);
+  napi_value out;
+  CHECK(napi_create_uint32(env, slot, &out));
+  return out;
+}
+
+// abort(slot): ends the connection as 'aborted' unless it already ended.
+static napi_value js_abort(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  inst_t *I = get_inst(env);
+  uint32_t slot;
+  CHECK(napi_get_value_uint32(env, argv[0], &slot));
+  if (!I || slot >= I->nslabs * SLAB_SLOTS || I->by_slot[slot] == NULL) return NULL;
+  cmd_t *cmd = calloc(1, sizeof *cmd);
+  if (!cmd) return throw_errno(env, "calloc", ENOMEM);
+  cmd->op = CMD_ABORT;
+  cmd->c = I->by_slot[slot];
+  atomic_fetch_add(&cmd->c->refs, 1);
+  send_cmd(I, cmd);
+  return NULL;
+}
+
+// counters(slab) -> Float64Array of 2 * SLAB_SLOTS: [sent, rcvd] per slot.
+static napi_value js_counters(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  inst_t *I = get_inst(env);
+  uint32_t slab;
+  CHECK(napi_get_value_uint32(env, argv[0], &slab));
+  if (!I || slab >= I->nslabs) {
+    napi_throw_range_error(env, "LB_SPLICE", "no such counters slab");
+    return NULL;
+  }
+  napi_value ab, arr;
+  CHECK(napi_get_reference_value(env, I->slab_refs[slab], &ab));
+  CHECK(napi_create_typedarray(env, napi_float64_array, SLAB_SLOTS * 2, ab, 0, &arr));
+  return arr;
+}
+
+static napi_value num(napi_env env, napi_value obj, const char *key, double v) {
+  napi_value x;
+  napi_create_double(env, v, &x);
+  napi_set_named_property(env, obj, key, x);
+  return obj;
+}
+
+// stats() -> pool and connection counts of this environment's instance.
+static napi_value js_stats(napi_env env, napi_callback_info info) {
+  (void)info;
+  inst_t *I = get_inst(env);
+  napi_value o;
+  CHECK(napi_create_object(env, &o));
+  if (!I) return o;
+  num(env, o, "pipesCreated", (double)atomic_load(&I->pipes_created));
+  num(env, o, "pipesInUse", (double)atomic_load(&I->pipes_in_use));
+  num(env, o, "pipesPooled", (double)atomic_load(&I->pipes_pooled));
+  num(env, o, "pipeBytes", (double)atomic_load(&I->pipe_cap_last));
+  num(env, o, "connections", (double)atomic_load(&I->conns_live));
+  num(env, o, "pending", (double)I->active);
+  return o;
+}
+
+// probe() -> null when splice works here, else why not. A seccomp filter or an old kernel refuses the
+// system call; an AF_UNIX pair exercises the same socket <-> pipe paths without touching the network.
+static napi_value js_probe(napi_env env, napi_callback_info info) {
+  (void)info;
+  const char *why = NULL;
+  int sv[2] = {-1, -1}, p[2] = {-1, -1};
+  char byte = 'x';
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0 || pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) why = "socketpair/pipe";
+  else if (write(sv[1], &byte, 1) != 1) why = "write";
+  else if (splice(sv[0], NULL, p[1], NULL, 1, SPLICE_F_NONBLOCK) != 1) why = "splice(socket -> pipe)";
+  else if (splice(p[0], NULL, sv[0], NULL, 1, SPLICE_F_NONBLOCK) != 1) why = "splice(pipe -> socket)";
+  else if (read(sv[1], &byte, 1) != 1 || byte != 'x') why = "read back";
+  int err = errno;
+  for (int i = 0; i < 2; i++) {
+    if (sv[i] >= 0) close(sv[i]);
+    if (p[i] >= 0) close(p[i]);
+  }
+  napi_value out;
+  if (why == NULL) {
+    CHECK(napi_get_null(env, &out));
+  } else {
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s failed: %s", why, strerror(err));
+    CHECK(napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &out));
+  }
+  return out;
+}
+
+NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
+  napi_property_descriptor props[] = {
+      {"init", NULL, js_init, NULL, NULL, NULL, napi_default, NULL},
+      {"relay", NULL, js_relay, NULL, NULL, NULL, napi_default, NULL},
+      {"abort", NULL, js_abort, NULL, NULL, NULL, napi_default, NULL},
+      {"counters", NULL, js_counters, NULL, NULL, NULL, napi_default, NULL},
+      {"stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL},
+      {"probe", NULL, js_probe, NULL, NULL, NULL, napi_default, NULL},
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  napi_value slots;
+  napi_create_uint32(env, SLAB_SLOTS, &slots);
+  napi_set_named_property(env, exports, "slabSlots", slots);
+  return exports;
+}

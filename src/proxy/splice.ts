@@ -1,0 +1,238 @@
+// The splice(2) relay: hands a connected client/backend socket pair to the native addon
+// (native/lb_splice.c), which moves the bytes kernel to kernel through a pipe on a thread of its own.
+//
+// JS keeps everything up to the connect. Then the two sockets' descriptors are duplicated by the addon
+// and the JS sockets are destroyed: libuv stops watching its descriptor (EPOLL_CTL_DEL) and closes it,
+// and the TCP connection lives on through the duplicate. That is only sound for a socket with nothing
+// buffered in JS (nothing read, nothing waiting to be written): the listener accepts with
+// `pauseOnConnect`, and the backend is handed over from its 'connect' event (or after `pause()`), so
+// neither has been read from.
+//
+// The addon is loaded once per thread (it keeps per-environment state, so each worker thread gets its
+// own relay thread and pipe pool). Its absence is normal: `spliceAvailable()` says why, and the caller
+// runs the JS relay instead.
+
+import type { Socket } from 'node:net';
+import { constants } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { addonPath } from '../entries.ts';
+import { Code, LbError } from '../errors.ts';
+
+/** How a spliced connection ended; the first cause wins, as in the JS relay. */
+export type SpliceEnd = 'client-close' | 'backend-close' | 'reset' | 'idle-timeout' | 'aborted' | 'error';
+
+/** Indexed by the addon's end codes (native/lb_splice.c, `END_*`). Code 0 is never reported. */
+const END_NAMES: readonly SpliceEnd[] = ['error', 'client-close', 'backend-close', 'reset', 'idle-timeout', 'aborted', 'error'];
+
+export interface SpliceResult {
+  /** Bytes read from the client (and passed to the backend). */
+  readonly sent: number;
+  /** Bytes read from the backend (and passed to the client). */
+  readonly rcvd: number;
+  readonly end: SpliceEnd;
+  /** The socket error behind 'reset' or 'error' (`ECONNRESET`, ...), else null. */
+  readonly errno: string | null;
+}
+
+export interface SpliceOptions {
+  /** Both sides closed after this long without a byte moving either way; 0 = never. */
+  readonly idleTimeoutMs: number;
+}
+
+export interface SpliceHandle {
+  /** Bytes from the client so far: live while the relay runs, final after it ended. */
+  sent(): number;
+  /** Bytes from the backend so far. */
+  rcvd(): number;
+  /** Closes both sides now (drain timeout, shutdown); the end is reported as 'aborted'. No-op once ended. */
+  abort(): void;
+  readonly ended: boolean;
+}
+
+export type SpliceAvailability = { ok: true } | { ok: false; reason: string };
+
+export interface SpliceStats {
+  /** Pipes created since the addon was loaded in this thread. */
+  pipesCreated: number;
+  /** Pipes held by connections now (only while bytes sit in them). */
+  pipesInUse: number;
+  /** Empty pipes kept for reuse. */
+  pipesPooled: number;
+  /** Capacity of the last pipe created (F_SETPIPE_SZ may be refused). */
+  pipeBytes: number;
+  /** Connections the relay thread is running. */
+  connections: number;
+  /** Connections whose end JS has not heard of yet. */
+  pending: number;
+}
+
+interface Addon {
+  init(onEnd: (slot: number, sent: number, rcvd: number, end: number, errno: number) => void, pipeBytes: number, poolMax: number): void;
+  relay(clientFd: number, backendFd: number, idleMs: number): number;
+  abort(slot: number): void;
+  counters(slab: number): Float64Array;
+  stats(): SpliceStats;
+  probe(): string | null;
+  readonly slabSlots: number;
+}
+
+/**
+ * Pipe size asked of the kernel (F_SETPIPE_SZ). Measured on loopback (see native/README.md): the
+ * default 64 KiB pipe already gets most of the gain, 256 KiB a little more, and larger pipes count
+ * against the user's pipe-page budget (fs.pipe-user-pages-soft) for nothing. `LB_SPLICE_PIPE_BYTES`
+ * overrides it for measurements; 0 keeps the kernel's default.
+ */
+const PIPE_BYTES = 256 * 1024;
+/** Empty pipes kept per thread for reuse; more are closed when they empty. */
+const POOL_MAX = 64;
+
+let loaded: { addon: Addon } | { reason: string } | null = null;
+/** Live handles by the addon's slot (slots are reused once an end has been delivered). */
+const bySlot: (Handle | undefined)[] = [];
+const slabs: Float64Array[] = [];
+
+function envInt(name: string, fallback: number): number {
+  const v = process.env[name];
+  if (v === undefined || v === '') return fallback;
+  const n = Number(v);
+  return Number.isInteger(n) && n >= 0 ? n : fallback;
+}
+
+function load(): { addon: Addon } | { reason: string } {
+  if (process.env['LB_SPLICE'] === 'off') return { reason: 'turned off (LB_SPLICE=off)' };
+  if (process.platform !== 'linux') return { reason: `splice(2) is Linux only (${process.platform})` };
+  const path = fileURLToPath(addonPath());
+  const mod: { exports: Partial<Addon> } = { exports: {} };
+  try {
+    // process.dlopen rather than require(): bundlers leave it alone, and the path is computed anyway.
+    process.dlopen(mod, path);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (/cannot open shared object file: No such file/.test(e.message)) return { reason: `addon not built (${path} missing)` };
+    return { reason: `addon not loadable: ${e.message.split('\n')[0]}` };
+  }
+  const addon = mod.exports as Addon;
+  const refused = addon.probe();
+  if (refused !== null) return { reason: `the kernel refuses splice: ${refused}` };
+  addon.init(onEnd, envInt('LB_SPLICE_PIPE_BYTES', PIPE_BYTES), envInt('LB_SPLICE_POOL_MAX', POOL_MAX));
+  return { addon };
+}
+
+function addonOrNull(): Addon | null {
+  loaded ??= load();
+  return 'addon' in loaded ? loaded.addon : null;
+}
+
+/** Whether this thread can splice, and if not why (said once at start by the caller). */
+export function spliceAvailable(): SpliceAvailability {
+  loaded ??= load();
+  return 'addon' in loaded ? { ok: true } : { ok: false, reason: loaded.reason };
+}
+
+/** Pipe pool and connection figures of this thread's relay, or null without the addon. */
+export function spliceStats(): SpliceStats | null {
+  return addonOrNull()?.stats() ?? null;
+}
+
+let errnoNames: Map<number, string> | null = null;
+
+function errnoName(n: number): string | null {
+  if (n === 0) return null;
+  errnoNames ??= new Map(Object.entries(constants.errno).map(([k, v]) => [v, k]));
+  return errnoNames.get(n) ?? `errno ${n}`;
+}
+
+class Handle implements SpliceHandle {
+  readonly slot: number;
+  private readonly counts: Float64Array;
+  private readonly at: number;
+  private final: SpliceResult | null = null;
+  readonly onEnd: (result: SpliceResult) => void;
+
+  constructor(slot: number, counts: Float64Array, at: number, onEnd: (result: SpliceResult) => void) {
+    this.slot = slot;
+    this.counts = counts;
+    this.at = at;
+    this.onEnd = onEnd;
+  }
+
+  get ended(): boolean {
+    return this.final !== null;
+  }
+
+  sent(): number {
+    return this.final !== null ? this.final.sent : this.counts[this.at]!;
+  }
+
+  rcvd(): number {
+    return this.final !== null ? this.final.rcvd : this.counts[this.at + 1]!;
+  }
+
+  abort(): void {
+    if (this.final === null) addonOrNull()!.abort(this.slot);
+  }
+
+  finish(result: SpliceResult): void {
+    this.final = result;
+  }
+}
+
+function onEnd(slot: number, sent: number, rcvd: number, end: number, errno: number): void {
+  const h = bySlot[slot];
+  if (h === undefined) return;
+  bySlot[slot] = undefined;
+  const result: SpliceResult = { sent, rcvd, end: END_NAMES[end] ?? 'error', errno: errnoName(errno) };
+  h.finish(result);
+  try {
+    h.onEnd(result);
+  } catch (err) {
+    // Thrown from a callback the addon called: rethrown outside it, as an ordinary uncaught exception.
+    process.nextTick(() => {
+      throw err;
+    });
+  }
+}
+
+interface HandleFd {
+  fd?: number;
+}
+
+/** Why this socket cannot be handed over, or null if it can. */
+export function handOverRefusal(socket: Socket): string | null {
+  const handle = (socket as unknown as { _handle?: HandleFd | null })._handle;
+  if (socket.destroyed || socket.connecting || !handle || typeof handle.fd !== 'number' || handle.fd < 0) return 'not connected';
+  if (socket.readableLength > 0) return `${socket.readableLength} bytes already read into JS`;
+  if (socket.writableLength > 0) return `${socket.writableLength} bytes waiting to be written from JS`;
+  if (socket.readableEnded || socket.writableEnded) return 'already half-closed in JS';
+  return null;
+}
+
+/**
+ * Relays `client` <-> `backend` with splice until both directions have ended. On return the two JS
+ * sockets are destroyed (their 'close' events follow; the TCP connections stay open) and `onEnd` is
+ * called once, later, with the byte counts and how it ended. Throws LB_SPLICE_UNAVAILABLE or
+ * LB_SPLICE_HANDOVER with the sockets untouched, so that the caller can run the JS relay instead.
+ */
+export function spliceRelay(client: Socket, backend: Socket, opts: SpliceOptions, onEnd: (result: SpliceResult) => void): SpliceHandle {
+  const addon = addonOrNull();
+  if (addon === null) throw new LbError(Code.SPLICE_UNAVAILABLE, `splice relay unavailable: ${(loaded as { reason: string }).reason}`);
+  for (const [name, socket] of [['client', client], ['backend', backend]] as const) {
+    const why = handOverRefusal(socket);
+    if (why !== null) throw new LbError(Code.SPLICE_HANDOVER, `cannot splice the ${name} socket: ${why}`);
+  }
+  const fd = (s: Socket): number => (s as unknown as { _handle: Required<HandleFd> })._handle.fd;
+  let slot: number;
+  try {
+    slot = addon.relay(fd(client), fd(backend), opts.idleTimeoutMs);
+  } catch (err) {
+    throw new LbError(Code.SPLICE_HANDOVER, `cannot splice: ${(err as Error).message}`);
+  }
+  const slab = Math.floor(slot / addon.slabSlots);
+  const counts = (slabs[slab] ??= addon.counters(slab));
+  const h = new Handle(slot, counts, (slot % addon.slabSlots) * 2, onEnd);
+  bySlot[slot] = h;
+  // The addon holds duplicates now: closing the JS side's descriptors leaves the connections open.
+  client.destroy();
+  backend.destroy();
+  return h;
+}

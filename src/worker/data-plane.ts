@@ -1,0 +1,207 @@
+// The data plane of one worker thread: its listeners (every configured listener, bound with
+// SO_REUSEPORT beside the other workers'), their relays, and the table they route by. It holds no
+// state of its own that another thread needs: slots, health and counters are in the shared memory.
+
+import type { Choice } from '../balance/select.ts';
+import type { ListenerEntry, RoutingTable } from '../config/table.ts';
+import type { CheckResult } from '../health/state.ts';
+import type { Logger } from '../log.ts';
+import { ListenerRuntime, type ListenerContext } from '../proxy/listener.ts';
+import type { SlotMap } from '../shared/slots.ts';
+import type { SharedState } from '../shared/state.ts';
+
+/** How often open connections' bytes are published to the shared counters. */
+export const PUBLISH_MS = 200;
+
+/** Local resource errors are logged once per burst: at most once per this many ms. */
+const LOCAL_ERROR_LOG_MS = 5000;
+
+export interface DataPlaneHooks {
+  /** The reason text of a backend's last failure (numbers are shared, text is not). */
+  failure(slot: number, reason: string): void;
+  /** A health transition caused by traffic. */
+  healthChanged(): void;
+}
+
+interface Staging {
+  table: RoutingTable;
+  slots: SlotMap;
+  fresh: Map<string, ListenerRuntime>;
+  moved: Set<string>;
+}
+
+export class DataPlane implements ListenerContext {
+  readonly shared: SharedState;
+  readonly region: number;
+  readonly log: Logger;
+  private readonly regions: number;
+  private readonly reusePort: boolean;
+  private readonly hooks: DataPlaneHooks;
+  table: RoutingTable;
+  readonly listeners = new Map<string, ListenerRuntime>();
+  private staging: Staging | null = null;
+  private idSeq = 0;
+  private publishTimer: NodeJS.Timeout | null = null;
+  private localErrorAt = 0;
+  private localErrorCount = 0;
+
+  constructor(opts: { shared: SharedState; region: number; regions: number; reusePort: boolean; log: Logger; table: RoutingTable; hooks: DataPlaneHooks }) {
+    this.shared = opts.shared;
+    this.region = opts.region;
+    this.regions = opts.regions;
+    this.reusePort = opts.reusePort;
+    this.log = opts.log;
+    this.table = opts.table;
+    this.hooks = opts.hooks;
+  }
+
+  /** Unique across workers: ids interleave by region. */
+  nextId(): number {
+    return ++this.idSeq * this.regions + this.region - this.regions + 1;
+  }
+
+  trafficCheck(listener: ListenerEntry, choice: Choice, result: CheckResult): void {
+    this.hooks.failure(choice.state.slot, result.detail);
+    const h = choice.entry.health;
+    if (!h) return;
+    const change = this.shared.recordCheck(choice.state.slot, result, h.rise, h.fall, Date.now());
+    if (!change) return;
+    this.log.log(change.to === 'UP' ? 'info' : 'warn', 'health', {
+      listener: listener.name,
+      group: choice.group,
+      backend: choice.entry.key,
+      from: change.from,
+      to: change.to,
+      status: result.status,
+      reason: result.detail || undefined,
+      check_ms: Math.round(result.durationMs),
+      by: 'traffic',
+    });
+    this.hooks.healthChanged();
+  }
+
+  localError(code: string): void {
+    this.localErrorCount++;
+    const now = Date.now();
+    if (now - this.localErrorAt < LOCAL_ERROR_LOG_MS) return;
+    this.localErrorAt = now;
+    this.log.log('error', 'local-resource-error', {
+      code,
+      count: this.localErrorCount,
+      detail: 'out of file descriptors or memory on this host: the backend is not marked down; raise LimitNOFILE or lower maxconn',
+    });
+    this.localErrorCount = 0;
+  }
+
+  /** Binds what a new table adds or moves, without routing by it yet. */
+  async stage(table: RoutingTable, slots: SlotMap, ports: Readonly<Record<string, number>>): Promise<void> {
+    await this.abort();
+    const st: Staging = { table, slots, fresh: new Map(), moved: new Set() };
+    this.staging = st;
+    try {
+      for (const [i, entry] of table.listeners.entries()) {
+        const port = ports[entry.name] ?? entry.listen.port;
+        const have = this.listeners.get(entry.name);
+        if (have && sameEndpoint(have.entry, entry)) continue;
+        const lr = have ?? new ListenerRuntime(entry, slots.listeners[i]!, this, table.global.accessLog);
+        await lr.stage(entry, port, this.reusePort);
+        if (have) st.moved.add(entry.name);
+        else st.fresh.set(entry.name, lr);
+      }
+    } catch (err) {
+      await this.abort();
+      throw err;
+    }
+  }
+
+  /** Routes by the staged table: new listeners accept, moved ones switch sockets, removed ones stop. */
+  async commit(): Promise<void> {
+    const st = this.staging;
+    if (!st) return;
+    this.staging = null;
+    const { table, slots } = st;
+    const wanted = new Set(table.listeners.map((l) => l.name));
+    for (const [name, lr] of this.listeners) {
+      if (!wanted.has(name)) {
+        this.listeners.delete(name);
+        void lr.dispose(); // stops accepting; its open connections run to their end
+      }
+    }
+    for (const [i, entry] of table.listeners.entries()) {
+      const fresh = st.fresh.get(entry.name);
+      if (fresh) {
+        await fresh.commitStaged();
+        this.listeners.set(entry.name, fresh);
+        fresh.update(entry, slots.listeners[i]!, table.global.accessLog);
+        continue;
+      }
+      const lr = this.listeners.get(entry.name)!;
+      if (st.moved.has(entry.name)) await lr.commitStaged();
+      lr.update(entry, slots.listeners[i]!, table.global.accessLog);
+    }
+    this.table = table;
+    this.log.format = table.global.logFormat;
+    this.startPublishing();
+  }
+
+  async abort(): Promise<void> {
+    const st = this.staging;
+    this.staging = null;
+    if (!st) return;
+    for (const lr of st.fresh.values()) await lr.dispose();
+    for (const name of st.moved) await this.listeners.get(name)?.unstage();
+  }
+
+  private startPublishing(): void {
+    if (this.publishTimer) return;
+    this.publishTimer = setInterval(() => this.publish(), PUBLISH_MS);
+    this.publishTimer.unref();
+  }
+
+  /** Bytes of open connections to the shared counters, so every reader sees transfers while they run. */
+  publish(): void {
+    for (const lr of this.listeners.values()) lr.state.publishLive();
+  }
+
+  async stopAccepting(): Promise<void> {
+    await this.abort();
+    await Promise.all([...this.listeners.values()].map((l) => l.stopAccepting()));
+  }
+
+  get connections(): number {
+    let n = 0;
+    for (const l of this.listeners.values()) n += l.connections;
+    return n;
+  }
+
+  idle(): Promise<void> {
+    return Promise.all([...this.listeners.values()].map((l) => l.idle())).then(() => undefined);
+  }
+
+  /**
+   * Closes every open connection; those whose sockets do not report their close within `graceMs`
+   * are ended anyway, so a shutdown always ends.
+   */
+  async closeAll(graceMs: number): Promise<void> {
+    for (const l of this.listeners.values()) l.closeAll();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, graceMs);
+    });
+    await Promise.race([this.idle(), late]);
+    clearTimeout(timer);
+    for (const l of this.listeners.values()) l.endAll();
+  }
+
+  async dispose(): Promise<void> {
+    if (this.publishTimer) clearInterval(this.publishTimer);
+    this.publishTimer = null;
+    this.publish();
+    await Promise.all([...this.listeners.values()].map((l) => l.dispose()));
+  }
+}
+
+/** The same configured address (a kept `port = 0` listener keeps the port it got). */
+export function sameEndpoint(a: ListenerEntry, b: ListenerEntry): boolean {
+  return a.listen.host === b.listen.host && a.listen.port === b.listen.port;
+}
