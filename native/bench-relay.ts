@@ -32,7 +32,7 @@ server.listen(Number(listenPort), '127.0.0.1');
 
 for (const sig of ['SIGTERM', 'SIGINT'] as const) {
   process.on(sig, () => {
-    console.error(`bench-relay: ${JSON.stringify(spliceStats())}`);
+    console.error(`bench-relay: ${JSON.stringify({ ...spliceStats(), cpu: process.cpuUsage() })}`);
     process.exit(0);
   });
 }

@@ -59,6 +59,7 @@ const args = [
 const run = spawnSync(cc, args, { stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8' });
 if (run.error || run.status !== 0) {
   rmSync(tmp, { force: true });
+  rmSync(out, { force: true }); // an older build must not be loaded as if it were this source's
   const detail = run.error ? run.error.message : (run.stderr.trim().split('\n')[0] ?? `exit ${run.status}`);
   if (!installing && run.stderr) process.stderr.write(run.stderr);
   giveUp(`${cc}: ${detail}`);

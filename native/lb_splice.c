@@ -132,7 +132,8 @@ typedef struct {
   conn_t *all, *ready, *dead;
 
   // Read from JS, written by the thread.
-  atomic_long pipes_created, pipes_in_use, pipes_pooled, conns_live, pipe_cap_last;
+  atomic_long pipes_created, pipes_in_use, pipes_pooled, conns_live, pipe_cap_last, splice_calls;
+  uint64_t splices; // thread only; published to splice_calls once per loop turn
 } inst_t;
 
 static int64_t now_ms(void) {
@@ -305,6 +306,7 @@ static int pump(inst_t *I, conn_t *c, int di) {
     bool progress = false;
     if (d->inpipe > 0 && c->wr[out]) {
       ssize_t n = splice(d->p.r, NULL, c->fd[out], NULL, d->inpipe, SPLICE_FLAGS);
+      I->splices++;
       if (n > 0) {
         d->inpipe -= (size_t)n;
         progress = true;
@@ -333,6 +335,7 @@ static int pump(inst_t *I, conn_t *c, int di) {
         room = d->p.cap;
       }
       ssize_t n = splice(c->fd[in], NULL, d->p.w, NULL, (size_t)room, SPLICE_FLAGS);
+      I->splices++;
       if (n > 0) {
         d->inpipe += (size_t)n;
         d->moved += (uint64_t)n;
@@ -486,6 +489,7 @@ static void *thread_main(void *arg) {
       ready = next;
     }
     expire_idle(I);
+    atomic_store_explicit(&I->splice_calls, (long)I->splices, memory_order_relaxed);
     // A connection that ended after it was put on the ready list leaves the list before its memory
     // may go (JS may drop the last reference as soon as it hears of the end).
     for (conn_t **at = &I->ready; *at;) {
@@ -834,6 +838,7 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   num(env, o, "pipesPooled", (double)atomic_load(&I->pipes_pooled));
   num(env, o, "pipeBytes", (double)atomic_load(&I->pipe_cap_last));
   num(env, o, "connections", (double)atomic_load(&I->conns_live));
+  num(env, o, "spliceCalls", (double)atomic_load(&I->splice_calls));
   num(env, o, "pending", (double)I->active);
   return o;
 }

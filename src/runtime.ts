@@ -9,11 +9,23 @@
 // everywhere, with the old listeners, the old control port and the old slots.
 
 import { lookup } from 'node:dns/promises';
+import { dirname } from 'node:path';
 import { availableParallelism } from 'node:os';
 import { isIP } from 'node:net';
 import { ListenerState, type BackendState } from './balance/state.ts';
 import type { BackendRef } from './config/edit.ts';
-import { loadConfigFile } from './config/pipeline.ts';
+import { loadConfigIsolated } from './config/isolate.ts';
+import {
+  applyOperatorState,
+  describeIdentity,
+  isEmptyState,
+  operatorState,
+  readStateFile,
+  saveTargetAllowed,
+  writeStateFile,
+  type BackendKey,
+  type OperatorState,
+} from './config/operator-state.ts';
 import { saveTable } from './config/save.ts';
 import type { Diagnostic } from './config/diagnostics.ts';
 import type { ListenerEntry, RoutingTable } from './config/table.ts';
@@ -87,11 +99,18 @@ export class Runtime implements ControlTarget {
   private chain: Promise<unknown> = Promise.resolve();
   /** A reload waiting for its turn: later requests join it (it reads the newest file when it runs). */
   private queuedReload: Promise<ReloadResult> | null = null;
+  /**
+   * The table the config file (or command line) gave, before operator changes: what `disable`, `maxc`,
+   * `drain`, `create`... are changes of. They are kept apart (like HAProxy's server-state file), re-applied
+   * after every reload and restart, and written to `[global] state_file` when one is set.
+   */
+  private configTable: RoutingTable;
 
   constructor(table: RoutingTable, opts: RuntimeOptions = {}) {
     this.table = table;
+    this.configTable = table;
     this.configFile = opts.configFile ?? null;
-    this.log = opts.log ?? createLogger(table.global.logFormat);
+    this.log = opts.log ?? createLogger(table.global.logFormat, undefined, table.global.logLevel);
     this.workers = opts.workers ?? workerCount(table.global.workers);
     if (process.platform !== 'linux' && table.global.workers !== 1) {
       this.log.log('warn', 'workers', { workers: 1, detail: 'SO_REUSEPORT load balancing needs Linux: running one data-plane worker' });
@@ -138,12 +157,14 @@ export class Runtime implements ControlTarget {
 
   /** Binds every listener in every worker; if anything fails, nothing stays bound. */
   async start(): Promise<void> {
+    const restored = this.restoreState();
     const plan = this.slots.plan(this.table);
     try {
       const bound = await this.probe(this.table, new Map());
       await this.pool.start(this.table, plan.map, portsOf(bound));
       plan.commit();
       this.install(this.table, plan.map, bound);
+      this.setDraining(restored);
       if (this.table.control) {
         const control = new ControlServer(this.table.control, this, this.log);
         await control.start();
@@ -156,6 +177,54 @@ export class Runtime implements ControlTarget {
       this.listeners.clear();
       this.control = null;
       throw err;
+    }
+  }
+
+  /** At start: the operator state of the state file, re-applied to the config's table. */
+  private restoreState(): BackendKey[] {
+    const file = this.table.global.stateFile;
+    if (!file) return [];
+    let state: OperatorState | null;
+    try {
+      state = readStateFile(file);
+    } catch (err) {
+      this.log.log('error', 'state-file', { file, error: (err as Error).message, detail: 'starting from the config alone' });
+      return [];
+    }
+    if (!state || isEmptyState(state)) return [];
+    const r = applyOperatorState(this.table, state);
+    this.table = r.table;
+    this.logStateApplied(file, r.applied, r.skipped);
+    return r.draining;
+  }
+
+  private logStateApplied(source: string, applied: readonly string[], skipped: readonly string[]): void {
+    for (const a of applied) this.log.log('info', 'operator-state', { from: source, applied: a });
+    for (const s of skipped) this.log.log('warn', 'operator-state', { from: source, skipped: s });
+  }
+
+  /** Backends an operator drained, as slots of the running table. */
+  private drainingKeys(): BackendKey[] {
+    const out: BackendKey[] = [];
+    for (const l of this.listeners.values()) {
+      l.state.groups.forEach((g, gi) => g.backends.forEach((b, index) => b.draining && out.push({ listener: l.entry.name, group: gi, index })));
+    }
+    return out;
+  }
+
+  private setDraining(keys: readonly BackendKey[]): void {
+    const now = Date.now();
+    for (const k of keys) this.backendState(k)?.setDraining(true, now);
+  }
+
+  /** After an operator change: the state file gets the operator's changes (atomically), if there is one. */
+  private persistState(): void {
+    const file = this.table.global.stateFile;
+    if (!file) return;
+    try {
+      writeStateFile(file, operatorState(this.configTable, this.table, { draining: this.drainingKeys() }));
+    } catch (err) {
+      this.log.log('error', 'state-file', { file, error: (err as Error).message });
     }
   }
 
@@ -192,6 +261,7 @@ export class Runtime implements ControlTarget {
     this.table = table;
     this.slotMap = map;
     this.log.format = table.global.logFormat;
+    this.log.level = table.global.logLevel;
   }
 
   /** Swaps in a new table (one change at a time). On any failure the old table keeps running. */
@@ -237,8 +307,10 @@ export class Runtime implements ControlTarget {
     return [...this.listeners.values()].map((l) => ({ entry: l.entry, state: l.state, address: formatHostPort(l.bound.address, l.bound.port) }));
   }
 
-  workerCounts(): { workers: number; restarts: number } {
-    return { workers: this.pool.threadIds().length, restarts: this.pool.restarts };
+  workerCounts(): { workers: number; restarts: number; splice: string } {
+    const s = this.pool.splice;
+    const splice = this.table.global.splice === 'off' ? 'off (splice = "off")' : s.ok ? 'on' : `off (${s.reason})`;
+    return { workers: this.pool.threadIds().length, restarts: this.pool.restarts, splice };
   }
 
   snapshot(): Snapshot {
@@ -269,12 +341,14 @@ export class Runtime implements ControlTarget {
       }
       await this.applyNow(table, renamed);
       if (carry) this.backendState(carry.ref)?.resetHealth(Date.now());
+      this.persistState();
     });
   }
 
   /** An operator change of runtime state (enable, drain): queued clients may now get a slot. */
   stateChanged(): void {
     this.serveQueues();
+    this.persistState();
   }
 
   async resolveHost(host: string): Promise<string> {
@@ -282,8 +356,16 @@ export class Runtime implements ControlTarget {
   }
 
   save(file: string | undefined): string {
-    const target = file ?? this.configFile;
+    let target = file ?? this.configFile;
     if (!target) throw new Error('started from the command line: name a FILE to save to');
+    if (file !== undefined) {
+      // A control client names the file: only inside the directories this lb already writes to.
+      const dirs = [this.configFile, this.table.global.stateFile].filter((f): f is string => !!f).map((f) => dirname(f));
+      if (process.env.STATE_DIRECTORY) dirs.push(...process.env.STATE_DIRECTORY.split(':'));
+      const ok = saveTargetAllowed(file, dirs);
+      if (!ok.ok) throw new Error(`save refused: ${ok.reason}`);
+      target = ok.path;
+    }
     saveTable(this.table, target, this.version);
     this.log.log('info', 'saved', { file: target });
     return target;
@@ -313,7 +395,8 @@ export class Runtime implements ControlTarget {
       this.log.log('warn', 'reload-failed', { code: Code.RELOAD_FAILED, error });
       return { ok: false, diagnostics: [], error };
     }
-    const result = await loadConfigFile(this.configFile, { resolve: 'error' });
+    // Off this thread, within a time and memory budget: a bad file costs a failed reload, never an outage.
+    const result = await loadConfigIsolated(this.configFile, { resolve: 'error' });
     if (!result.ok) {
       this.log.log('error', 'reload-failed', {
         code: Code.RELOAD_FAILED,
@@ -323,8 +406,14 @@ export class Runtime implements ControlTarget {
       });
       return { ok: false, diagnostics: result.diagnostics };
     }
+    // Operator changes survive the reload: re-applied to the new file's table where their backends remain.
+    const overlay = operatorState(this.configTable, this.table, { draining: this.drainingKeys() });
+    const next = isEmptyState(overlay) ? { table: result.table, applied: [], skipped: [], draining: [] } : applyOperatorState(result.table, overlay);
     try {
-      await this.applyNow(result.table);
+      await this.applyNow(next.table);
+      this.configTable = result.table;
+      this.setDraining(next.draining);
+      this.logStateApplied('reload', next.applied, next.skipped);
     } catch (err) {
       this.log.log('error', 'reload-failed', { code: Code.RELOAD_FAILED, file: this.configFile, error: (err as Error).message });
       return { ok: false, diagnostics: [], error: (err as Error).message };

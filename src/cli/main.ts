@@ -320,8 +320,8 @@ async function serve(table: RoutingTable, configFile: string | null, out: Report
     process.on('SIGINT', onInt);
     out.event(
       'info', 'listening',
-      { version: VERSION, listeners: where, control: controlAt.join(' ') || undefined, pid: process.pid },
-      `lb ${VERSION} listening on ${where}${control} (pid ${process.pid})`,
+      { version: VERSION, listeners: where, workers: runtime.workers, control: controlAt.join(' ') || undefined, pid: process.pid },
+      `lb ${VERSION} listening on ${where}; ${runtime.workers} worker${runtime.workers === 1 ? '' : 's'}${control} (pid ${process.pid})`,
     );
     hooks.started?.(runtime);
     void notifyReady((f) => out.event('error', 'notify', { code: f.code, error: f.error }, f.text)); // lb.service: Type=notify

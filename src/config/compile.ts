@@ -56,6 +56,7 @@ class Compiler {
       logLevel: (doc.global?.log_level ?? 'info') as LogLevel,
       accessLog: doc.global?.access_log ?? true,
       workers: doc.global?.workers ?? 'auto',
+      splice: (doc.global?.splice ?? 'auto') as 'auto' | 'off',
       // "" turns the state file off even where systemd gives a state directory.
       stateFile: doc.global?.state_file === undefined ? defaultStateFile(process.env) : doc.global.state_file || null,
     };

@@ -50,6 +50,7 @@ export interface ConfigDoc {
     log_format?: string;
     access_log?: boolean;
     workers?: number | 'auto';
+    splice?: string;
     log_level?: string;
     state_file?: string;
   };

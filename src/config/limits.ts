@@ -10,3 +10,9 @@ export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
  * one level (`listeners.web.groups[0].backends[1].health.expect` is 7).
  */
 export const MAX_CONFIG_DEPTH = 64;
+
+/**
+ * Most problems reported for one file; the rest are counted in one last line. Past a few screens nobody
+ * reads them, and each costs work (a "did you mean" hint compares the key with every known key).
+ */
+export const MAX_REPORTED_PROBLEMS = 100;

@@ -35,7 +35,8 @@ function tooLarge(bytes: number | null): ReadResult & { ok: false } {
 /** A refusal for anything that is not a regular file, from its stat. */
 export function notRegularFile(st: { isFile(): boolean; isDirectory(): boolean; isFIFO(): boolean }): ReadResult | null {
   if (st.isFile()) return null;
-  const what = st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : 'not a regular file';
+  if (st.isDirectory()) return unreadable(Code.CONFIG_UNREADABLE, 'cannot read config: EISDIR (it is a directory)');
+  const what = st.isFIFO() ? 'a FIFO' : 'not a regular file';
   return unreadable(Code.CONFIG_NOT_FILE, `cannot read config: it is ${what} (lb reads its config from a regular file)`);
 }
 

@@ -182,7 +182,8 @@ class Scanner {
       if (c === '"' || c === "'") segs.push(this.readQuoted());
       else {
         const start = this.i;
-        while (!this.eof() && /[A-Za-z0-9_-]/.test(this.peek())) this.advance(1);
+        while (this.i < this.src.length && isBareKeyChar(this.src.charCodeAt(this.i))) this.i++;
+        this.col += this.i - start; // no newline in a bare key
         segs.push(this.src.slice(start, this.i));
       }
       this.skipBlank(false);
@@ -277,7 +278,10 @@ class Scanner {
   }
 
   private skipToLineEnd(): void {
-    while (!this.eof() && this.peek() !== '\n') this.advance(1);
+    const end = this.src.indexOf('\n', this.i);
+    const to = end < 0 ? this.src.length : end;
+    this.col += to - this.i;
+    this.i = to;
   }
 
   private peek(): string {
@@ -294,7 +298,7 @@ class Scanner {
 
   private advance(n: number): void {
     for (let k = 0; k < n && this.i < this.src.length; k++, this.i++) {
-      if (this.src[this.i] === '\n') {
+      if (this.src.charCodeAt(this.i) === 10) {
         this.line++;
         this.col = 1;
       } else {
@@ -302,4 +306,9 @@ class Scanner {
       }
     }
   }
+}
+
+/** A-Z a-z 0-9 _ - */
+function isBareKeyChar(c: number): boolean {
+  return (c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || (c >= 0x30 && c <= 0x39) || c === 0x5f || c === 0x2d;
 }

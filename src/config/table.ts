@@ -110,6 +110,8 @@ export interface GlobalEntry {
   readonly accessLog: boolean;
   /** Data-plane worker threads: "auto" (one per CPU) or a number. */
   readonly workers: number | 'auto';
+  /** "auto": the splice(2) relay where the addon loads; "off": the JS relay always. */
+  readonly splice: 'auto' | 'off';
   /** Where operator state (disable, maxc, drain, create, ...) is kept across reloads and restarts; null: nowhere. */
   readonly stateFile: string | null;
 }

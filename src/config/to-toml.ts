@@ -15,6 +15,7 @@ export function tableToDoc(table: RoutingTable): ConfigDoc {
       log_level: table.global.logLevel,
       access_log: table.global.accessLog,
       workers: table.global.workers,
+      splice: table.global.splice,
       // Written only when it is not what this environment would default to, so a saved file stays portable.
       ...(table.global.stateFile !== defaultStateFile(process.env) ? { state_file: table.global.stateFile ?? '' } : {}),
     },

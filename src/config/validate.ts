@@ -4,6 +4,7 @@ import { Ajv, type ErrorObject } from 'ajv';
 import schema from '../../schemas/lb.schema.json' with { type: 'json' };
 import { Code } from '../errors.ts';
 import { diagnostic, type Diagnostic } from './diagnostics.ts';
+import { MAX_REPORTED_PROBLEMS } from './limits.ts';
 import type { PathSegment } from './locate.ts';
 
 export { schema };
@@ -15,10 +16,14 @@ const validateFn = ajv.compile(schema);
 export function validateConfig(data: unknown): Diagnostic[] {
   if (validateFn(data)) return [];
   const out: Diagnostic[] = [];
-  for (const err of validateFn.errors ?? []) {
-    const d = toDiagnostic(err);
+  const errors = validateFn.errors ?? [];
+  let shown = 0;
+  for (; shown < errors.length && out.length < MAX_REPORTED_PROBLEMS; shown++) {
+    const d = toDiagnostic(errors[shown]!);
     if (d) out.push(d);
   }
+  const more = errors.slice(shown).filter((e) => e.keyword !== 'if').length;
+  if (more > 0) out.push(diagnostic(Code.CONFIG_SCHEMA, [], `${more} more problem${more === 1 ? '' : 's'} not shown`));
   return out;
 }
 

@@ -13,7 +13,7 @@ import { docToToml, tableToDoc } from '../config/to-toml.ts';
 import { parsePort } from '../config/values.ts';
 import { Code, type ErrorCode } from '../errors.ts';
 import { levelAllows, type Level } from './access.ts';
-import { renderInfo, renderJson, renderMrtg, renderShow, renderStatCsv } from '../stats/render.ts';
+import { mrtgBackendTitle, renderInfo, renderJson, renderMrtg, renderShow, renderStatCsv } from '../stats/render.ts';
 import type { Snapshot } from '../stats/snapshot.ts';
 
 /** What the commands need from the running balancer. */
@@ -155,7 +155,7 @@ function mrtg(kind: 'bytes' | 'conns') {
     if (!g) throw new CommandError(`unknown group ${groupWord}`);
     const b = g.backends[int(chanWord, 'channel')];
     if (!b) throw new CommandError(`unknown channel ${chanWord}`);
-    const name = `lb ${l.name} group ${g.index} channel ${b.index} (${b.entry.key})`;
+    const name = mrtgBackendTitle(l.name, g.index, b.index, b.entry);
     return kind === 'bytes'
       ? renderMrtg(b.rcvd, b.sent, snap.uptimeSec, name)
       : renderMrtg(b.total, b.failures, snap.uptimeSec, name);

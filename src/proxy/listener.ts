@@ -47,6 +47,8 @@ export interface ListenerContext {
   /** A data-path connect result for a backend with checks: recorded in the shared health state. */
   trafficCheck(listener: ListenerEntry, choice: Choice, result: CheckResult): void;
   localError(code: string): void;
+  /** The splice(2) relay is on for this worker (`[global] splice` and the addon). */
+  readonly splice: boolean;
 }
 
 /** Binds `host:port` (SO_REUSEPORT where `shared`); rejects with LB_BIND when the address cannot be used. */
@@ -77,6 +79,7 @@ export class ListenerRuntime implements RelayHost {
   readonly log: Logger;
   accessLog: boolean;
   dump: ((text: string) => void) | null = null;
+  splice = false;
   private dumpFile: WriteStream | null = null;
   private server: Server | null = null;
   /** A server bound for a table not yet committed (a reload's staging). */
@@ -356,6 +359,7 @@ export class ListenerRuntime implements RelayHost {
 
   private setDump(): void {
     const { packetDump, packetDumpFile } = this.entry;
+    this.splice = this.ctx.splice && packetDump === 'off'; // a dump needs the bytes in JS
     if (packetDump === 'off') {
       this.dump = null;
       return;

@@ -22,6 +22,7 @@ import { Code } from '../errors.ts';
 import type { CheckResult } from '../health/state.ts';
 import type { Logger } from '../log.ts';
 import { balanceDump, hexDump, type Direction } from './dump.ts';
+import { spliceRelay, type SpliceHandle, type SpliceResult } from './splice.ts';
 
 export type EndReason =
   | 'client-close'
@@ -44,6 +45,8 @@ export interface RelayHost {
   readonly accessLog: boolean;
   /** Packet dump sink, or null (then the relay installs no dump handlers at all). */
   readonly dump: ((text: string) => void) | null;
+  /** Relay connected pairs with splice(2) (never with a packet dump). */
+  readonly splice: boolean;
   /** A connection id, unique across workers. */
   nextId(): number;
   relayFinished(relay: Relay): void;
@@ -115,6 +118,8 @@ export class Relay implements LiveFlow, Waiter {
   clientEnded = false;
   private connectStarted = 0;
   private closeTimer: NodeJS.Timeout | null = null;
+  /** Set when the kernel relays this connection (splice): bytes and the end come from the addon. */
+  private spliced: SpliceHandle | null = null;
 
   constructor(client: Socket, entry: ListenerEntry, host: RelayHost) {
     this.id = host.nextId();
@@ -133,11 +138,11 @@ export class Relay implements LiveFlow, Waiter {
   }
 
   sentBytes(): number {
-    return this.client.bytesRead;
+    return this.spliced !== null ? this.spliced.sent() : this.client.bytesRead;
   }
 
   rcvdBytes(): number {
-    return this.backend?.bytesRead ?? 0;
+    return this.spliced !== null ? this.spliced.rcvd() : (this.backend?.bytesRead ?? 0);
   }
 
   get connected(): boolean {
@@ -322,6 +327,7 @@ export class Relay implements LiveFlow, Waiter {
     st.connectSucceeded(this.connectStarted);
     st.live.add(this);
     this.backendSlot = st.slot;
+    if (this.host.splice && this.early === null && !this.clientEnded && this.trySplice()) return;
     if (this.entry.idleTimeoutMs > 0) {
       // Reads and writes both reset a socket's timer, so the client socket alone sees traffic either way.
       client.setTimeout(this.entry.idleTimeoutMs);
@@ -338,6 +344,33 @@ export class Relay implements LiveFlow, Waiter {
     client.on('data', dumping ? dumpToBackend : forwardToBackend);
     client.on('end', onClientEnd);
     client.resume();
+  }
+
+  /**
+   * Hands the connected pair to the splice(2) relay. The JS sockets are let go (their late events no
+   * longer concern this relay) and the connection lives on in the addon, which reports its end. False
+   * (sockets untouched) when this pair cannot be handed over: the JS relay takes it.
+   */
+  private trySplice(): boolean {
+    const client = this.client;
+    const backend = this.backend!;
+    try {
+      client.lbRelay = undefined;
+      backend.lbRelay = undefined;
+      this.spliced = spliceRelay(client, backend, { idleTimeoutMs: this.entry.idleTimeoutMs }, (r) => this.splicedEnd(r));
+      return true;
+    } catch {
+      client.lbRelay = this;
+      backend.lbRelay = this;
+      return false;
+    }
+  }
+
+  private splicedEnd(r: SpliceResult): void {
+    if (this.phase === 'done') return;
+    this.reason ??= r.end === 'aborted' ? 'shutdown' : r.end === 'error' ? 'reset' : r.end;
+    this.phase = 'done';
+    this.finish();
   }
 
   /** Hands what a queued client sent to its backend, in order, before live forwarding starts. */
@@ -381,6 +414,11 @@ export class Relay implements LiveFlow, Waiter {
   /** Ends the relay at once (idle timeout, shutdown). */
   abort(reason: EndReason): void {
     this.reason ??= reason;
+    if (this.spliced !== null) {
+      this.spliced.abort(); // the addon reports the end
+      this.armCloseGrace();
+      return;
+    }
     this.client.destroy();
     this.backend?.destroy();
     this.armCloseGrace();
@@ -427,6 +465,7 @@ export class Relay implements LiveFlow, Waiter {
       this.dropAttempt();
     }
     this.phase = 'done';
+    this.spliced?.abort();
     this.client.destroy();
     this.backend?.destroy();
     this.finish();

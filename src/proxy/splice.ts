@@ -62,6 +62,8 @@ export interface SpliceStats {
   pipeBytes: number;
   /** Connections the relay thread is running. */
   connections: number;
+  /** splice(2) calls made so far (bytes per call shows what the pipe size buys). */
+  spliceCalls: number;
   /** Connections whose end JS has not heard of yet. */
   pending: number;
 }

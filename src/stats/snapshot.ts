@@ -64,12 +64,14 @@ export interface Snapshot {
   /** Data-plane worker threads running, and how many were replaced after dying. */
   workers: number;
   workerRestarts: number;
+  /** The relay in use: "on" (splice) or "off (why)". */
+  splice: string;
   listeners: ListenerSnap[];
 }
 
 export interface SnapshotSource {
   readonly startedAt: number;
-  workerCounts(): { workers: number; restarts: number };
+  workerCounts(): { workers: number; restarts: number; splice: string };
   listenerViews(): { entry: ListenerEntry; state: ListenerState; address: string }[];
 }
 
@@ -107,7 +109,7 @@ export function takeSnapshot(src: SnapshotSource, version: string, now = Date.no
     pid: process.pid,
     now,
     uptimeSec: Math.floor((now - src.startedAt) / 1000),
-    ...((w) => ({ workers: w.workers, workerRestarts: w.restarts }))(src.workerCounts()),
+    ...((w) => ({ workers: w.workers, workerRestarts: w.restarts, splice: w.splice }))(src.workerCounts()),
     listeners: src.listenerViews().map(({ entry, state, address }) => ({
       name: entry.name,
       address,

@@ -39,6 +39,8 @@ export interface PoolEvents {
 export class WorkerPool {
   readonly size: number;
   restarts = 0;
+  /** Whether the workers can splice (what the last worker to start found), for `show info`. */
+  splice: { ok: true } | { ok: false; reason: string } = { ok: false, reason: 'no worker started' };
   private readonly shared: SharedState;
   private readonly log: Logger;
   private readonly events: PoolEvents;
@@ -89,6 +91,7 @@ export class WorkerPool {
       const timer = setTimeout(() => reject(new LbError(Code.BIND, `worker ${region} did not start within ${START_MS} ms`, Exit.SOFTWARE)), START_MS);
       worker.on('message', (msg: Event | Reply) => {
         if (msg.t === 'ready') {
+          this.splice = msg.splice;
           clearTimeout(timer);
           m.ready = true;
           resolve();

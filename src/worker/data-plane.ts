@@ -9,6 +9,7 @@ import type { Logger } from '../log.ts';
 import { ListenerRuntime, type ListenerContext } from '../proxy/listener.ts';
 import type { SlotMap } from '../shared/slots.ts';
 import type { SharedState } from '../shared/state.ts';
+import { spliceAvailable } from '../proxy/splice.ts';
 
 /** How often open connections' bytes are published to the shared counters. */
 export const PUBLISH_MS = 200;
@@ -43,6 +44,8 @@ export class DataPlane implements ListenerContext {
   private idSeq = 0;
   private publishTimer: NodeJS.Timeout | null = null;
   private localErrorAt = 0;
+  /** Whether this worker relays with splice(2): `[global] splice` and whether the addon loads here. */
+  splice = false;
   private localErrorCount = 0;
 
   constructor(opts: { shared: SharedState; region: number; regions: number; reusePort: boolean; log: Logger; table: RoutingTable; hooks: DataPlaneHooks }) {
@@ -120,6 +123,7 @@ export class DataPlane implements ListenerContext {
     if (!st) return;
     this.staging = null;
     const { table, slots } = st;
+    this.splice = table.global.splice === 'auto' && spliceAvailable().ok;
     const wanted = new Set(table.listeners.map((l) => l.name));
     for (const [name, lr] of this.listeners) {
       if (!wanted.has(name)) {
@@ -141,6 +145,7 @@ export class DataPlane implements ListenerContext {
     }
     this.table = table;
     this.log.format = table.global.logFormat;
+    this.log.level = table.global.logLevel;
     this.startPublishing();
   }
 

@@ -6,6 +6,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { BatchedWriter, createLogger } from '../log.ts';
 import { SharedState } from '../shared/state.ts';
 import { DataPlane } from './data-plane.ts';
+import { spliceAvailable } from '../proxy/splice.ts';
 import type { Event, Reply, Request, WorkerInit } from './protocol.ts';
 
 const init = workerData as WorkerInit;
@@ -13,7 +14,7 @@ const port = parentPort!;
 const post = (m: Event | Reply): void => port.postMessage(m);
 
 const lines = new BatchedWriter((text) => post({ t: 'log', text }));
-const log = createLogger(init.table.global.logFormat, (line) => lines.line(line));
+const log = createLogger(init.table.global.logFormat, (line) => lines.line(line), init.table.global.logLevel);
 const shared = new SharedState(init.shared);
 const plane = new DataPlane({
   shared,
@@ -85,7 +86,7 @@ plane
   .then(
     () => {
       lines.flush();
-      post({ t: 'ready' });
+      post({ t: 'ready', splice: spliceAvailable() });
     },
     (err: Error & { exitCode?: number }) => {
       lines.flush();

@@ -36,7 +36,7 @@ export type Reply =
 
 /** Unsolicited messages from a worker. */
 export type Event =
-  | { t: 'ready' }
+  | { t: 'ready'; splice: { ok: true } | { ok: false; reason: string } }
   | { t: 'log'; text: string }
   /** Why a backend was last marked bad (the numbers are shared; the text is not). */
   | { t: 'failure'; slot: number; reason: string }

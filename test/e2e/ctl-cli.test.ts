@@ -6,7 +6,7 @@ import { lstatSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ask, backendOf, connectClient, echoServer, freePort, refusedPort, within } from '../helpers/backends.ts';
-import { useControlScope, ctl, expectAlive, lbCli, parseShow, showRow, startCliLb, startControlLb, UPTIME } from '../helpers/control.ts';
+import { adminControl, testTokenFile, useControlScope, ctl, expectAlive, lbCli, parseShow, showRow, startCliLb, startControlLb, UPTIME } from '../helpers/control.ts';
 import { at } from '../helpers/lb.ts';
 import { VERSION } from '../../src/version.ts';
 
@@ -16,7 +16,7 @@ async function webLb(control: Record<string, unknown> = {}) {
   const [a, b] = await Promise.all([echoServer('a', { prefix: true }), echoServer('b', { prefix: true })]);
   const started = await startControlLb({
     global: { access_log: true },
-    control: Object.fromEntries(Object.entries({ listen: '127.0.0.1:0', admin: true, ...control }).filter(([, v]) => v !== undefined)),
+    control: Object.fromEntries(Object.entries({ ...adminControl(), ...control }).filter(([, v]) => v !== undefined)),
     listeners: { web: { listen: '127.0.0.1:0', groups: [{ policy: 'rr', backends: [at(a.port), at(b.port)] }] } },
   });
   return { ...started, a, b };
@@ -27,10 +27,10 @@ describe('lb ctl', () => {
     const { lb, port } = await webLb();
     const control = `127.0.0.1:${port}`;
     const [show, mrtg, bad, badArgs] = await Promise.all([
-      lbCli(['ctl', '--control', control, 'show']),
-      lbCli(['ctl', '--control', control, 'mrtg-bytes', 'web', '0', '0']),
-      lbCli(['ctl', '--control', control, 'bogus']),
-      lbCli(['ctl', '--control', control, 'disable', 'web', '0', '9']),
+      lbCli(['ctl', '--control', control, '--token-file', testTokenFile(), 'show']),
+      lbCli(['ctl', '--control', control, '--token-file', testTokenFile(), 'mrtg-bytes', 'web', '0', '0']),
+      lbCli(['ctl', '--control', control, '--token-file', testTokenFile(), 'bogus']),
+      lbCli(['ctl', '--control', control, '--token-file', testTokenFile(), 'disable', 'web', '0', '9']),
     ]);
     expect(show.code).toBe(0);
     expect(show.stdout).toBe(`${await ctl(port, 'show')}\n`);
@@ -57,17 +57,17 @@ describe('lb ctl', () => {
     await ask(lb.port(), 'traffic');
     await lb.logs.waitFor('conn');
     const [split, quoted] = await Promise.all([
-      lbCli(['ctl', '--control', control, 'mrtg-conns', 'web', '0', '0']),
-      lbCli(['ctl', '--control', control, 'mrtg-conns web 0 0']),
+      lbCli(['ctl', '--control', control, '--token-file', testTokenFile(), 'mrtg-conns', 'web', '0', '0']),
+      lbCli(['ctl', '--control', control, '--token-file', testTokenFile(), 'mrtg-conns web 0 0']),
     ]);
     expect(split.code).toBe(0);
     expect(split.stdout.split('\n')[0]).toBe('1');
     expect(quoted.stdout.split('\n').slice(0, 2)).toEqual(split.stdout.split('\n').slice(0, 2));
-    const dis = await lbCli(['ctl', '--control', control, 'disable', 'web', '0', '1']);
+    const dis = await lbCli(['ctl', '--control', control, '--token-file', testTokenFile(), 'disable', 'web', '0', '1']);
     expect([dis.code, dis.stdout]).toEqual([0, 'channel 1 disabled\n']);
     expect([backendOf(await ask(lb.port(), 'x')), backendOf(await ask(lb.port(), 'y'))]).toEqual(['a', 'a']);
     // Options may come after the command words too.
-    const late = await lbCli(['ctl', 'enable', 'web', '0', '1', '--control', control]);
+    const late = await lbCli(['ctl', 'enable', 'web', '0', '1', '--control', control, '--token-file', testTokenFile()]);
     expect([late.code, late.stdout]).toEqual([0, 'channel 1 enabled\n']);
   });
 
@@ -214,7 +214,9 @@ describe('lb demo', () => {
     expect(lines).toHaveLength(5);
     expect(lines.slice(0, 2)).toEqual([String(3 * 'hello from backend-3\n'.length), '0']); // three banners, nothing sent
 
-    const kill = await lbCli(['ctl', '--control', `127.0.0.1:${demo.controlPort}`, 'kill']);
+    // TCP is read-only in the demo; its Unix socket may stop it.
+    expect((await lbCli(['ctl', '--control', `127.0.0.1:${demo.controlPort}`, 'kill'])).stdout).toMatch(/needs level admin/);
+    const kill = await lbCli(['ctl', '--socket', demo.controlSocket, 'kill']);
     expect(kill.code).toBe(0);
     expect((await within(demo.exited, 5000, 'the demo to exit after kill')).code).toBe(0);
   });

@@ -10,10 +10,10 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MetricsExporter } from '../../src/http/metrics.ts';
 import { renderStatCsv } from '../../src/stats/render.ts';
-import { connectClient, echoServer, sinkServer, within } from '../helpers/backends.ts';
-import { ctl, hasTool } from '../helpers/control.ts';
+import { connectClient, echoServer, sinkServer, until, within } from '../helpers/backends.ts';
+import { adminControl, ctl, hasTool, TEST_TOKEN } from '../helpers/control.ts';
 import { parseStatCsv } from '../helpers/health.ts';
-import { csrfOf, get, metric, parseMetrics, post, startHttpLb } from '../helpers/http.ts';
+import { csrfOf, get, login, metric, parseMetrics, post, startHttpLb, type HttpLb } from '../helpers/http.ts';
 import { at, cleanup } from '../helpers/lb.ts';
 
 afterEach(cleanup);
@@ -21,9 +21,17 @@ afterEach(cleanup);
 function doc(ports: number[], control: Record<string, unknown> = {}, listener: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     global: { access_log: false },
-    control: { listen: '127.0.0.1:0', http: '127.0.0.1:0', admin: true, ...control },
+    control: { listen: '127.0.0.1:0', http: '127.0.0.1:0', ...control },
     listeners: { web: { listen: '127.0.0.1:0', connect_timeout: '1s', ...listener, groups: [{ policy: 'rr', backends: ports.map(at) }] } },
   };
+}
+
+/**
+ * Waits until lb's own counters show `sent` bytes client→backend on listener web: bytes are counted where
+ * they are relayed and published to the shared counters a moment later.
+ */
+function settled(h: HttpLb, sent: number): Promise<void> {
+  return until(() => h.lb.rt.snapshot().listeners[0]!.sent === sent, 3000, `lb's counters to show ${sent} bytes sent`);
 }
 
 /** GET / with a Host header of our choosing (fetch will not send one). */
@@ -55,6 +63,7 @@ describe('reads', () => {
     const b = await echoServer('b');
     const h = await startHttpLb(doc([a.port, b.port]));
     await roundTrip(h.lb.port(), 1000);
+    await settled(h, 1000);
 
     const page = await get(`${h.base}/`);
     expect(page.status).toBe(200);
@@ -94,6 +103,7 @@ describe('/metrics', () => {
     const a = await echoServer('a');
     const h = await startHttpLb(doc([a.port], {}, { queue: { max: 5, timeout: '1s' } }));
     await roundTrip(h.lb.port(), 10);
+    await settled(h, 10);
     const r = await get(`${h.base}/metrics`);
     expect(r.headers.get('content-type')).toBe('text/plain; version=0.0.4; charset=utf-8');
     for (const name of [
@@ -120,18 +130,20 @@ describe('/metrics', () => {
     const sinks = [await sinkServer('s1', { keep: false }), await sinkServer('s2', { keep: false })];
     const h = await startHttpLb(doc(sinks.map((s) => s.port)));
     const clients = await Promise.all(Array.from({ length: 6 }, () => connectClient(h.lb.port())));
-    // Traffic in flight: clients write while the snapshot is taken.
-    const writing = clients.map(async (c, i) => {
-      for (let k = 0; k < 20; k++) {
+    // Traffic in flight: clients write (bounded in count) while the snapshot is taken.
+    let writing = true;
+    const writers = clients.map(async (c, i) => {
+      for (let k = 0; k < 5000 && writing; k++) {
         c.socket.write(Buffer.alloc(1000 + i));
-        await new Promise((r) => setImmediate(r));
+        await new Promise((r) => setTimeout(r, 1));
       }
     });
-    await new Promise((r) => setTimeout(r, 5));
+    await until(() => h.lb.rt.snapshot().listeners[0]!.sent > 0, 3000, 'bytes to be counted');
     const snap = h.lb.rt.snapshot();
     const m = parseMetrics(await new MetricsExporter().render(snap, h.lb.rt.startedAt));
     const rows = parseStatCsv(renderStatCsv(snap));
-    await Promise.all(writing);
+    writing = false;
+    await Promise.all(writers);
     const front = rows.find((r) => r.svname === 'FRONTEND')!;
     const L = { listener: 'web' };
     expect(metric(m, 'lb_listener_connections_total', L)).toBe(Number(front.stot));
@@ -160,6 +172,7 @@ describe('/metrics', () => {
     const b = await echoServer('b');
     const h = await startHttpLb(doc([a.port, b.port]));
     for (let i = 0; i < 5; i++) await roundTrip(h.lb.port(), 300 + i);
+    await settled(h, 1510);
     const csv = parseStatCsv(await ctl(h.lb.rt.control!.port(), 'show stat'));
     const m = parseMetrics((await get(`${h.base}/metrics`)).text);
     for (const r of csv.filter((x) => x.type === '2')) {
@@ -186,27 +199,30 @@ describe('buttons and levels', () => {
   it('at operator level: the button answers with the Telnet command\'s own text; CSRF and Origin are checked', async () => {
     const a = await echoServer('a');
     const b = await echoServer('b');
-    const h = await startHttpLb(doc([a.port, b.port], { http_level: 'operator' }));
-    const page = await get(`${h.base}/`);
+    // The control port at admin (after `auth`) for the comparison; the page at operator after a login.
+    const h = await startHttpLb(doc([a.port, b.port], { ...adminControl(), http_level: 'operator' }));
+    const cookie = await login(h.base, TEST_TOKEN);
+    const page = await get(`${h.base}/`, { headers: { Cookie: cookie } });
     const csrf = csrfOf(page.text)!;
     expect(page.text).toContain('<button type="submit" name="cmd" value="disable"');
+    const act = (form: Record<string, string | number>, headers: Record<string, string> = {}) =>
+      post(`${h.base}/action`, { listener: 'web', group: 0, backend: 1, ...form }, { Cookie: cookie, ...headers });
 
-    expect((await post(`${h.base}/action`, { cmd: 'disable', listener: 'web', group: 0, backend: 1 })).status).toBe(403);
-    expect((await post(`${h.base}/action`, { cmd: 'disable', listener: 'web', group: 0, backend: 1, csrf: csrf + 'x' })).status).toBe(403);
-    const cross = await post(`${h.base}/action`, { cmd: 'disable', listener: 'web', group: 0, backend: 1, csrf }, { Origin: 'http://evil.example' });
-    expect(cross.status).toBe(403);
-    expect((await post(`${h.base}/action`, { cmd: 'kill', listener: 'web', group: 0, backend: 1, csrf })).status).toBe(400);
+    expect((await act({ cmd: 'disable' })).status).toBe(403);
+    expect((await act({ cmd: 'disable', csrf: csrf + 'x' })).status).toBe(403);
+    expect((await act({ cmd: 'disable', csrf }, { Origin: 'http://evil.example' })).status).toBe(403);
+    expect((await act({ cmd: 'kill', csrf })).status).toBe(400);
 
-    const r = await post(`${h.base}/action`, { cmd: 'disable', listener: 'web', group: 0, backend: 1, csrf });
+    const r = await act({ cmd: 'disable', csrf });
     expect([r.status, r.text]).toEqual([200, 'channel 1 disabled\n']);
     expect(h.lb.rt.table.listeners[0]!.groups[0]!.backends[1]!.enabled).toBe(false);
-    const again = await post(`${h.base}/action`, { cmd: 'disable', listener: 'web', group: 0, backend: 1, csrf });
-    const telnet = await ctl(h.lb.rt.control!.port(), 'disable web 0 1');
+    const again = await act({ cmd: 'disable', csrf });
+    const telnet = await ctl(h.lb.rt.control!.port(), 'disable web 0 1', 5000, { auth: true });
     expect(again.text.trimEnd()).toBe(telnet.trimEnd());
     expect(again.text).toBe('channel 1 already disabled\n');
-    const missing = await post(`${h.base}/action`, { cmd: 'enable', listener: 'web', group: 0, backend: 7, csrf });
+    const missing = await act({ cmd: 'enable', backend: 7, csrf });
     expect(missing.status).toBe(400);
-    expect(missing.text.trimEnd()).toBe((await ctl(h.lb.rt.control!.port(), 'enable web 0 7')).trimEnd());
+    expect(missing.text.trimEnd()).toBe((await ctl(h.lb.rt.control!.port(), 'enable web 0 7', 5000, { auth: true })).trimEnd());
     expect((await get(`${h.base}/`)).text).toMatch(/data-k="B web 0 127\.0\.0\.1:\d+\|state" class="st dis"/);
     expect(h.lb.logs.all({ event: 'http-command', command: 'disable web 0 1', ok: 'true' })).toHaveLength(2); // done, then already done
   });

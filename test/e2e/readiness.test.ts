@@ -95,7 +95,7 @@ describe('systemd readiness', () => {
     const lb = start(process.execPath, ['src/cli/main.ts', 'run', config(dir, '127.0.0.1:0', backend.port)], { ...process.env, NOTIFY_SOCKET: path }, 'stderr');
     await receiver.lines.waitForRaw(/^READY=1$/, 10_000);
     // Ready means bound: the start-up line (printed after binding) is there, and both ports accept.
-    const started = /listening on web=127\.0\.0\.1:(\d+); control 127\.0\.0\.1:(\d+)/.exec(lb.lines.text());
+    const started = /listening on web=127\.0\.0\.1:(\d+)(?:; \d+ workers?)?; control 127\.0\.0\.1:(\d+)/.exec(lb.lines.text());
     expect(started, lb.lines.text()).not.toBeNull();
     for (const port of [Number(started![1]), Number(started![2])]) {
       const s = net.connect(port, HOST);

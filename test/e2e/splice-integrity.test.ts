@@ -115,12 +115,11 @@ describe.skipIf(spliceSkipped)(`splice relay: integrity and counters${spliceTitl
 
   it('counters read while a transfer runs lie between what one peer wrote and the other received', async () => {
     const TOTAL = 256 << 20;
-    let atBackend: Receiver | null = null;
-    let backendTx: Sender | null = null;
+    const peer: { rx: Receiver | null; tx: Sender | null } = { rx: null, tx: null };
     const backend = net.createServer({ allowHalfOpen: true }, (s) => {
       s.on('error', () => undefined);
-      atBackend = receive(s);
-      backendTx = send(s, TOTAL / 4, 77);
+      peer.rx = receive(s);
+      peer.tx = send(s, TOTAL / 4, 77);
     });
     backend.listen(0, HOST);
     await once(backend, 'listening');
@@ -139,13 +138,13 @@ describe.skipIf(spliceSkipped)(`splice relay: integrity and counters${spliceTitl
     for (let i = 0; i < 100_000 && relay.ends.length === 0; i++) {
       await new Promise((r) => setImmediate(r));
       const h = relay.handles[0];
-      if (!h || !atBackend || !backendTx) continue;
-      const backendGot = atBackend.bytes;
+      if (!h || !peer.rx || !peer.tx) continue;
+      const backendGot = peer.rx.bytes;
       const clientGot = atClient.bytes;
       const sent = h.sent();
       const rcvd = h.rcvd();
       const clientWrote = tx.written;
-      const backendWrote = (backendTx as Sender).written;
+      const backendWrote = peer.tx.written;
       // The relay reads a byte before its receiver gets it, and after its sender wrote it.
       expect(sent).toBeGreaterThanOrEqual(backendGot);
       expect(sent).toBeLessThanOrEqual(clientWrote);
@@ -158,11 +157,11 @@ describe.skipIf(spliceSkipped)(`splice relay: integrity and counters${spliceTitl
       if (sent > 0 && sent < TOTAL) midway++;
     }
     await relay.waitEnds(1, 15_000);
-    await within(Promise.all([tx.done, atClient.done, atBackend!.done]), 5000, 'peers to finish');
+    await within(Promise.all([tx.done, atClient.done, peer.rx!.done, peer.tx!.done]), 5000, 'peers to finish');
     expect(midway).toBeGreaterThan(3);
     const [end] = relay.ends;
     expect(end!.sent).toBe(TOTAL);
-    expect(end!.sent).toBe(atBackend!.bytes);
+    expect(end!.sent).toBe(peer.rx!.bytes);
     expect(end!.rcvd).toBe(TOTAL / 4);
     expect(end!.rcvd).toBe(atClient.bytes);
     expect(relay.handles[0]!.sent()).toBe(TOTAL);

@@ -410,7 +410,7 @@ export interface CliLb extends Proc {
   controlSocket: string;
 }
 
-const STARTED = /^lb \S+ listening on (.*?)(?:; control (.*))? \(pid \d+\)$/m;
+const STARTED = /^lb \S+ listening on (.*?)(?:; \d+ workers?)?(?:; control (.*))? \(pid \d+\)$/m;
 
 /** Starts `lb ARGS` as a long-running process and resolves once its start-up line is printed. */
 export async function startCliLb(args: readonly string[], opts: { env?: NodeJS.ProcessEnv; ms?: number } = {}): Promise<CliLb> {

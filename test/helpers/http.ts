@@ -48,6 +48,13 @@ export function post(url: string, form: Record<string, string | number>, headers
   return get(url, { method: 'POST', body, headers: { Accept: 'text/plain', ...headers } });
 }
 
+/** Logs in with the control token; returns the session cookie ("lb_session=..."). */
+export async function login(base: string, token: string): Promise<string> {
+  const r = await post(`${base}/login`, { token });
+  if (r.status !== 303) throw new Error(`login failed: ${r.status} ${r.text}`);
+  return r.headers.get('set-cookie')!.split(';', 1)[0]!;
+}
+
 /** The CSRF token in a rendered page, or null when the page has no forms. */
 export function csrfOf(html: string): string | null {
   return /name="csrf" value="([^"]+)"/.exec(html)?.[1] ?? null;

@@ -127,8 +127,8 @@ export class LogCapture {
 // ---------------------------------------------------------------------------------------------------
 // In-process
 
-export async function tableFrom(doc: unknown): Promise<RoutingTable> {
-  const r = await buildTable(doc, { resolve: 'skip' });
+export async function tableFrom(doc: unknown, resolve: 'skip' | 'error' = 'skip'): Promise<RoutingTable> {
+  const r = await buildTable(doc, { resolve });
   if (!r.ok) throw new Error(`config rejected: ${JSON.stringify(r.diagnostics, null, 2)}`);
   return r.table;
 }
@@ -147,8 +147,9 @@ export interface InProcessLb {
 const running = new Set<{ stop(): Promise<void> }>();
 
 /** Starts a Runtime from a config document (names not resolved: use IP literals), logs captured. */
-export async function startLb(doc: unknown): Promise<InProcessLb> {
-  const table = await tableFrom(doc);
+/** `resolve: 'error'` resolves host names as `lb run` does (the default skips it: use IP literals). */
+export async function startLb(doc: unknown, opts: { resolve?: 'skip' | 'error' } = {}): Promise<InProcessLb> {
+  const table = await tableFrom(doc, opts.resolve);
   const logs = new LogCapture();
   const rt = new Runtime(table, { log: createLogger(table.global.logFormat, (line) => logs.push(line)) });
   let stopping: Promise<void> | null = null;
@@ -205,8 +206,8 @@ export interface LbProcess {
   stop(): Promise<void>;
 }
 
-/** `lb 1.0.0 listening on web=127.0.0.1:4000 api=[::]:4001[; control ...] (pid N)` */
-const STARTED = /^lb \S+ listening on (.*?)(?:; control .*)? \(pid (\d+)\)$/;
+/** `lb 1.0.0 listening on web=127.0.0.1:4000 api=[::]:4001; 2 workers[; control ...] (pid N)` */
+const STARTED = /^lb \S+ listening on (.*?)(?:; \d+ workers?)?(?:; control .*)? \(pid (\d+)\)$/;
 
 /** Spawns `node src/cli/main.ts ...args` and resolves once it prints its start-up line. */
 export async function spawnLb(
