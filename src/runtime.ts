@@ -35,6 +35,8 @@ import { createLogger, type Logger } from './log.ts';
 import type { ControlTarget } from './control/commands.ts';
 import { ControlServer } from './control/server.ts';
 import { HealthMonitor } from './health/monitor.ts';
+import { syncHttp, type HttpServer } from './http/server.ts';
+import { httpTargetOf } from './http/target.ts';
 import { backendId, SlotAllocator, type SlotMap } from './shared/slots.ts';
 import { DEFAULT_CAPACITY, SharedState } from './shared/state.ts';
 import { takeSnapshot, type Snapshot } from './stats/snapshot.ts';
@@ -82,6 +84,9 @@ export class Runtime implements ControlTarget {
   table: RoutingTable;
   readonly version = VERSION;
   control: ControlServer | null = null;
+  /** The HTTP face (status page, /metrics), when `[control] http` is set. */
+  http: HttpServer | null = null;
+  private readonly httpTarget = httpTargetOf(this, () => this.stopping !== null);
   /** Set by whoever owns the process (the CLI): the `kill` command asks it to stop. */
   onStopRequest: ((reason: string) => void) | null = null;
   readonly configFile: string | null;
@@ -170,9 +175,13 @@ export class Runtime implements ControlTarget {
         await control.start();
         this.control = control;
       }
+      this.http = await syncHttp(null, this.table.control, this.httpTarget, this.log, { atStart: true });
       this.syncHealth();
     } catch (err) {
       plan.rollback();
+      await this.control?.close();
+      await this.http?.close();
+      this.http = null;
       await this.pool.terminate();
       this.listeners.clear();
       this.control = null;
@@ -292,6 +301,7 @@ export class Runtime implements ControlTarget {
         this.control = control;
         await old?.close();
       } else this.control?.update(after);
+      this.http = await syncHttp(this.http, table.control, this.httpTarget, this.log);
     } catch (err) {
       plan.rollback();
       await control?.close();
@@ -455,6 +465,7 @@ export class Runtime implements ControlTarget {
       await this.pool.closeAll().catch(() => undefined);
       await this.pool.terminate();
       await this.control?.close();
+      await this.http?.close();
     })();
     return this.stopping;
   }

@@ -18,6 +18,7 @@ import {
   WL_NO_BACKEND,
   WL_QUEUE_ABANDONED,
   WL_QUEUE_REJECTED,
+  WL_PROXY_REJECTED,
   WL_QUEUE_TIMEOUTS,
   type SharedState,
 } from '../shared/state.ts';
@@ -334,6 +335,10 @@ export class ListenerState {
   get queueRejected(): number {
     return this.shared.listenerSum(this.slot, 'queueRejected');
   }
+  /** accept_proxy: clients closed without a valid PROXY header within the timeout. */
+  get proxyRejected(): number {
+    return this.shared.listenerSum(this.slot, 'proxyRejected');
+  }
 
   opened(flow: LiveFlow): void {
     this.shared.listenerOpened(this.slot, this.region);
@@ -346,8 +351,13 @@ export class ListenerState {
     }
   }
 
-  count(what: 'noBackend' | 'queueTimeouts' | 'queueAbandoned' | 'queueRejected'): void {
-    const field = what === 'noBackend' ? WL_NO_BACKEND : what === 'queueTimeouts' ? WL_QUEUE_TIMEOUTS : what === 'queueAbandoned' ? WL_QUEUE_ABANDONED : WL_QUEUE_REJECTED;
+  count(what: 'noBackend' | 'queueTimeouts' | 'queueAbandoned' | 'queueRejected' | 'proxyRejected'): void {
+    const field =
+      what === 'noBackend' ? WL_NO_BACKEND
+      : what === 'queueTimeouts' ? WL_QUEUE_TIMEOUTS
+      : what === 'queueAbandoned' ? WL_QUEUE_ABANDONED
+      : what === 'queueRejected' ? WL_QUEUE_REJECTED
+      : WL_PROXY_REJECTED;
     this.shared.addListener(this.region, this.slot, field);
   }
 

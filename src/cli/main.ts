@@ -202,7 +202,7 @@ function balanceTable(
 ): Promise<PipelineResult | null> {
   const cmd = parseBalanceArgs(argv);
   if (withSocket) {
-    // balance's shell reached its instance through a per-port rendezvous; ours is a 0600 Unix socket.
+    // balance's shell reached its instance through a per-port rendezvous; ours is a 0660 Unix socket in a 0700 directory.
     // The control server creates the socket's directory once the whole config is known to be good.
     cmd.doc.control = { socket: balanceSocketPath(cmd.port, cmd.bind), socket_level: 'admin' };
   }
@@ -288,7 +288,8 @@ async function serve(table: RoutingTable, configFile: string | null, out: Report
     ...(c?.listen ? [formatHostPort(c.listen.host ?? '*', runtime.control?.port() ?? c.listen.port)] : []),
     ...(c?.socket ? [c.socket] : []),
   ];
-  const control = controlAt.length ? `; control ${controlAt.join(' ')}` : '';
+  const httpAt = runtime.http?.address();
+  const control = (controlAt.length ? `; control ${controlAt.join(' ')}` : '') + (httpAt ? `; http ${formatHostPort(httpAt.host, httpAt.port)}` : '');
   return new Promise<number>((resolve) => {
     // Handlers first, then the start-up line: a supervisor may signal the moment it sees the line.
     const stop = (signal: string): void => {

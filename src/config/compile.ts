@@ -19,6 +19,7 @@ import type {
   LogLevel,
   PacketDump,
   Policy,
+  ProxyVersion,
   RoutingTable,
 } from './table.ts';
 import { defaultStateFile } from './operator-state.ts';
@@ -186,9 +187,16 @@ class Compiler {
       queue: doc.queue
         ? { max: doc.queue.max ?? 100, timeoutMs: this.duration(doc.queue.timeout ?? '10s', at('queue', 'timeout')) }
         : null,
+      acceptProxy: doc.accept_proxy ? { timeoutMs: this.acceptProxyTimeout(doc, at('accept_proxy_timeout')) } : null,
       // With an unparseable listen address there is no default backend port to check against (null).
       groups: doc.groups.map((g, i) => this.group(g, parsedListen ? listen.port : null, at('groups', i), doc.source)),
     };
+  }
+
+  private acceptProxyTimeout(doc: ListenerDoc, path: PathSegment[]): number {
+    const ms = this.duration(doc.accept_proxy_timeout ?? '3s', path);
+    if (ms === 0) this.error(path, 'accept_proxy_timeout must be more than 0: a client that never sends its header would hold a connection for ever');
+    return ms;
   }
 
   /**
@@ -247,7 +255,13 @@ class Compiler {
     const health = this.health(doc.health, undefined, [...path, 'health']);
     const backends = doc.backends.map((b, i) => this.backend(b, listenPort, [...path, 'backends', i], doc.health, health, source));
     this.checkNames(doc, backends, path);
-    return { policy, health, backends };
+    return {
+      policy,
+      health,
+      backends,
+      sendProxy: (doc.send_proxy as ProxyVersion | undefined) ?? null,
+      checkSendProxy: doc.check_send_proxy ?? null,
+    };
   }
 
   /**
@@ -316,7 +330,15 @@ class Compiler {
     const health = own ? this.health(groupHealth, own, [...path, 'health']) : groupEntry;
     const key = backendKey(host, port);
     const name = typeof doc === 'object' && doc.name !== undefined ? doc.name : key;
-    return { name, host, port, address: host, maxc, weight, enabled, key, health };
+    const entry: BackendEntry = { name, host, port, address: host, maxc, weight, enabled, key, health };
+    if (typeof doc === 'object' && (doc.send_proxy !== undefined || doc.check_send_proxy !== undefined)) {
+      return {
+        ...entry,
+        ...(doc.send_proxy !== undefined ? { sendProxy: doc.send_proxy as ProxyVersion | 'off' } : {}),
+        ...(doc.check_send_proxy !== undefined ? { checkSendProxy: doc.check_send_proxy } : {}),
+      };
+    }
+    return entry;
   }
 
   private checkAddressClashes(listeners: ListenerEntry[], control: ControlEntry | null): void {

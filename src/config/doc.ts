@@ -23,11 +23,15 @@ export interface BackendDoc {
   weight?: number;
   enabled?: boolean;
   health?: HealthDoc;
+  send_proxy?: string;
+  check_send_proxy?: boolean;
 }
 
 export interface GroupDoc {
   policy?: string;
   health?: HealthDoc;
+  send_proxy?: string;
+  check_send_proxy?: boolean;
   backends: (string | BackendDoc)[];
 }
 
@@ -40,6 +44,8 @@ export interface ListenerDoc {
   packet_dump_file?: string;
   connect_timeout?: DurationValue;
   idle_timeout?: DurationValue;
+  accept_proxy?: boolean;
+  accept_proxy_timeout?: DurationValue;
   queue?: { max?: number; timeout?: DurationValue };
   groups: GroupDoc[];
 }

@@ -3,9 +3,10 @@
 // `lb --check` runs exactly these stages; `lb run` runs them and only then binds anything, so a bad
 // config never leaves a half-started process behind (balance bound and daemonised before parsing).
 
-import { Exit } from '../errors.ts';
+import { Code, Exit } from '../errors.ts';
+import { MAX_REPORTED_PROBLEMS } from './limits.ts';
 import { compileConfig } from './compile.ts';
-import { placeDiagnostics, type Diagnostic } from './diagnostics.ts';
+import { diagnostic, placeDiagnostics, type Diagnostic } from './diagnostics.ts';
 import type { ConfigDoc } from './doc.ts';
 import { loadToml, parseToml, type LoadResult } from './load.ts';
 import { formatPath, type Locator, type PathSegment } from './locate.ts';
@@ -31,7 +32,7 @@ export async function buildTable(
   const schemaErrors = validateConfig(doc);
   if (schemaErrors.length) {
     const diagnostics = [...schemaErrors, ...semanticErrorsDespite(doc, schemaErrors)];
-    return { ok: false, exitCode: Exit.CONFIG, diagnostics: placeDiagnostics(diagnostics, locator) };
+    return { ok: false, exitCode: Exit.CONFIG, diagnostics: capped(placeDiagnostics(diagnostics, locator), schemaErrors.omitted ?? 0) };
   }
   const validDoc = doc as ConfigDoc;
   const compiled = compileConfig(validDoc);
@@ -44,9 +45,18 @@ export async function buildTable(
   }
   placeDiagnostics(diagnostics, locator);
   if (!table || diagnostics.some((d) => d.severity === 'error')) {
-    return { ok: false, exitCode: Exit.CONFIG, diagnostics };
+    return { ok: false, exitCode: Exit.CONFIG, diagnostics: capped(diagnostics) };
   }
   return { ok: true, table: deepFreeze(table), doc: validDoc, warnings: diagnostics };
+}
+
+/** The first MAX_REPORTED_PROBLEMS problems (in file order), then one line counting the rest. */
+function capped(diagnostics: Diagnostic[], omitted = 0): Diagnostic[] {
+  if (diagnostics.length <= MAX_REPORTED_PROBLEMS && omitted === 0) return diagnostics;
+  const shown = diagnostics.slice(0, MAX_REPORTED_PROBLEMS);
+  const more = diagnostics.length - shown.length + omitted;
+  // No path and no line: printed as `FILE: N more problems not shown`, after the others.
+  return [...shown, diagnostic(Code.CONFIG_SCHEMA, [], `${more} more problem${more === 1 ? '' : 's'} not shown`)];
 }
 
 /**

@@ -10,6 +10,8 @@ export const POLICIES = ['rr', 'hash', 'leastconn', 'random', 'weighted', 'first
 export type Policy = (typeof POLICIES)[number];
 
 export type PacketDump = 'off' | 'hex' | 'balance';
+/** PROXY protocol versions (src/proxy/proxy-protocol.ts). */
+export type ProxyVersion = 'v1' | 'v2';
 export type LogFormat = 'text' | 'json';
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -57,6 +59,10 @@ export interface BackendEntry {
   readonly key: string;
   /** Active checks for this backend (the group's, with its own overrides), or null. */
   readonly health: HealthEntry | null;
+  /** Own `send_proxy` ("off" overrides the group's); absent: the group's (see sendProxyOf). */
+  readonly sendProxy?: ProxyVersion | 'off';
+  /** Own `check_send_proxy`; absent: the group's, else the default (see checkSendProxyOf). */
+  readonly checkSendProxy?: boolean;
 }
 
 export interface GroupEntry {
@@ -64,6 +70,10 @@ export interface GroupEntry {
   /** The group's checks as configured (what its backends inherit, and what `create` gives a new one). */
   readonly health: HealthEntry | null;
   readonly backends: readonly BackendEntry[];
+  /** PROXY header written to every backend of the group before client bytes; absent/null: none. */
+  readonly sendProxy?: ProxyVersion | null;
+  /** `check_send_proxy` as configured; absent/null: the default (on with send_proxy and no check port). */
+  readonly checkSendProxy?: boolean | null;
 }
 
 export interface ListenerEntry {
@@ -84,6 +94,8 @@ export interface ListenerEntry {
   readonly idleTimeoutMs: number;
   readonly queue: QueueEntry | null;
   readonly groups: readonly GroupEntry[];
+  /** Clients start with a PROXY header, read within `timeoutMs`; absent/null: they do not. */
+  readonly acceptProxy?: { readonly timeoutMs: number } | null;
 }
 
 export interface ControlEntry {
@@ -121,6 +133,23 @@ export interface RoutingTable {
   readonly control: ControlEntry | null;
   readonly defaults: { readonly connectTimeoutMs: number; readonly idleTimeoutMs: number };
   readonly listeners: readonly ListenerEntry[];
+}
+
+/** The PROXY header version a connection to `b` starts with, or null. */
+export function sendProxyOf(g: GroupEntry, b: BackendEntry): ProxyVersion | null {
+  const own = b.sendProxy;
+  if (own !== undefined) return own === 'off' ? null : own;
+  return g.sendProxy ?? null;
+}
+
+/**
+ * The PROXY header version `b`'s health checks start with, or null. Default (HAProxy's): checks carry one
+ * when traffic does and goes to the same port; check_send_proxy without send_proxy means v1.
+ */
+export function checkSendProxyOf(g: GroupEntry, b: BackendEntry): ProxyVersion | null {
+  const traffic = sendProxyOf(g, b);
+  const on = b.checkSendProxy ?? g.checkSendProxy ?? (traffic !== null && (b.health?.port ?? null) === null);
+  return on ? (traffic ?? 'v1') : null;
 }
 
 /** Recursively freezes a plain object graph; returns it typed as read-only. */

@@ -44,6 +44,8 @@ export function tableToDoc(table: RoutingTable): ConfigDoc {
       groups: l.groups.map((g) => ({
         policy: g.policy,
         ...(g.health ? { health: healthDoc(g.health) } : {}),
+        ...(g.sendProxy ? { send_proxy: g.sendProxy } : {}),
+        ...(typeof g.checkSendProxy === 'boolean' ? { check_send_proxy: g.checkSendProxy } : {}),
         backends: g.backends.map((b) => backendDoc(b, g.health)),
       })),
     };
@@ -55,6 +57,10 @@ export function tableToDoc(table: RoutingTable): ConfigDoc {
     if (l.packetDumpFile) ld.packet_dump_file = l.packetDumpFile;
     if (l.connectTimeoutMs !== table.defaults.connectTimeoutMs) ld.connect_timeout = formatDuration(l.connectTimeoutMs);
     if (l.idleTimeoutMs !== table.defaults.idleTimeoutMs) ld.idle_timeout = formatDuration(l.idleTimeoutMs);
+    if (l.acceptProxy) {
+      ld.accept_proxy = true;
+      ld.accept_proxy_timeout = formatDuration(l.acceptProxy.timeoutMs);
+    }
     doc.listeners[l.name] = ld;
   }
   return doc;
@@ -75,12 +81,15 @@ function healthDoc(h: HealthEntry): HealthDoc {
 function backendDoc(b: BackendEntry, groupHealth: HealthEntry | null): string | BackendDoc {
   const ownHealth = b.health !== groupHealth;
   const named = b.name !== b.key;
-  if (b.weight === 1 && b.enabled && !ownHealth && !named) return `${formatHostPort(b.host, b.port)}${b.maxc ? `:${b.maxc}` : ''}`;
+  const ownProxy = b.sendProxy !== undefined || b.checkSendProxy !== undefined;
+  if (b.weight === 1 && b.enabled && !ownHealth && !named && !ownProxy) return `${formatHostPort(b.host, b.port)}${b.maxc ? `:${b.maxc}` : ''}`;
   const doc: BackendDoc = {
     ...(named ? { name: b.name } : {}),
     host: b.host, port: b.port, maxc: b.maxc, weight: b.weight, enabled: b.enabled,
   };
   if (ownHealth) doc.health = b.health ? healthDoc(b.health) : { enabled: false };
+  if (b.sendProxy !== undefined) doc.send_proxy = b.sendProxy;
+  if (b.checkSendProxy !== undefined) doc.check_send_proxy = b.checkSendProxy;
   return doc;
 }
 
@@ -115,6 +124,8 @@ export function docToToml(doc: ConfigDoc, header = ''): string {
       out += `[[listeners.${key(name)}.groups]]\n`;
       if (g.policy) out += `policy = ${value(g.policy)}\n`;
       if (g.health) out += `health = ${value(g.health)}\n`;
+      if (g.send_proxy) out += `send_proxy = ${value(g.send_proxy)}\n`;
+      if (g.check_send_proxy !== undefined) out += `check_send_proxy = ${value(g.check_send_proxy)}\n`;
       out += `backends = [\n${g.backends.map((b) => `  ${value(b)},\n`).join('')}]\n\n`;
     }
   }

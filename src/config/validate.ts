@@ -12,10 +12,13 @@ export { schema };
 const ajv = new Ajv({ allErrors: true, useDefaults: true, verbose: true, strict: true, allowUnionTypes: true });
 const validateFn = ajv.compile(schema);
 
-/** Validates in place (ajv writes the defaults into `data`) and returns every problem found. */
-export function validateConfig(data: unknown): Diagnostic[] {
+/**
+ * Validates in place (ajv writes the defaults into `data`) and returns the problems found: at most
+ * MAX_REPORTED_PROBLEMS, with `omitted` counting the rest.
+ */
+export function validateConfig(data: unknown): Diagnostic[] & { omitted?: number } {
   if (validateFn(data)) return [];
-  const out: Diagnostic[] = [];
+  const out: Diagnostic[] & { omitted?: number } = [];
   const errors = validateFn.errors ?? [];
   let shown = 0;
   for (; shown < errors.length && out.length < MAX_REPORTED_PROBLEMS; shown++) {
@@ -23,7 +26,7 @@ export function validateConfig(data: unknown): Diagnostic[] {
     if (d) out.push(d);
   }
   const more = errors.slice(shown).filter((e) => e.keyword !== 'if').length;
-  if (more > 0) out.push(diagnostic(Code.CONFIG_SCHEMA, [], `${more} more problem${more === 1 ? '' : 's'} not shown`));
+  if (more > 0) out.omitted = more;
   return out;
 }
 

@@ -139,6 +139,11 @@ export class HttpServer {
     this.sampler.unref();
   }
 
+  /** Live pages connected now (open /events streams). */
+  get liveStreams(): number {
+    return this.streams.size;
+  }
+
   /** Where it is bound (port 0 in the config means any free port). */
   address(): { host: string; port: number } | null {
     const a = this.server?.address();
@@ -266,7 +271,7 @@ export class HttpServer {
       this.log.log('warn', 'http-auth-failed', { code: Code.CONTROL_DENIED, peer });
       return this.later(res, () => this.text(res, 401, `error: wrong token [${Code.CONTROL_DENIED}]`, { 'WWW-Authenticate': 'Bearer realm="lb"' }));
     }
-    const route = ROUTES[path];
+    const route = Object.hasOwn(ROUTES, path) ? ROUTES[path] : undefined; // not "/constructor" from the prototype
     if (!route) return this.text(res, 404, `error: no such page: ${path.slice(0, 200)}`);
     const allowed = route === 'post' ? method === 'POST' : route === 'get' ? read : read || method === 'POST';
     if (!allowed) {

@@ -88,10 +88,27 @@ const PIPE_BYTES = 256 * 1024;
 /** Empty pipes kept per thread for reuse; more are closed when they empty. */
 const POOL_MAX = 64;
 
-let loaded: { addon: Addon } | { reason: string } | null = null;
-/** Live handles by the addon's slot (slots are reused once an end has been delivered). */
-const bySlot: (Handle | undefined)[] = [];
-const slabs: Float64Array[] = [];
+/** The addon of this thread, once initialised. */
+interface Loaded {
+  readonly addon: Addon;
+  /** Live handles by the addon's slot (slots are reused once an end has been delivered). */
+  readonly bySlot: (Ending | undefined)[];
+  /** Counter slabs, fetched from the addon once each. */
+  readonly slabs: Float64Array[];
+}
+
+/** What the end dispatcher needs of a handle (possibly made by another copy of this module). */
+interface Ending {
+  finish(result: SpliceResult): void;
+  readonly onEnd: (result: SpliceResult) => void;
+}
+
+// The addon keeps one instance per thread and is initialised once: should this module be evaluated
+// twice in one thread (a test runner's module isolation, a second bundle), both copies share it.
+const SHARED = Symbol.for('lb.splice');
+type WithShared = typeof globalThis & { [SHARED]?: Loaded };
+
+let loaded: Loaded | { reason: string } | null = null;
 
 function envInt(name: string, fallback: number): number {
   const v = process.env[name];
@@ -100,9 +117,11 @@ function envInt(name: string, fallback: number): number {
   return Number.isInteger(n) && n >= 0 ? n : fallback;
 }
 
-function load(): { addon: Addon } | { reason: string } {
+function load(): Loaded | { reason: string } {
   if (process.env['LB_SPLICE'] === 'off') return { reason: 'turned off (LB_SPLICE=off)' };
   if (process.platform !== 'linux') return { reason: `splice(2) is Linux only (${process.platform})` };
+  const g = globalThis as WithShared;
+  if (g[SHARED]) return g[SHARED];
   const path = fileURLToPath(addonPath());
   const mod: { exports: Partial<Addon> } = { exports: {} };
   try {
@@ -116,13 +135,19 @@ function load(): { addon: Addon } | { reason: string } {
   const addon = mod.exports as Addon;
   const refused = addon.probe();
   if (refused !== null) return { reason: `the kernel refuses splice: ${refused}` };
-  addon.init(onEnd, envInt('LB_SPLICE_PIPE_BYTES', PIPE_BYTES), envInt('LB_SPLICE_POOL_MAX', POOL_MAX));
-  return { addon };
+  const shared: Loaded = { addon, bySlot: [], slabs: [] };
+  addon.init(
+    (slot, sent, rcvd, end, errno) => onEnd(shared, slot, sent, rcvd, end, errno),
+    envInt('LB_SPLICE_PIPE_BYTES', PIPE_BYTES),
+    envInt('LB_SPLICE_POOL_MAX', POOL_MAX),
+  );
+  g[SHARED] = shared;
+  return shared;
 }
 
-function addonOrNull(): Addon | null {
+function loadedOrNull(): Loaded | null {
   loaded ??= load();
-  return 'addon' in loaded ? loaded.addon : null;
+  return 'addon' in loaded ? loaded : null;
 }
 
 /** Whether this thread can splice, and if not why (said once at start by the caller). */
@@ -133,7 +158,7 @@ export function spliceAvailable(): SpliceAvailability {
 
 /** Pipe pool and connection figures of this thread's relay, or null without the addon. */
 export function spliceStats(): SpliceStats | null {
-  return addonOrNull()?.stats() ?? null;
+  return loadedOrNull()?.addon.stats() ?? null;
 }
 
 let errnoNames: Map<number, string> | null = null;
@@ -144,14 +169,16 @@ function errnoName(n: number): string | null {
   return errnoNames.get(n) ?? `errno ${n}`;
 }
 
-class Handle implements SpliceHandle {
+class Handle implements SpliceHandle, Ending {
   readonly slot: number;
+  private readonly addon: Addon;
   private readonly counts: Float64Array;
   private readonly at: number;
   private final: SpliceResult | null = null;
   readonly onEnd: (result: SpliceResult) => void;
 
-  constructor(slot: number, counts: Float64Array, at: number, onEnd: (result: SpliceResult) => void) {
+  constructor(addon: Addon, slot: number, counts: Float64Array, at: number, onEnd: (result: SpliceResult) => void) {
+    this.addon = addon;
     this.slot = slot;
     this.counts = counts;
     this.at = at;
@@ -171,7 +198,7 @@ class Handle implements SpliceHandle {
   }
 
   abort(): void {
-    if (this.final === null) addonOrNull()!.abort(this.slot);
+    if (this.final === null) this.addon.abort(this.slot);
   }
 
   finish(result: SpliceResult): void {
@@ -179,10 +206,10 @@ class Handle implements SpliceHandle {
   }
 }
 
-function onEnd(slot: number, sent: number, rcvd: number, end: number, errno: number): void {
-  const h = bySlot[slot];
+function onEnd(shared: Loaded, slot: number, sent: number, rcvd: number, end: number, errno: number): void {
+  const h = shared.bySlot[slot];
   if (h === undefined) return;
-  bySlot[slot] = undefined;
+  shared.bySlot[slot] = undefined;
   const result: SpliceResult = { sent, rcvd, end: END_NAMES[end] ?? 'error', errno: errnoName(errno) };
   h.finish(result);
   try {
@@ -216,12 +243,13 @@ export function handOverRefusal(socket: Socket): string | null {
  * LB_SPLICE_HANDOVER with the sockets untouched, so that the caller can run the JS relay instead.
  */
 export function spliceRelay(client: Socket, backend: Socket, opts: SpliceOptions, onEnd: (result: SpliceResult) => void): SpliceHandle {
-  const addon = addonOrNull();
-  if (addon === null) throw new LbError(Code.SPLICE_UNAVAILABLE, `splice relay unavailable: ${(loaded as { reason: string }).reason}`);
+  const shared = loadedOrNull();
+  if (shared === null) throw new LbError(Code.SPLICE_UNAVAILABLE, `splice relay unavailable: ${(loaded as { reason: string }).reason}`);
   for (const [name, socket] of [['client', client], ['backend', backend]] as const) {
     const why = handOverRefusal(socket);
     if (why !== null) throw new LbError(Code.SPLICE_HANDOVER, `cannot splice the ${name} socket: ${why}`);
   }
+  const addon = shared.addon;
   const fd = (s: Socket): number => (s as unknown as { _handle: Required<HandleFd> })._handle.fd;
   let slot: number;
   try {
@@ -230,9 +258,9 @@ export function spliceRelay(client: Socket, backend: Socket, opts: SpliceOptions
     throw new LbError(Code.SPLICE_HANDOVER, `cannot splice: ${(err as Error).message}`);
   }
   const slab = Math.floor(slot / addon.slabSlots);
-  const counts = (slabs[slab] ??= addon.counters(slab));
-  const h = new Handle(slot, counts, (slot % addon.slabSlots) * 2, onEnd);
-  bySlot[slot] = h;
+  const counts = (shared.slabs[slab] ??= addon.counters(slab));
+  const h = new Handle(addon, slot, counts, (slot % addon.slabSlots) * 2, onEnd);
+  shared.bySlot[slot] = h;
   // The addon holds duplicates now: closing the JS side's descriptors leaves the connections open.
   client.destroy();
   backend.destroy();

@@ -77,7 +77,8 @@ export const WL_QUEUE_ABANDONED = 7;
 export const WL_QUEUE_REJECTED = 8;
 const WL_HELD = 9; // this worker's open clients
 const WL_QUEUED = 10; // this worker's waiting clients
-const WL_F64 = 11;
+export const WL_PROXY_REJECTED = 11; // accept_proxy: closed without a valid PROXY header in time
+const WL_F64 = 12;
 
 /** Ticket value meaning "this worker has no waiter that any backend would do for". */
 export const NO_TICKET = 0x7fffffff;
@@ -493,7 +494,7 @@ export class SharedState {
     return Atomics.load(this.li, l * L_I32 + L_MAX);
   }
 
-  listenerSum(l: number, field: 'total' | 'noBackend' | 'sent' | 'rcvd' | 'queueTimeouts' | 'queueAbandoned' | 'queueRejected'): number {
+  listenerSum(l: number, field: 'total' | 'noBackend' | 'sent' | 'rcvd' | 'queueTimeouts' | 'queueAbandoned' | 'queueRejected' | 'proxyRejected'): number {
     let n = 0;
     for (let r = 0; r < this.capacity.regions; r++) {
       const o = this.wlIndex(r, l);
@@ -505,6 +506,7 @@ export class SharedState {
         case 'queueTimeouts': n += this.wl[o + WL_QUEUE_TIMEOUTS]!; break;
         case 'queueAbandoned': n += this.wl[o + WL_QUEUE_ABANDONED]!; break;
         case 'queueRejected': n += this.wl[o + WL_QUEUE_REJECTED]!; break;
+        case 'proxyRejected': n += this.wl[o + WL_PROXY_REJECTED]!; break;
       }
     }
     return n;

@@ -30,7 +30,8 @@ export function renderShow(snap: Snapshot, only?: string): string {
     .map((l) => {
       const q = l.queue;
       const queue = q ? `  queue ${q.cur}/${q.limit} (max ${q.max}, timeouts ${q.timeouts}, left ${q.abandoned}, full ${q.rejected})` : '';
-      const head = `listener ${l.name} ${l.address}  current ${l.cur}  total ${l.total}  no-backend ${l.noBackend}${queue}`;
+      const proxy = l.proxyRejected !== null ? `  proxy-rejected ${l.proxyRejected}` : '';
+      const head = `listener ${l.name} ${l.address}  current ${l.cur}  total ${l.total}  no-backend ${l.noBackend}${proxy}${queue}`;
       const rows = l.groups.flatMap((g) => g.backends.map((b) => showRow(g, b)));
       return [head, SHOW_HEADER, ...rows].join('\n');
     });
@@ -63,7 +64,7 @@ const HAPROXY_COLUMNS = [
   'downtime', 'qlimit', 'pid', 'iid', 'sid', 'throttle', 'lbtot', 'tracked', 'type', 'rate', 'rate_lim',
   'rate_max', 'check_status', 'check_code', 'check_duration',
 ] as const;
-const LB_COLUMNS = ['addr', 'algo', 'check_rise', 'check_fall', 'lb_listener', 'lb_group', 'lb_backend', 'lb_state', 'lb_qtimeouts'] as const;
+const LB_COLUMNS = ['addr', 'algo', 'check_rise', 'check_fall', 'lb_listener', 'lb_group', 'lb_backend', 'lb_state', 'lb_qtimeouts', 'lb_proxy_rejected'] as const;
 type Column = (typeof HAPROXY_COLUMNS)[number] | (typeof LB_COLUMNS)[number];
 type Row = Partial<Record<Column, string | number>>;
 
@@ -87,6 +88,7 @@ export function renderStatCsv(snap: Snapshot): string {
       pid: snap.pid, iid: li + 1, sid: 0, type: 0, addr: l.address, lb_listener: l.name,
       // lb queues per listener, so the queue columns are on the FRONTEND row.
       ...(l.queue ? { qcur: l.queue.cur, qmax: l.queue.max, qlimit: l.queue.limit, lb_qtimeouts: l.queue.timeouts } : {}),
+      ...(l.proxyRejected !== null ? { lb_proxy_rejected: l.proxyRejected } : {}),
     });
     for (const g of l.groups) {
       const px = `${l.name}/${g.index}`;

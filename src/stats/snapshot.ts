@@ -53,6 +53,8 @@ export interface ListenerSnap extends TrafficSnap {
   address: string;
   noBackend: number;
   queue: QueueSnap | null;
+  /** accept_proxy listeners: clients closed without a valid PROXY header in time; null when off. */
+  proxyRejected: number | null;
   groups: GroupSnap[];
 }
 
@@ -114,6 +116,7 @@ export function takeSnapshot(src: SnapshotSource, version: string, now = Date.no
       name: entry.name,
       address,
       noBackend: state.noBackend,
+      proxyRejected: entry.acceptProxy ? state.proxyRejected : null,
       queue: entry.queue
         ? {
             cur: state.queued,

@@ -131,11 +131,11 @@ describe("balance's shell forms against a balance command-line instance", () => 
     return { lbp, port, env, a, b };
   }
 
-  it('lb PORT A B serves a 0600 socket under $XDG_RUNTIME_DIR/lb; lb -c "CMD" PORT and lb -c CMD ARGS PORT reach it', async () => {
+  it('lb PORT A B serves a 0660 socket (in a 0700 directory) under $XDG_RUNTIME_DIR/lb; lb -c "CMD" PORT and lb -c CMD ARGS PORT reach it', async () => {
     const { lbp, port, env } = await balanceInstance();
     const sock = path.join(env.XDG_RUNTIME_DIR!, 'lb', `lb.${port}.sock`);
     expect(lbp.controlSocket).toBe(sock);
-    expect((lstatSync(sock).mode & 0o777).toString(8)).toBe('600');
+    expect((lstatSync(sock).mode & 0o777).toString(8)).toBe('660');
     expect((lstatSync(path.dirname(sock)).mode & 0o777).toString(8)).toBe('700');
     const p = String(port);
     const [show, mrtgQuoted, mrtgWords, version, nobody] = await Promise.all([

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MetricsExporter } from '../../src/http/metrics.ts';
+import { httpConfigOf } from '../../src/http/server.ts';
 import { renderStatCsv } from '../../src/stats/render.ts';
 import { connectClient, echoServer, sinkServer, until, within } from '../helpers/backends.ts';
 import { adminControl, ctl, hasTool, TEST_TOKEN } from '../helpers/control.ts';
@@ -83,7 +84,7 @@ describe('reads', () => {
 
     expect((await get(`${h.base}/healthz`)).status).toBe(200);
     expect((await get(`${h.base}/page.js`)).headers.get('content-type')).toBe('text/javascript; charset=utf-8');
-    expect((await get(`${h.base}/nope`)).status).toBe(404);
+    for (const p of ['/nope', '/constructor', '/__proto__', '/toString', '/stats.json/']) expect((await get(`${h.base}${p}`)).status, p).toBe(404);
     expect((await get(`${h.base}/stats.json`, { method: 'POST' })).status).toBe(405);
     expect((await get(`${h.base}/stats.json`, { method: 'HEAD' })).status).toBe(200);
   });
@@ -95,6 +96,45 @@ describe('reads', () => {
     h.draining = true;
     const r = await get(`${h.base}/healthz`);
     expect([r.status, r.text]).toEqual([503, 'draining\n']);
+  });
+});
+
+describe('live page feed and reloads', () => {
+  it('streams an init event then a tick a second on /events, and holds at most maxStreams of them', async () => {
+    const a = await echoServer('a');
+    const h = await startHttpLb(doc([a.port]), { maxStreams: 2, sampleMs: 100 });
+    const aborts = [new AbortController(), new AbortController()];
+    const streams = await Promise.all(aborts.map((c) => fetch(`${h.base}/events`, { signal: c.signal })));
+    try {
+      expect(streams[0]!.headers.get('content-type')).toBe('text/event-stream');
+      const reader = streams[0]!.body!.getReader();
+      let text = '';
+      for (let i = 0; i < 50 && !text.includes('event: tick'); i++) text += new TextDecoder().decode((await within(reader.read(), 3000, 'an event')).value);
+      expect(text).toMatch(/^retry: 2000\nevent: init\ndata: \{"shape":/);
+      expect(text).toContain('\n\nevent: tick\ndata: {"shape":');
+      const full = await get(`${h.base}/events`);
+      expect([full.status, full.text]).toEqual([503, 'error: too many live pages open (2)\n']);
+    } finally {
+      for (const c of aborts) c.abort();
+    }
+    const again = new AbortController();
+    await until(() => h.http.liveStreams === 0, 3000, 'the aborted streams to be let go');
+    const r = await fetch(`${h.base}/events`, { signal: again.signal });
+    expect(r.status).toBe(200);
+    again.abort();
+  });
+
+  it('applies a reload: a new allow list at once, a new address by rebinding', async () => {
+    const a = await echoServer('a');
+    const h = await startHttpLb(doc([a.port]));
+    const cfg = httpConfigOf(h.lb.rt.table.control)!;
+    await h.http.update({ ...cfg, allow: ['10.0.0.0/8'] });
+    expect((await get(`${h.base}/healthz`)).status).toBe(403);
+    await h.http.update({ ...cfg, listen: { host: '127.0.0.2', port: 0 } });
+    const moved = h.http.address()!;
+    expect(moved.host).toBe('127.0.0.2');
+    expect((await get(`http://127.0.0.2:${moved.port}/healthz`)).text).toBe('ok\n');
+    await expect(get(`${h.base}/healthz`, { ms: 2000 })).rejects.toThrow(); // the old address is closed
   });
 });
 

@@ -115,7 +115,11 @@ it('Prometheus scraping /metrics during traffic computes rate() of bytes and con
   // Wait for a scrape that saw all of it, then evaluate at that very scrape's timestamp: with the first
   // sample at 0 and the last one at the evaluation time, rate() extrapolates nothing, so rate × range is
   // exactly the increase.
+  // lb publishes relayed bytes to its shared counters a moment after relaying them: wait for the final numbers.
+  const total = counted.reduce((n, c) => n + c.bytesIn, 0);
   await waitFor(prom, 'lb_listener_connections_total{job="lb"}', (r) => r[0]?.value[1] === String(clients), 10_000);
+  await waitFor(prom, 'lb_listener_bytes_sent_total{job="lb"}', (r) => r[0]?.value[1] === String(total), 10_000);
+  await waitFor(prom, 'lb_listener_bytes_received_total{job="lb"}', (r) => r[0]?.value[1] === String(clients * reply.length), 10_000);
   const t = Number((await prom.query('timestamp(lb_listener_connections_total{job="lb"})'))[0]!.value[1]);
   const range = 120; // wider than the whole run: the first (zero) sample is inside it
   const rateOf = async (name: string): Promise<Map<string, number>> => {
@@ -131,7 +135,7 @@ it('Prometheus scraping /metrics during traffic computes rate() of bytes and con
     expect(conns.get(c.backend)).toBeCloseTo(c.conns, 6);
   }
   const listenerBytes = await rateOf('lb_listener_bytes_sent_total');
-  expect(listenerBytes.get('web')).toBeCloseTo(counted.reduce((n, c) => n + c.bytesIn, 0), 6);
+  expect(listenerBytes.get('web')).toBeCloseTo(total, 6);
   const listenerConns = await rateOf('lb_listener_connections_total');
   expect(listenerConns.get('web')).toBeCloseTo(clients, 6);
   // And the per-second view a dashboard draws: the mean rate over the traffic is the total over its span.

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfigFile } from '../../src/config/pipeline.ts';
 import { backendOf, connectClient, refusedPort, until, type TestClient } from '../helpers/backends.ts';
-import { ctl, lbCli } from '../helpers/control.ts';
+import { adminControl, ctl, lbCli, testTokenFile } from '../helpers/control.ts';
 import { closeHealthServers, namedEcho, showLine, showLines } from '../helpers/health.ts';
 import { at, cleanup, startLb, type InProcessLb } from '../helpers/lb.ts';
 
@@ -37,7 +37,7 @@ interface Pool {
 function doc(groups: Record<string, unknown>[], listener: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     global: { access_log: true },
-    control: { listen: '127.0.0.1:0', admin: true },
+    control: adminControl(),
     listeners: { web: { listen: '127.0.0.1:0', connect_timeout: '1s', ...listener, groups } },
   };
 }
@@ -46,7 +46,8 @@ async function pool(d: Record<string, unknown>): Promise<Pool> {
   const lb = await startLb(d);
   const cp = lb.rt.control?.port() ?? 0;
   expect(cp).toBeGreaterThan(0);
-  const cmd = (line: string): Promise<string> => ctl(cp, line);
+  const token = (d.control as { token_file?: string } | undefined)?.token_file !== undefined;
+  const cmd = (line: string): Promise<string> => ctl(cp, line, 5000, { auth: token });
   return { lb, cp, cmd, show: () => cmd('show web') };
 }
 
@@ -271,7 +272,7 @@ describe('save', () => {
   it('writes the running table (after create + enable) atomically, keeps FILE.bak, and lb --check accepts it', async () => {
     const [a, b] = await Promise.all(['a', 'b'].map((n) => namedEcho(n)));
     const file = path.join(dir, 'lb.toml');
-    const original = `# hand-written\n[control]\nlisten = "127.0.0.1:0"\nadmin = true\n\n[listeners.web]\nlisten = "127.0.0.1:0"\n\n[[listeners.web.groups]]\nbackends = ["127.0.0.1:${a!.port}"]\n`;
+    const original = `# hand-written\n[control]\nlisten = "127.0.0.1:0"\nlevel = "admin"\ntoken_file = ${JSON.stringify(testTokenFile())}\n\n[listeners.web]\nlisten = "127.0.0.1:0"\n\n[[listeners.web.groups]]\nbackends = ["127.0.0.1:${a!.port}"]\n`;
     writeFileSync(file, original);
     const loaded = await loadConfigFile(file, { resolve: 'skip' });
     if (!loaded.ok) throw new Error(JSON.stringify(loaded.diagnostics));

@@ -25,9 +25,12 @@ export function regionsOf(conns: readonly LogLine[], workers = 2): Set<number> {
 }
 
 export interface CountingBackend extends Backend {
-  /** Connections open right now as the backend counts them: +1 on accept, -1 at lb's FIN or the close. */
+  /**
+   * Connections it is serving right now, as the backend counts them: from the first byte a client sent
+   * until lb's FIN or the close.
+   */
   open: number;
-  /** The most it ever had open at once. */
+  /** The most it ever served at once. */
   most: number;
   /** Bytes it received, and wrote over the connections that have closed. */
   bytesIn: number;
@@ -35,9 +38,12 @@ export interface CountingBackend extends Backend {
 }
 
 /**
- * A backend that counts its own concurrent connections. A connection stops counting at the first of
- * lb's FIN or its close: lb sends its FIN before it gives the slot back, so a connection accepted for
- * the freed slot can never be counted while the one it replaced still is.
+ * A backend that counts the connections it serves at once. A connection counts from its first byte, not
+ * from the accept: lb may drop a connect it no longer needs (its client left), and the kernel then
+ * still completes the handshake, so such a connection can sit in the accept queue beside the one that
+ * took its slot, and one accept loop takes both; it never carries a byte. A connection stops counting
+ * at lb's FIN (or the close): lb sends its FIN before it gives the slot back, so a connection served in
+ * the freed slot is never counted while the one it replaced still is.
  */
 export async function countingBackend(name: string, onSocket: (s: Socket, b: CountingBackend) => void, port = 0): Promise<CountingBackend> {
   let self: CountingBackend | null = null;
@@ -45,20 +51,21 @@ export async function countingBackend(name: string, onSocket: (s: Socket, b: Cou
     name,
     (s) => {
       const me = self!;
-      me.open++;
-      if (me.open > me.most) me.most = me.open;
-      let counted = true;
+      let state: 'idle' | 'serving' | 'ended' = 'idle';
       const done = (): void => {
-        if (!counted) return;
-        counted = false;
-        me.open--;
+        if (state === 'serving') me.open--;
+        state = 'ended';
       };
-      s.on('end', done);
-      s.on('close', done);
       s.on('data', (c: Buffer) => {
         me.bytesIn += c.length;
+        if (state !== 'idle') return;
+        state = 'serving';
+        me.open++;
+        if (me.open > me.most) me.most = me.open;
       });
+      s.on('end', done);
       s.on('close', () => {
+        done();
         me.bytesOut += s.bytesWritten;
       });
       onSocket(s, me);
