@@ -43,6 +43,8 @@ export const Code = {
   BIND: 'LB_BIND',
   NO_BACKEND: 'LB_NO_BACKEND',
   CONNECT_FAILED: 'LB_CONNECT_FAILED',
+  /** accept_proxy: a client sent no valid PROXY header within the timeout (malformed, truncated, too slow). */
+  PROXY_HEADER: 'LB_PROXY_HEADER',
   CONTROL_UNKNOWN_COMMAND: 'LB_CONTROL_UNKNOWN_COMMAND',
   CONTROL_BAD_ARGS: 'LB_CONTROL_BAD_ARGS',
   CONTROL_NOT_ADMIN: 'LB_CONTROL_NOT_ADMIN',

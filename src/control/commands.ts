@@ -25,6 +25,8 @@ export interface ControlTarget {
   /** Swaps in an edited table; `carry` moves a backend's counters to its new slot (assign). */
   applyEdit(table: RoutingTable, carry?: { ref: BackendRef; state: BackendState }): Promise<void>;
   resolveHost(host: string): Promise<string>;
+  /** SIGHUP's reload: the file again, all or nothing. */
+  reload(): Promise<{ ok: boolean; diagnostics: readonly { message: string }[]; error?: string }>;
   /** Runtime state changed without a table change (enable, drain): queued clients may get a slot. */
   stateChanged(): void;
   requestStop(reason: string): void;
@@ -373,6 +375,17 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
     },
   },
   quit: { usage: 'quit', help: 'close this session', level: 'read', run: () => ({ text: '', close: true }) },
+  reload: {
+    usage: 'reload',
+    help: 're-read the config file (like SIGHUP); a broken file changes nothing',
+    level: 'admin',
+    async run(t) {
+      const r = await t.reload();
+      if (r.ok) return 'reloaded';
+      const why = r.error ?? r.diagnostics.map((d) => d.message).join('; ');
+      throw new CommandError(`reload failed, the running configuration is unchanged: ${why}`, Code.RELOAD_FAILED);
+    },
+  },
   kill: {
     usage: 'kill',
     help: 'stop lb gracefully (like SIGTERM: drain, then exit)',

@@ -17,7 +17,7 @@ import type { TelnetSocket } from 'telnetlib';
 import type { ControlEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import { Code, Exit, LbError } from '../errors.ts';
-import type { Logger } from '../log.ts';
+import { controlCommandEvent, levelEnabled, type Logger } from '../log.ts';
 import { AUTH_MAX_FAILURES, AuthThrottle, readToken, sessionLevel, tokenMatches } from './access.ts';
 import { COMMANDS, execute, type ControlTarget, type Reply, type Session } from './commands.ts';
 import { createLineServer, LineConnection, MAX_LINE, OVERLONG, type Line } from './telnet.ts';
@@ -330,6 +330,9 @@ class ControlSession {
    * must not become a flood of log lines (the journal, and whoever reads it, would pay for it).
    */
   private logCommand(command: string, reply: Reply): void {
+    const name = command.split(/\s+/, 1)[0]!.toLowerCase();
+    const e = controlCommandEvent(this.peer, name === 'auth' ? 'auth' : command, reply, COMMANDS[name]?.level === 'read');
+    if (!levelEnabled(this.host.log.level, e.level)) return; // reads at debug: not written, not counted
     const now = Date.now();
     if (now - this.logWindow >= 1000) {
       this.flushSuppressed();
@@ -341,7 +344,7 @@ class ControlSession {
       return;
     }
     this.logged++;
-    this.host.log.log('info', 'control', { peer: this.peer, command, ok: !reply.error, ...(reply.error ? { error: reply.error } : {}) });
+    this.host.log.log(e.level, e.event, e.fields);
   }
 
   private flushSuppressed(): void {

@@ -7,7 +7,8 @@
 import net, { type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { BackendState } from '../balance/state.ts';
-import type { BackendEntry, HealthEntry, ListenerEntry } from '../config/table.ts';
+import { checkSendProxyOf, type BackendEntry, type HealthEntry, type ListenerEntry, type ProxyVersion } from '../config/table.ts';
+import { encodeProxyHeader } from '../proxy/proxy-protocol.ts';
 import type { Logger } from '../log.ts';
 import type { CheckResult, CheckStatus } from './state.ts';
 
@@ -112,25 +113,32 @@ export class HealthMonitor {
     c.timer = setTimeout(() => {
       c.timer = null;
       const started = performance.now();
+      const group = c.listener.groups[c.group];
+      const proxy = group ? checkSendProxyOf(group, c.entry) : null;
       runCheck(c.entry, c.entry.health!, c.listener.source, (socket) => (c.socket = socket), (result) => {
         c.socket = null;
         if (this.checked.get(c.state) !== c) return; // stopped meanwhile
         if (applyCheck(this.log, c.listener.name, c.group, c.entry, c.state, result, 'check')) this.changed();
         const h = c.entry.health;
         if (h) this.schedule(c, Math.max(0, h.intervalMs - (performance.now() - started)));
-      });
+      }, proxy);
     }, delayMs);
     c.timer.unref();
   }
 }
 
-/** One check: connect, optionally send, optionally wait for the expected reply; always ends in `done`. */
+/**
+ * One check: connect, optionally send, optionally wait for the expected reply; always ends in `done`.
+ * With `proxy` (check_send_proxy) a PROXY header goes first: v1 carries the check connection's own
+ * addresses (the spec's advice for checks), v2 is a LOCAL header (the receiver keeps the real ones).
+ */
 export function runCheck(
   entry: BackendEntry,
   h: HealthEntry,
   source: string | null,
   started: (socket: Socket) => void,
   done: (result: CheckResult) => void,
+  proxy: ProxyVersion | null = null,
 ): void {
   const t0 = performance.now();
   const expect = h.expect;
@@ -152,9 +160,14 @@ export function runCheck(
   const timer = setTimeout(() => finish(false, connected ? 'L7TOUT' : 'L4TOUT', 'timeout'), h.timeoutMs);
   socket.on('connect', () => {
     connected = true;
+    if (proxy !== null) {
+      const own = { srcAddr: socket.localAddress ?? '', srcPort: socket.localPort ?? 0, dstAddr: socket.remoteAddress ?? '', dstPort: socket.remotePort ?? 0 };
+      socket.write(encodeProxyHeader(proxy, proxy === 'v1' ? own : null));
+    }
     if (h.send !== null) socket.write(h.send);
     if (!expect) {
-      if (h.send === null) finish(true, 'L4OK');
+      if (h.send === null && proxy === null) finish(true, 'L4OK');
+      else if (h.send === null) socket.write('', () => finish(true, 'L4OK'));
       else socket.write('', () => finish(true, 'L4OK'));
     }
   });

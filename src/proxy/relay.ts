@@ -16,12 +16,13 @@
 import net, { type Socket } from 'node:net';
 import { chooseBackend, normaliseClientIp, someBackendFull, type Choice } from '../balance/select.ts';
 import type { LiveFlow, ListenerState, Waiter } from '../balance/state.ts';
-import type { ListenerEntry } from '../config/table.ts';
+import { sendProxyOf, type ListenerEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import { Code } from '../errors.ts';
 import type { CheckResult } from '../health/state.ts';
 import type { Logger } from '../log.ts';
 import { balanceDump, hexDump, type Direction } from './dump.ts';
+import { encodeProxyHeader, ProxyHeaderParser } from './proxy-protocol.ts';
 import { spliceRelay, type SpliceHandle, type SpliceResult } from './splice.ts';
 
 export type EndReason =
@@ -34,6 +35,7 @@ export type EndReason =
   | 'queue-timeout'
   | 'queue-full'
   | 'local-error'
+  | 'bad-proxy-header'
   | 'shutdown';
 
 export type Phase = 'new' | 'queued' | 'connecting' | 'relaying' | 'done';
@@ -83,8 +85,9 @@ export class Relay implements LiveFlow, Waiter {
   readonly client: RelaySocket;
   readonly entry: ListenerEntry;
   readonly host: RelayHost;
-  readonly clientIp: string;
-  readonly clientPort: number;
+  /** The client's address: the socket's peer, or the source of its PROXY header (accept_proxy). */
+  clientIp: string;
+  clientPort: number;
   readonly startedAt = Date.now();
   phase: Phase = 'new';
   backend: RelaySocket | null = null;
@@ -120,6 +123,13 @@ export class Relay implements LiveFlow, Waiter {
   private closeTimer: NodeJS.Timeout | null = null;
   /** Set when the kernel relays this connection (splice): bytes and the end come from the addon. */
   private spliced: SpliceHandle | null = null;
+  /** Set once reading while queued started (the `early` buffer may also hold bytes after a PROXY header). */
+  private readingQueued = false;
+  /** accept_proxy: the header being read (phase new), and its deadline. */
+  private proxyParser: ProxyHeaderParser | null = null;
+  private proxyTimer: NodeJS.Timeout | null = null;
+  /** The address the client connected to, as its PROXY header gave it (else the socket's own). */
+  private proxyDst: { addr: string; port: number } | null = null;
 
   constructor(client: Socket, entry: ListenerEntry, host: RelayHost) {
     this.id = host.nextId();
@@ -132,9 +142,98 @@ export class Relay implements LiveFlow, Waiter {
     host.state.opened(this);
     client.on('error', onClientError);
     client.on('close', onClientClose);
+    if (entry.acceptProxy) this.readProxyHeader(entry.acceptProxy.timeoutMs);
+    else this.route();
+  }
+
+  /** The client is known: queue it behind earlier waiters, or choose a backend. */
+  private route(): void {
     // Someone queued before this client keeps their place: newcomers queue behind them.
-    if (entry.queue && host.state.queued > 0 && someBackendFull(entry, host.state, Date.now())) this.queueOrRefuse();
+    if (this.entry.queue && this.host.state.queued > 0 && someBackendFull(this.entry, this.host.state, Date.now())) this.queueOrRefuse();
     else this.connectNext();
+  }
+
+  // --- accept_proxy: the PROXY header, before anything else ------------------------------------------
+
+  /**
+   * Reads the client's PROXY header (the socket was paused on accept). Nothing is chosen before it is
+   * complete: its source address is the client for hashing, logs and send_proxy.
+   */
+  private readProxyHeader(timeoutMs: number): void {
+    this.proxyParser = new ProxyHeaderParser();
+    this.proxyTimer = setTimeout(onProxyTimeout, timeoutMs, this);
+    this.proxyTimer.unref();
+    this.client.on('data', onProxyData);
+    this.client.on('end', onProxyEnd);
+    this.client.resume();
+  }
+
+  proxyData(chunk: Buffer): void {
+    const parser = this.proxyParser;
+    if (parser === null || this.phase !== 'new') return;
+    const step = parser.push(chunk);
+    if (step.state === 'more') return;
+    if (step.state === 'error') {
+      this.rejectProxy(step.reason);
+      return;
+    }
+    this.stopReadingHeader();
+    const a = step.header.addresses;
+    if (a !== null) {
+      this.clientIp = normaliseClientIp(a.srcAddr);
+      this.clientPort = a.srcPort;
+      this.proxyDst = { addr: a.dstAddr, port: a.dstPort };
+    }
+    if (step.rest.length > 0) {
+      // The client's first bytes came with the header: they go to the backend first (the queued path's buffer).
+      this.early = [step.rest];
+      this.earlyBytes = step.rest.length;
+    }
+    this.route();
+  }
+
+  private stopReadingHeader(): void {
+    this.proxyParser = null;
+    if (this.proxyTimer !== null) clearTimeout(this.proxyTimer);
+    this.proxyTimer = null;
+    this.client.removeListener('data', onProxyData);
+    this.client.removeListener('end', onProxyEnd);
+    this.client.pause();
+  }
+
+  /** No valid header (malformed, truncated, too slow): closed, counted, never passed on. Null: say what came. */
+  rejectProxy(why: string | null): void {
+    if (this.phase !== 'new' || this.proxyParser === null) return;
+    const parser = this.proxyParser;
+    this.stopReadingHeader();
+    this.host.state.count('proxyRejected');
+    this.host.log.log('warn', 'proxy-header-rejected', {
+      code: Code.PROXY_HEADER,
+      listener: this.entry.name,
+      client: formatHostPort(this.clientIp, this.clientPort),
+      reason: why ?? parser.truncated(),
+    });
+    this.reason = 'bad-proxy-header';
+    this.phase = 'done';
+    this.client.destroy();
+    this.finish();
+  }
+
+  proxyTimedOut(): void {
+    const parser = this.proxyParser;
+    if (parser !== null) this.rejectProxy(`${parser.truncated()} within accept_proxy_timeout (${this.entry.acceptProxy?.timeoutMs ?? 0} ms)`);
+  }
+
+  get awaitingProxyHeader(): boolean {
+    return this.proxyParser !== null;
+  }
+
+  /** The PROXY header for this connection's backend, or null when its group (or itself) sends none. */
+  private proxyHeaderFor(choice: Choice): Buffer | null {
+    const version = sendProxyOf(this.entry.groups[choice.group]!, choice.entry);
+    if (version === null) return null;
+    const dst = this.proxyDst ?? { addr: this.client.localAddress ?? '', port: this.client.localPort ?? 0 };
+    return encodeProxyHeader(version, { srcAddr: this.clientIp, srcPort: this.clientPort, dstAddr: dst.addr, dstPort: dst.port });
   }
 
   sentBytes(): number {
@@ -199,8 +298,9 @@ export class Relay implements LiveFlow, Waiter {
 
   /** Read while waiting (bounded) so that a client that gives up is noticed and leaves the queue. */
   private readWhileQueued(): void {
-    if (this.early !== null) return;
-    this.early = [];
+    if (this.readingQueued) return;
+    this.readingQueued = true;
+    this.early ??= [];
     this.client.on('data', keepWhileQueued);
     this.client.on('end', onEndWhileQueued);
     this.client.resume();
@@ -327,7 +427,45 @@ export class Relay implements LiveFlow, Waiter {
     st.connectSucceeded(this.connectStarted);
     st.live.add(this);
     this.backendSlot = st.slot;
-    if (this.host.splice && this.early === null && !this.clientEnded && this.trySplice()) return;
+    const header = this.proxyHeaderFor(choice);
+    if (this.host.splice && !this.readingQueued && !this.clientEnded) {
+      if (header === null && this.early === null) {
+        if (this.trySplice()) return;
+      } else {
+        this.writePrefaceThenSplice(header);
+        return;
+      }
+    }
+    if (header !== null) backend.write(header);
+    this.relayInJs();
+  }
+
+  /**
+   * The PROXY header and the bytes that came with the client's header must reach the backend before
+   * the kernel relays the rest, and a socket is handed to splice only with nothing buffered in JS: so
+   * they are written first, and the pair is handed over once the write is done (a few microseconds on
+   * loopback; neither socket is read meanwhile). If it cannot be handed over then, the JS relay runs.
+   */
+  private writePrefaceThenSplice(header: Buffer | null): void {
+    const backend = this.backend!;
+    const chunks = header === null ? this.early! : this.early === null ? [header] : [header, ...this.early];
+    this.early = null;
+    this.earlyBytes = 0;
+    const last = chunks.length - 1;
+    chunks.forEach((chunk, i) => backend.write(chunk, i === last ? () => this.prefaceWritten() : undefined));
+  }
+
+  private prefaceWritten(): void {
+    if (this.phase !== 'relaying' || this.spliced !== null || this.backend === null) return;
+    if (this.client.destroyed || this.backend.destroyed) return; // its error or close event ends the relay
+    if (this.trySplice()) return;
+    this.relayInJs();
+  }
+
+  /** The JavaScript relay: socket to socket, with backpressure. */
+  private relayInJs(): void {
+    const client = this.client;
+    const backend = this.backend!;
     if (this.entry.idleTimeoutMs > 0) {
       // Reads and writes both reset a socket's timer, so the client socket alone sees traffic either way.
       client.setTimeout(this.entry.idleTimeoutMs);
@@ -376,6 +514,7 @@ export class Relay implements LiveFlow, Waiter {
   /** Hands what a queued client sent to its backend, in order, before live forwarding starts. */
   private flushEarly(): void {
     const client = this.client;
+    this.readingQueued = false;
     client.removeListener('data', keepWhileQueued);
     client.removeListener('end', onEndWhileQueued);
     for (const chunk of this.early!) {
@@ -477,6 +616,10 @@ export class Relay implements LiveFlow, Waiter {
       clearTimeout(this.closeTimer);
       this.closeTimer = null;
     }
+    if (this.proxyTimer !== null) {
+      clearTimeout(this.proxyTimer);
+      this.proxyTimer = null;
+    }
     this.host.connectEnded(this);
     this.host.state.closed(this);
     const choice = this.choice;
@@ -525,6 +668,10 @@ function onClientError(this: RelaySocket): void {
 function onClientClose(this: RelaySocket): void {
   const r = this.lbRelay;
   if (!r || r.phase === 'done') return;
+  if (r.awaitingProxyHeader && r.reason === null) {
+    r.rejectProxy('connection closed before a complete PROXY header');
+    return;
+  }
   if (r.phase === 'relaying') r.socketClosed();
   else r.end(); // left while queued or while its backend was connecting: nothing was relayed
 }
@@ -552,6 +699,18 @@ function onIdleTimeout(this: RelaySocket): void {
 
 function onCloseGrace(relay: Relay): void {
   relay.end();
+}
+
+function onProxyData(this: RelaySocket, chunk: Buffer): void {
+  this.lbRelay?.proxyData(chunk);
+}
+
+function onProxyEnd(this: RelaySocket): void {
+  this.lbRelay?.rejectProxy(null);
+}
+
+function onProxyTimeout(relay: Relay): void {
+  relay.proxyTimedOut();
 }
 
 function keepWhileQueued(this: RelaySocket, chunk: Buffer): void {

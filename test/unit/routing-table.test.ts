@@ -34,7 +34,7 @@ access_log = false
 [control]
 listen = "127.0.0.1:18023"
 socket = "/tmp/lb-test-control.sock"
-admin = true
+socket_level = "operator"
 allow = ["10.0.0.0/8", "::1/128"]
 idle_timeout = 90
 
@@ -42,7 +42,7 @@ idle_timeout = 90
 connect_timeout = "250ms"
 idle_timeout = "1h"
 
-[listeners."imap v6"]
+[listeners."imap-v6"]
 listen = "[::1]:18143"
 source = "::1"
 hash_failover = true
@@ -52,11 +52,11 @@ packet_dump_file = "/tmp/lb-test.dump"
 connect_timeout = "1500ms"
 idle_timeout = "0"
 
-[[listeners."imap v6".groups]]
+[[listeners."imap-v6".groups]]
 policy = "hash"
 backends = ["[::1]:18144:16", { host = "[::1]", port = "imap", maxc = 3, weight = 0 }]
 
-[[listeners."imap v6".groups]]
+[[listeners."imap-v6".groups]]
 policy = "weighted"
 backends = [{ host = "::1", weight = 5, enabled = false }, "[::1]::4"]
 
@@ -116,9 +116,9 @@ describe('the compiled routing table is deeply frozen', () => {
     expect(() => (table.listeners = [])).toThrow(TypeError);
     expect(() => (table.global.drainTimeoutMs = 0)).toThrow(TypeError);
     expect(() => (table.defaults.connectTimeoutMs = 1)).toThrow(TypeError);
-    expect(() => (table.control.admin = false)).toThrow(TypeError);
+    expect(() => (table.control.socketLevel = "read")).toThrow(TypeError);
     expect(() => (table.control.listen.port = 1)).toThrow(TypeError);
-    expect(table.control.admin).toBe(true);
+    expect(table.control.socketLevel).toBe("operator");
   });
 
   it('assigning to or deleting from a listener throws a TypeError', async () => {
@@ -128,7 +128,7 @@ describe('the compiled routing table is deeply frozen', () => {
     expect(() => (listener.listen.port = 1)).toThrow(TypeError);
     expect(() => delete listener.source).toThrow(TypeError);
     expect(() => (listener.extra = 1)).toThrow(TypeError);
-    expect(listener.name).toBe('imap v6');
+    expect(listener.name).toBe('imap-v6');
     expect(listener.source).toBe('::1');
   });
 
@@ -203,7 +203,9 @@ describe('defaults are applied', () => {
     expect(table.control).toEqual({
       listen: { host: '127.0.0.1', port: 18023 },
       socket: null,
-      admin: false,
+      level: "read",
+      socketLevel: "admin",
+      tokenFile: null,
       allow: ['127.0.0.0/8', '::1/128'],
       idleTimeoutMs: 300_000,
     });
