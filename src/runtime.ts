@@ -327,6 +327,10 @@ export class Runtime implements ControlTarget {
     return takeSnapshot(this, this.version);
   }
 
+  refresh(): Promise<void> {
+    return this.pool.publish();
+  }
+
   backendState(ref: BackendRef): BackendState | undefined {
     return this.listeners.get(ref.listener)?.state.groups[ref.group]?.backends[ref.index];
   }

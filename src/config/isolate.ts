@@ -25,12 +25,12 @@ export interface IsolateOptions extends PipelineOptions {
    * and ~100 times what the largest file allowed takes to load).
    */
   timeoutMs?: number;
-  /** The worker's V8 heap limit in MiB (default 512: about twice what the largest file allowed needs). */
+  /** The worker's V8 heap limit in MiB (default 1024: about twice the ~450 MiB the worst 4 MiB file allowed needs). */
   maxHeapMb?: number;
 }
 
 export const DEFAULT_TIMEOUT_MS = 10_000;
-export const DEFAULT_MAX_HEAP_MB = 512;
+export const DEFAULT_MAX_HEAP_MB = 1024;
 
 function failure(code: Parameters<typeof diagnostic>[0], message: string, exitCode: number): PipelineResult {
   return { ok: false, exitCode, diagnostics: [diagnostic(code, [], message)] };

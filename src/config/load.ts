@@ -163,7 +163,12 @@ export function checkDocument(doc: unknown): Diagnostic[] {
       continue;
     }
     if (Array.isArray(value)) {
-      for (let i = value.length - 1; i >= 0; i--) stack.push({ value: value[i], parent: v, seg: i, depth: v.depth + 1 });
+      // Only containers are visited: a scalar has no keys, and a visit record per number of a huge array
+      // would cost more than the array.
+      for (let i = value.length - 1; i >= 0; i--) {
+        const item: unknown = value[i];
+        if (item !== null && typeof item === 'object' && !(item instanceof Date)) stack.push({ value: item, parent: v, seg: i, depth: v.depth + 1 });
+      }
       continue;
     }
     const keys = Object.keys(value);

@@ -42,14 +42,25 @@ interface PathNode {
   readonly seg: PathSegment;
   readonly depth: number;
   kids: Map<PathSegment, PathNode> | null;
-  pos: Position | null;
+  /** Where the path starts (packed, see pack()), or -1. */
+  pos: number;
+  /**
+   * Positions of the scalar elements of an array (packed; -1 for the elements that are nodes): a 4 MiB
+   * array of numbers would otherwise cost a node, a map entry and a position object per element.
+   */
+  items: number[] | null;
   /** How many [[tables]] of this name so far (0: not an array of tables). */
   tables: number;
 }
 
 function newNode(parent: PathNode | null, seg: PathSegment): PathNode {
-  return { parent, seg, depth: parent ? parent.depth + 1 : 0, kids: null, pos: null, tables: 0 };
+  return { parent, seg, depth: parent ? parent.depth + 1 : 0, kids: null, pos: -1, items: null, tables: 0 };
 }
+
+/** Line and column in one number: both are below 2^23 in a file of at most 4 MiB. */
+const COLS = 2 ** 23;
+const pack = (line: number, col: number): number => line * COLS + Math.min(col, COLS - 1);
+const unpack = (packed: number): Position => ({ line: Math.floor(packed / COLS), col: packed % COLS });
 
 function pathOf(node: PathNode): PathSegment[] {
   const out: PathSegment[] = [];
@@ -83,15 +94,19 @@ export class Locator {
   find(segments: readonly PathSegment[]): Position | undefined {
     if (segments.length === 0) return { line: 1, col: 1 };
     let node = this.root;
-    let found: Position | undefined;
+    let found = -1;
     for (const seg of segments) {
       // ajv's paths turn every all-digit key into a number; the text may have it as a key.
       const next = node.kids?.get(seg) ?? (typeof seg === 'number' ? node.kids?.get(String(seg)) : undefined);
-      if (!next) break;
+      if (!next) {
+        const item = typeof seg === 'number' ? (node.items?.[seg] ?? -1) : -1;
+        if (item >= 0) found = item; // a scalar element: nothing below it
+        break;
+      }
       node = next;
-      if (node.pos) found = node.pos;
+      if (node.pos >= 0) found = node.pos;
     }
-    return found;
+    return found >= 0 ? unpack(found) : undefined;
   }
 }
 
@@ -213,10 +228,19 @@ class Scanner {
         this.skipBlank(true);
         if (this.peek() === ']') break;
         const pos = this.pos();
-        const element = this.child(node, idx, pos);
-        this.record(element, pos);
         const before = this.i;
-        this.scanValue(element);
+        const items = (node.items ??= []);
+        const c = this.peek();
+        if (c === '[' || c === '{') {
+          const element = this.child(node, idx, pos);
+          this.record(element, pos);
+          items.push(-1);
+          this.scanValue(element);
+        } else {
+          if (node.depth + 1 > this.maxDepth) this.child(node, idx, pos); // reports and stops
+          items.push(pack(pos.line, pos.col));
+          this.scanValue(node); // a scalar: it records nothing
+        }
         this.skipBlank(true);
         if (this.peek() === ',') this.advance(1);
         else if (this.i === before) this.advance(1);
@@ -265,7 +289,7 @@ class Scanner {
   }
 
   private record(node: PathNode, pos: Position): void {
-    node.pos ??= pos;
+    if (node.pos < 0) node.pos = pack(pos.line, pos.col);
   }
 
   private skipBlank(newlines: boolean): void {

@@ -25,6 +25,8 @@ export interface ControlTarget {
   /** Swaps in an edited table; `carry` moves a backend's counters to its new slot (assign). */
   applyEdit(table: RoutingTable, carry?: { ref: BackendRef; state: BackendState }): Promise<void>;
   resolveHost(host: string): Promise<string>;
+  /** Brings the bytes of open connections up to date in the shared counters (every worker publishes now). */
+  refresh(): Promise<void>;
   /** SIGHUP's reload: the file again, all or nothing. */
   reload(): Promise<{ ok: boolean; diagnostics: readonly { message: string }[]; error?: string }>;
   /** Runtime state changed without a table change (enable, drain): queued clients may get a slot. */
@@ -136,7 +138,8 @@ async function hostPort(t: ControlTarget, hostWord: string, portWord: string | u
 }
 
 function mrtg(kind: 'bytes' | 'conns') {
-  return (t: ControlTarget, s: Session, args: string[]): string => {
+  return async (t: ControlTarget, s: Session, args: string[]): Promise<string> => {
+    await t.refresh();
     const snap = t.snapshot();
     let listener = s.listener;
     let groupWord: string | undefined;
@@ -160,7 +163,7 @@ function mrtg(kind: 'bytes' | 'conns') {
     const name = mrtgBackendTitle(l.name, g.index, b.index, b.entry);
     return kind === 'bytes'
       ? renderMrtg(b.rcvd, b.sent, snap.uptimeSec, name)
-      : renderMrtg(b.total, b.failures, snap.uptimeSec, name);
+      : renderMrtg(b.attempts, b.failures, snap.uptimeSec, name); // balance's totalc: the same number as `show`
   };
 }
 
@@ -189,9 +192,10 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
     usage: 'show [LISTENER | stat | info | json | config]',
     help: 'the channel table (balance), or HAProxy-style CSV, process info, JSON, the running config as TOML',
     level: 'read',
-    run(t, s, args) {
+    async run(t, s, args) {
       const [what, ...more] = args;
       if (more.length) throw new CommandError('wrong number of arguments');
+      if (what !== 'config') await t.refresh();
       if (what === 'stat') return renderStatCsv(t.snapshot());
       if (what === 'info') return renderInfo(t.snapshot());
       // Health `send` strings may hold credentials (an IMAP login): shown only above read.

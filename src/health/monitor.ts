@@ -167,7 +167,6 @@ export function runCheck(
     if (h.send !== null) socket.write(h.send);
     if (!expect) {
       if (h.send === null && proxy === null) finish(true, 'L4OK');
-      else if (h.send === null) socket.write('', () => finish(true, 'L4OK'));
       else socket.write('', () => finish(true, 'L4OK'));
     }
   });

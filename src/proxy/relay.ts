@@ -125,6 +125,8 @@ export class Relay implements LiveFlow, Waiter {
   private spliced: SpliceHandle | null = null;
   /** Set once reading while queued started (the `early` buffer may also hold bytes after a PROXY header). */
   private readingQueued = false;
+  /** onEndWhileQueued is on the client (a paused socket still emits 'end' once its buffer is empty). */
+  private endWatched = false;
   /** accept_proxy: the header being read (phase new), and its deadline. */
   private proxyParser: ProxyHeaderParser | null = null;
   private proxyTimer: NodeJS.Timeout | null = null;
@@ -178,6 +180,8 @@ export class Relay implements LiveFlow, Waiter {
       return;
     }
     this.stopReadingHeader();
+    // The header was read in flowing mode: its FIN may already be in, and 'end' fires even while paused.
+    this.watchEnd();
     const a = step.header.addresses;
     if (a !== null) {
       this.clientIp = normaliseClientIp(a.srcAddr);
@@ -302,8 +306,14 @@ export class Relay implements LiveFlow, Waiter {
     this.readingQueued = true;
     this.early ??= [];
     this.client.on('data', keepWhileQueued);
-    this.client.on('end', onEndWhileQueued);
+    this.watchEnd();
     this.client.resume();
+  }
+
+  private watchEnd(): void {
+    if (this.endWatched) return;
+    this.endWatched = true;
+    this.client.on('end', onEndWhileQueued);
   }
 
   /** The listener's sweep: the wait is over. */
@@ -466,6 +476,10 @@ export class Relay implements LiveFlow, Waiter {
   private relayInJs(): void {
     const client = this.client;
     const backend = this.backend!;
+    if (this.endWatched) {
+      client.removeListener('end', onEndWhileQueued);
+      this.endWatched = false;
+    }
     if (this.entry.idleTimeoutMs > 0) {
       // Reads and writes both reset a socket's timer, so the client socket alone sees traffic either way.
       client.setTimeout(this.entry.idleTimeoutMs);
@@ -516,7 +530,6 @@ export class Relay implements LiveFlow, Waiter {
     const client = this.client;
     this.readingQueued = false;
     client.removeListener('data', keepWhileQueued);
-    client.removeListener('end', onEndWhileQueued);
     for (const chunk of this.early!) {
       if (this.host.dump !== null) this.dump('c>b', chunk);
       if (!this.backend!.write(chunk)) this.watchDrain();

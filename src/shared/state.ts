@@ -106,13 +106,14 @@ function layout(c: Capacity) {
   const bf64 = c.backends * B_F64;
   const wb = c.regions * c.backends * WB_F64;
   const wl = c.regions * c.listeners * WL_F64;
-  const f64 = bf64 + wb + wl;
+  const seq = c.regions; // each worker's connection-id sequence (outlives the worker, like its counters)
+  const f64 = bf64 + wb + wl + seq;
   const bi32 = c.backends * B_I32;
   const li32 = c.listeners * L_I32;
   const gi32 = c.groups;
   const oldest = c.regions * c.listeners;
   const i32 = bi32 + li32 + gi32 + oldest;
-  return { bf64, wb, wl, f64, bi32, li32, gi32, oldest, i32, bytes: f64 * 8 + i32 * 4 };
+  return { bf64, wb, wl, seq, f64, bi32, li32, gi32, oldest, i32, bytes: f64 * 8 + i32 * 4 };
 }
 
 export class SharedState {
@@ -121,6 +122,7 @@ export class SharedState {
   private readonly bf: Float64Array;
   private readonly wb: Float64Array;
   private readonly wl: Float64Array;
+  private readonly idSeq: Float64Array;
   private readonly bi: Int32Array;
   private readonly li: Int32Array;
   private readonly gi: Int32Array;
@@ -144,6 +146,7 @@ export class SharedState {
     this.bf = f64(l.bf64);
     this.wb = f64(l.wb);
     this.wl = f64(l.wl);
+    this.idSeq = f64(l.seq);
     this.bi = i32(l.bi32);
     this.li = i32(l.li32);
     this.gi = i32(l.gi32);
@@ -576,6 +579,11 @@ export class SharedState {
   waitWake(l: number, seen: number, timeoutMs: number): Promise<unknown> | null {
     const r = Atomics.waitAsync(this.li, l * L_I32 + L_WAKE, seen, timeoutMs);
     return r.async ? r.value : null;
+  }
+
+  /** The next connection number of a worker's region: a replacement worker goes on where the dead one stopped. */
+  nextConnSeq(region: number): number {
+    return ++this.idSeq[region]!;
   }
 
   // --- Groups ---------------------------------------------------------------------------------------------

@@ -176,6 +176,20 @@ export class WorkerPool {
     return replies.reduce((n, r) => n + (r.ok ? (r.connections ?? 0) : 0), 0);
   }
 
+  /**
+   * Every worker publishes the bytes of its open connections now, so a snapshot taken next is exact. A
+   * worker that does not answer within `ms` (busy, or dying) is not waited for: its figures are at most
+   * one publish interval old.
+   */
+  async publish(ms = 100): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+    });
+    await Promise.race([Promise.all(this.live().map((m) => this.ask(m, { t: 'publish' }))), late]);
+    clearTimeout(timer);
+  }
+
   async idle(): Promise<void> {
     await this.all({ t: 'wait-idle' });
   }

@@ -41,7 +41,6 @@ export class DataPlane implements ListenerContext {
   table: RoutingTable;
   readonly listeners = new Map<string, ListenerRuntime>();
   private staging: Staging | null = null;
-  private idSeq = 0;
   private publishTimer: NodeJS.Timeout | null = null;
   private localErrorAt = 0;
   /** Whether this worker relays with splice(2): `[global] splice` and whether the addon loads here. */
@@ -58,9 +57,9 @@ export class DataPlane implements ListenerContext {
     this.hooks = opts.hooks;
   }
 
-  /** Unique across workers: ids interleave by region. */
+  /** Unique across workers and their replacements: ids interleave by region (n × workers + region + 1). */
   nextId(): number {
-    return ++this.idSeq * this.regions + this.region - this.regions + 1;
+    return (this.shared.nextConnSeq(this.region) - 1) * this.regions + this.region + 1;
   }
 
   trafficCheck(listener: ListenerEntry, choice: Choice, result: CheckResult): void {

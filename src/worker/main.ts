@@ -15,6 +15,13 @@ const post = (m: Event | Reply): void => port.postMessage(m);
 
 const lines = new BatchedWriter((text) => post({ t: 'log', text }));
 const log = createLogger(init.table.global.logFormat, (line) => lines.line(line), init.table.global.logLevel);
+// Events (connect failures, health changes) are few and an operator wants them now: they go at once,
+// after whatever access lines wait before them. Only access lines are batched.
+const logEvent = log.log.bind(log);
+log.log = (level, event, fields) => {
+  logEvent(level, event, fields);
+  lines.flush();
+};
 const shared = new SharedState(init.shared);
 const plane = new DataPlane({
   shared,
@@ -53,6 +60,9 @@ async function handle(req: Request): Promise<Reply> {
       await plane.closeAll(CLOSE_GRACE_MS);
       await plane.dispose();
       lines.flush();
+      return { t: 'reply', seq: req.seq, ok: true };
+    case 'publish':
+      plane.publish();
       return { t: 'reply', seq: req.seq, ok: true };
     case 'log-format':
       log.format = req.format;

@@ -28,6 +28,7 @@ export type Request =
   | { t: 'wait-idle'; seq: number }
   | { t: 'close-all'; seq: number }
   | { t: 'crash'; seq: number }
+  | { t: 'publish'; seq: number }
   | { t: 'log-format'; seq: number; format: LogFormat };
 
 export type Reply =

@@ -27,6 +27,7 @@ describe('failover', () => {
     const [d1, d2] = [await refusedPort(), await refusedPort()];
     const lb = await startLb(webDoc([{ policy: 'rr', backends: [at(d1), at(d2)] }, { policy: 'rr', backends: [at(spare.port)] }]));
     expect(backendOf(await ask(lb.port(), 'hi'))).toBe('spare');
+    await lb.logs.waitFor('connect-failed', { count: 2 });
     expect(lb.logs.all('connect-failed').map((l) => l.fields.backend).sort()).toEqual([at(d1), at(d2)].sort());
   });
 

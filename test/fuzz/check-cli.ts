@@ -70,7 +70,9 @@ interface Run {
 function runCheck(entry: string, file: string): Promise<Run> {
   return new Promise((resolve) => {
     const t0 = performance.now();
-    const child = spawn(process.execPath, [entry, '--check', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+    // The compile cache only saves re-compiling lb's JavaScript in every process: nothing of lb's behaviour.
+    const env = { ...process.env, NODE_COMPILE_CACHE: path.join(work, 'compile-cache') };
+    const child = spawn(process.execPath, [entry, '--check', file], { stdio: ['ignore', 'ignore', 'pipe'], env });
     let stderr = '';
     let timedOut = false;
     child.stderr.on('data', (d: Buffer) => {
@@ -110,10 +112,14 @@ const crashes: string[] = [];
 const slow: { index: number; ms: number; bytes: number; kind: string }[] = [];
 let next = 0;
 let done = 0;
+// SIGINT/SIGTERM: finish the configs being checked, then report on those done so far.
+let stopping = false;
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => (stopping = true));
 const started = performance.now();
 
 async function worker(): Promise<void> {
   for (;;) {
+    if (stopping) return;
     const index = next++;
     if (index >= count) return;
     const c = fuzzCase(seed, index, maxBytes);
@@ -138,7 +144,7 @@ async function worker(): Promise<void> {
 await Promise.all(Array.from({ length: jobs }, () => worker()));
 
 const under1MB = slow.filter((s) => s.bytes < 1_000_000);
-console.log(`lb --check fuzz: ${count} configs, seed ${seed}, ${jobs} at a time, up to ${maxBytes} bytes, ${values.bundle ? 'bundle' : 'source tree'}`);
+console.log(`lb --check fuzz: ${done} of ${count} configs${stopping ? ' (stopped early)' : ''}, seed ${seed}, ${jobs} at a time, up to ${maxBytes} bytes, ${values.bundle ? 'bundle' : 'source tree'}`);
 console.log(`wall time ${((performance.now() - started) / 1000).toFixed(0)} s; process start-up (median --check of a trivial config) ${startup.toFixed(0)} ms`);
 console.log(`exit codes: ${[...codes].sort().map(([k, v]) => `${k}: ${v}`).join(', ')}`);
 console.log(`crashes: ${crashes.length}`);

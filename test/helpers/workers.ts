@@ -109,7 +109,7 @@ export async function startLbFromFile(file: string, text: string): Promise<FileL
   const logs = new LogCapture();
   const rt = new Runtime(r.table, { configFile: file, log: createLogger(r.table.global.logFormat, (line) => logs.push(line)) });
   let stopping: Promise<void> | null = null;
-  const lb = track({
+  const lb: FileLb & { close(): Promise<void> } = track({
     rt,
     logs,
     file,
@@ -119,7 +119,7 @@ export async function startLbFromFile(file: string, text: string): Promise<FileL
       return p;
     },
     stop: (drainMs = 0) => (stopping ??= within(rt.shutdown(drainMs), 8000, 'the in-process lb to shut down')),
-    close: () => lb.stop(0),
+    close: (): Promise<void> => lb.stop(0),
   });
   await within(rt.start(), 10_000, 'the in-process lb to start');
   return lb;

@@ -162,6 +162,15 @@ describe('the locator', () => {
     expect(loc.find(['c', 1, 'nope'])).toEqual({ line: 4, col: 1 });
   });
 
+  it('places the scalar elements of an array (kept packed, not as a node each)', () => {
+    const loc = new Locator('x = [1,\n  "two", [3, 4],\n  5]\n');
+    expect(loc.find(['x', 0])).toEqual({ line: 1, col: 6 });
+    expect(loc.find(['x', 1])).toEqual({ line: 2, col: 3 });
+    expect(loc.find(['x', 2, 1])).toEqual({ line: 2, col: 14 });
+    expect(loc.find(['x', 3])).toEqual({ line: 3, col: 3 });
+    expect(loc.find(['x', 4])).toEqual({ line: 1, col: 1 });
+  });
+
   it("does not take a backslash in a '''literal''' string for an escape", () => {
     const loc = new Locator(`a = '''x\\'''\nb = 1\n`);
     expect(loc.find(['b'])).toEqual({ line: 2, col: 1 });
