@@ -93,7 +93,12 @@ export class BatchedWriter {
   }
 
   line(text: string): void {
-    this.pending += text + '\n';
+    this.chunk(text + '\n');
+  }
+
+  /** Whole lines, each already ending in a newline (a worker's batch). */
+  chunk(text: string): void {
+    this.pending += text;
     if (this.pending.length >= FLUSH_BYTES) this.flush();
     else if (!this.scheduled) {
       this.scheduled = true;
@@ -147,6 +152,13 @@ export function createLogger(format: LogFormat, write?: (line: string) => void, 
       sink(this.format === 'json' ? formatJson(time, 'info', 'conn', rec as unknown as Fields) : formatAccessText(time, rec));
     },
     lines(text) {
+      if (write === undefined) {
+        // A worker's batch goes out as it came (no split and join per line), at once: it already waited.
+        const b = stderrBatch();
+        b.chunk(text);
+        b.flush();
+        return;
+      }
       let start = 0;
       for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n', start)) {
         sink(text.slice(start, nl));

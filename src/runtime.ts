@@ -359,6 +359,23 @@ export class Runtime implements ControlTarget {
     });
   }
 
+  /**
+   * DNS discovery (src/discovery/): the config's table re-expanded with the addresses its names have
+   * now, swapped in like a reload (one table change at a time; operator changes re-applied; backends
+   * whose address stays keep their slots; one that disappears is drained, its connections go on).
+   */
+  applyDiscovered(expand: (configured: RoutingTable) => RoutingTable): Promise<void> {
+    return this.exclusive(async () => {
+      const configured = expand(this.configTable);
+      if (configured === this.configTable) return;
+      const overlay = operatorState(this.configTable, this.table, { draining: this.drainingKeys() });
+      const next = isEmptyState(overlay) ? { table: configured, draining: [] } : applyOperatorState(configured, overlay);
+      await this.applyNow(next.table);
+      this.configTable = configured;
+      this.setDraining(next.draining);
+    });
+  }
+
   /** An operator change of runtime state (enable, drain): queued clients may now get a slot. */
   stateChanged(): void {
     this.serveQueues();

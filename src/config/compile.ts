@@ -60,6 +60,7 @@ class Compiler {
       splice: (doc.global?.splice ?? 'auto') as 'auto' | 'off',
       // "" turns the state file off even where systemd gives a state directory.
       stateFile: doc.global?.state_file === undefined ? defaultStateFile(process.env) : doc.global.state_file || null,
+      dns: doc.global?.dns ? this.dns(doc.global.dns) : null,
     };
     const control = doc.control ? this.control(doc.control) : null;
     const listeners = Object.entries(doc.listeners).map(([name, l]) => this.listener(name, l, defaults));
@@ -67,6 +68,30 @@ class Compiler {
     const table: RoutingTable = { global, control, defaults, listeners };
     const failed = this.diags.some((d) => d.severity === 'error');
     return { table: failed ? null : table, diagnostics: this.diags };
+  }
+
+  private dns(doc: NonNullable<NonNullable<ConfigDoc['global']>['dns']>): NonNullable<RoutingTable['global']['dns']> {
+    const at = (k: string): PathSegment[] => ['global', 'dns', k];
+    const servers = doc.servers ?? [];
+    servers.forEach((s, i) => {
+      const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(s) ?? /^([^:]+)(?::(\d+))?$/.exec(s);
+      const host = m ? m[1]! : s;
+      const port = m?.[2] === undefined ? 53 : Number(m[2]);
+      if (isIP(host) === 0 || port < 1 || port > 65535) {
+        this.error(['global', 'dns', 'servers', i], `invalid name server "${s}": an IP address with an optional port ("127.0.0.1:8600", "[::1]:53")`);
+      }
+    });
+    const dns = {
+      servers: [...servers],
+      timeoutMs: this.duration(doc.timeout ?? '2s', at('timeout')),
+      holdValidMs: this.duration(doc.hold_valid ?? '10m', at('hold_valid')),
+      minTtlMs: this.duration(doc.min_ttl ?? '1s', at('min_ttl')),
+      maxTtlMs: this.duration(doc.max_ttl ?? '5m', at('max_ttl')),
+    };
+    if (dns.timeoutMs === 0) this.error(at('timeout'), 'timeout must be more than 0');
+    if (dns.minTtlMs === 0) this.error(at('min_ttl'), 'min_ttl must be more than 0: a TTL of 0 would ask the server in a loop');
+    if (dns.maxTtlMs < dns.minTtlMs) this.error(at('max_ttl'), `max_ttl (${doc.max_ttl}) is shorter than min_ttl (${doc.min_ttl ?? '1s'})`);
+    return dns;
   }
 
   private error(path: PathSegment[], message: string, code: Diagnostic['code'] = Code.CONFIG_VALUE): void {

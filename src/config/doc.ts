@@ -59,6 +59,7 @@ export interface ConfigDoc {
     splice?: string;
     log_level?: string;
     state_file?: string;
+    dns?: { servers?: string[]; timeout?: DurationValue; hold_valid?: DurationValue; min_ttl?: DurationValue; max_ttl?: DurationValue };
   };
   control?: {
     listen?: AddressValue;

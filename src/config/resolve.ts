@@ -66,11 +66,14 @@ export async function resolveTable(
   ]);
 
   const diagnostics: Diagnostic[] = [];
-  const check = (host: string | null, path: PathSegment[]): void => {
+  const check = (host: string | null, path: PathSegment[], discovered = false): void => {
     const r = host === null ? undefined : results.get(host);
     if (r instanceof Error) {
       const msg = `cannot resolve host "${host}": ${(r as NodeJS.ErrnoException).code ?? r.message}`;
-      diagnostics.push(diagnostic(Code.CONFIG_RESOLVE, path, msg, severity));
+      // With [global.dns] a backend name that does not resolve yet takes no traffic and is retried
+      // (src/discovery/): lb starts anyway, as HAProxy's `init-addr last,libc,none`.
+      const why = discovered ? `${msg}; DNS discovery retries it, and it takes no traffic until it resolves` : msg;
+      diagnostics.push(diagnostic(Code.CONFIG_RESOLVE, path, why, discovered ? 'warning' : severity));
     }
   };
   check(table.control?.listen?.host ?? null, ['control', 'listen']);
@@ -79,7 +82,7 @@ export async function resolveTable(
     const groups = l.groups.map((g, gi) => ({
       ...g,
       backends: g.backends.map((b, bi) => {
-        check(b.host, ['listeners', l.name, 'groups', gi, 'backends', bi]);
+        check(b.host, ['listeners', l.name, 'groups', gi, 'backends', bi], table.global.dns != null);
         const r = results.get(b.host);
         return typeof r === 'string' ? { ...b, address: r } : b;
       }),

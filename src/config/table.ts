@@ -63,6 +63,11 @@ export interface BackendEntry {
   readonly sendProxy?: ProxyVersion | 'off';
   /** Own `check_send_proxy`; absent: the group's, else the default (see checkSendProxyOf). */
   readonly checkSendProxy?: boolean;
+  /**
+   * Set on the backends DNS discovery made of one configured backend (one per address): that backend's
+   * configured name and key, so that `show config`, `save` and a re-expansion see the configured form.
+   */
+  readonly discovered?: { readonly name: string; readonly key: string };
 }
 
 export interface GroupEntry {
@@ -74,6 +79,11 @@ export interface GroupEntry {
   readonly sendProxy?: ProxyVersion | null;
   /** `check_send_proxy` as configured; absent/null: the default (on with send_proxy and no check port). */
   readonly checkSendProxy?: boolean | null;
+  /**
+   * DNS discovery: configured backends whose name has no address now (`at`: their index among the
+   * configured backends). They take no traffic and have no slot; `show config` and `save` keep them.
+   */
+  readonly unresolved?: readonly { readonly at: number; readonly backend: BackendEntry }[];
 }
 
 export interface ListenerEntry {
@@ -126,6 +136,17 @@ export interface GlobalEntry {
   readonly splice: 'auto' | 'off';
   /** Where operator state (disable, maxc, drain, create, ...) is kept across reloads and restarts; null: nowhere. */
   readonly stateFile: string | null;
+  /** DNS discovery (`[global.dns]`): backends given by name follow their records; null: resolved once. */
+  readonly dns?: DnsEntry | null;
+}
+
+export interface DnsEntry {
+  /** "host" or "host:port"; empty: the system's resolvers. */
+  readonly servers: readonly string[];
+  readonly timeoutMs: number;
+  readonly holdValidMs: number;
+  readonly minTtlMs: number;
+  readonly maxTtlMs: number;
 }
 
 export interface RoutingTable {

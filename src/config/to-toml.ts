@@ -4,10 +4,13 @@
 import type { BackendDoc, ConfigDoc, HealthDoc, ListenerDoc } from './doc.ts';
 import type { BackendEntry, HealthEntry, RoutingTable } from './table.ts';
 import { defaultStateFile } from './operator-state.ts';
+import { collapse } from '../discovery/expand.ts';
 import { formatDuration, formatHostPort } from './values.ts';
 
 /** The document that compiles back to `table` (addresses re-resolve from the host names). */
-export function tableToDoc(table: RoutingTable): ConfigDoc {
+export function tableToDoc(running: RoutingTable): ConfigDoc {
+  // DNS discovery's backends are written as the configured backends they were made of.
+  const table = collapse(running);
   const doc: ConfigDoc = {
     global: {
       drain_timeout: formatDuration(table.global.drainTimeoutMs),
@@ -18,6 +21,17 @@ export function tableToDoc(table: RoutingTable): ConfigDoc {
       splice: table.global.splice,
       // Written only when it is not what this environment would default to, so a saved file stays portable.
       ...(table.global.stateFile !== defaultStateFile(process.env) ? { state_file: table.global.stateFile ?? '' } : {}),
+      ...(table.global.dns
+        ? {
+            dns: {
+              servers: [...table.global.dns.servers],
+              timeout: formatDuration(table.global.dns.timeoutMs),
+              hold_valid: formatDuration(table.global.dns.holdValidMs),
+              min_ttl: formatDuration(table.global.dns.minTtlMs),
+              max_ttl: formatDuration(table.global.dns.maxTtlMs),
+            },
+          }
+        : {}),
     },
     defaults: {
       connect_timeout: formatDuration(table.defaults.connectTimeoutMs),

@@ -556,10 +556,9 @@ export class Relay implements LiveFlow, Waiter {
     this.clientEnded = true;
     this.reason ??= 'client-close';
     if (this.earlyBytes === 0 && this.phase === 'queued') {
-      this.host.leaveQueue(this);
-      this.host.state.count('queueAbandoned');
+      // end() leaves the queue and counts it once; the 'close' that follows then finds the relay done.
       this.reason = 'client-close';
-      this.client.destroy();
+      this.end();
     }
   }
 

@@ -25,6 +25,7 @@ const OPERATOR: Record<string, string> = {
   reset: 'reset web 0 0',
 };
 const ADMIN: Record<string, string> = {
+  reload: 'reload',
   create: 'create 127.0.0.1 9',
   assign: 'assign web 0 1 127.0.0.1 9',
   delete: 'delete web 0 1',

@@ -404,7 +404,7 @@ describe('MRTG output', () => {
     expect(four(await s.command('mrtg-bytes web 0 1')).slice(0, 2)).toEqual(['3000', '150']);
     expect(four(await s.command('mrtg-conns web 0 1')).slice(0, 2)).toEqual(['1', '0']);
     const bad = four(await s.command('mrtg-conns other 0 0'));
-    expect(bad.slice(0, 2)).toEqual(['0', '1']); // no connection, one failed connect
+    expect(bad.slice(0, 2)).toEqual(['1', '1']); // one attempt (totalc, as in show), one failed connect
     expect(bad[3]).not.toBe(b00[3]);
     expect(four(await s.command('mrtg-conns other 0 1')).slice(0, 2)).toEqual(['1', '0']);
     // LISTENER alone: its totals.

@@ -15,7 +15,7 @@ const scope = useControlScope();
 async function webLb(control: Record<string, unknown> = {}) {
   const [a, b] = await Promise.all([echoServer('a', { prefix: true }), echoServer('b', { prefix: true })]);
   const started = await startControlLb({
-    global: { access_log: true },
+    global: { access_log: true, log_level: 'debug' }, // every command logged, reads included
     control: Object.fromEntries(Object.entries({ ...adminControl(), ...control }).filter(([, v]) => v !== undefined)),
     listeners: { web: { listen: '127.0.0.1:0', groups: [{ policy: 'rr', backends: [at(a.port), at(b.port)] }] } },
   });

@@ -125,7 +125,7 @@ describe('TCP connect checks', () => {
     // The balance-style `show` has the check column too.
     const show = (await execute(lb.rt, admin(), 'show')).text;
     const row = show.split('\n').find((l) => l.includes(` ${dead} `));
-    expect(row).toMatch(/^\s*0\s+RR\s+0\s+dis\s+127\.0\.0\.1\s+\d+\s.*\sL4CON$/);
+    expect(row).toMatch(/^\s*0\s+RR\s+0\s+dis\s+127\.0\.0\.1\s+\d+\s.*\sL4CON\s+127\.0\.0\.1:\d+$/); // then its name
   });
 
   it('a backend without health config has empty check columns and is never checked', async () => {

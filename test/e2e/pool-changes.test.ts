@@ -34,9 +34,9 @@ interface Pool {
   show(): Promise<string>;
 }
 
-function doc(groups: Record<string, unknown>[], listener: Record<string, unknown> = {}): Record<string, unknown> {
+function doc(groups: Record<string, unknown>[], listener: Record<string, unknown> = {}, global: Record<string, unknown> = {}): Record<string, unknown> {
   return {
-    global: { access_log: true },
+    global: { access_log: true, ...global },
     control: adminControl(),
     listeners: { web: { listen: '127.0.0.1:0', connect_timeout: '1s', ...listener, groups } },
   };
@@ -189,6 +189,8 @@ describe('pool changes keep running connections', () => {
     expect(await p.cmd('maxc web 0 0 1')).toBe('maxc of channel 0 changed to 1');
     for (let i = 0; i < 2; i++) expect(await who(p.lb, `b${i}`)).toBe('b');
     const sb = p.lb.listener().state.groups[0]!.backends[1]!;
+    // A worker counts a connection's bytes when its relay ends, which may come just after the client saw the close.
+    await until(() => sb.cur === 0, 2000, "b's connections to finish in lb");
     const bCounters = { total: sb.total, attempts: sb.attempts, sent: sb.sent(), rcvd: sb.rcvd() };
     expect(bCounters.total).toBe(2);
 
@@ -276,7 +278,9 @@ describe('save', () => {
     writeFileSync(file, original);
     const loaded = await loadConfigFile(file, { resolve: 'skip' });
     if (!loaded.ok) throw new Error(JSON.stringify(loaded.diagnostics));
-    const p = await pool(loaded.doc as unknown as Record<string, unknown>);
+    // `save FILE` writes only inside lb's own directories: here, the state file's.
+    const withState = { ...(loaded.doc as unknown as Record<string, unknown>), global: { state_file: path.join(dir, 'state.json') } };
+    const p = await pool(withState);
     expect(await who(p.lb, 'one')).toBe('a');
     const sa = p.lb.listener().state.groups[0]!.backends[0]!;
     chmodSync(file, 0o600); // a config with secrets stays private after a save
@@ -293,7 +297,7 @@ describe('save', () => {
     expect(saved).toContain(`127.0.0.1:${b!.port}`);
     expect(statSync(file).ino).not.toBe(inodeBefore); // replaced by a rename, not rewritten in place
     expect(statSync(file).mode & 0o777).toBe(0o600);
-    expect(readdirSync(dir).sort()).toEqual(['lb.toml', 'lb.toml.bak']); // no temp file left behind
+    expect(readdirSync(dir).sort()).toEqual(['lb.toml', 'lb.toml.bak', 'state.json']); // no temp file left behind
 
     const check = await lbCli(['--check', file]);
     expect(check.stderr).toBe('');
@@ -330,6 +334,7 @@ describe('save', () => {
           { policy: 'leastconn', backends: [at(c!.port)] },
         ],
         { queue: { max: 7, timeout: '2500ms' } },
+        { state_file: path.join(dir, 'state.json') }, // `save FILE` writes only inside lb's own directories
       ),
     );
     expect(await p.cmd(`create web 1 127.0.0.1 ${a!.port}`)).toBe('channel 1 created');

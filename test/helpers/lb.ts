@@ -24,7 +24,7 @@ export interface LogLine {
   readonly fields: Readonly<Record<string, string>>;
 }
 
-const TEXT_LINE = /^(\d{4}-\d\d-\d\dT\S+Z) (info|warn|error) (\S+)(.*)$/;
+const TEXT_LINE = /^(\d{4}-\d\d-\d\dT\S+Z) (debug|info|warn|error) (\S+)(.*)$/;
 const FIELD = / ([A-Za-z0-9_]+)=("(?:[^"\\]|\\.)*"|\S*)/g;
 
 /** Parses one log line (`TIME LEVEL event key=value...` or JSON); null for anything else. */

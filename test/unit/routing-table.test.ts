@@ -203,11 +203,13 @@ describe('defaults are applied', () => {
     expect(table.control).toEqual({
       listen: { host: '127.0.0.1', port: 18023 },
       socket: null,
-      level: "read",
-      socketLevel: "admin",
+      level: 'read',
+      socketLevel: 'admin',
       tokenFile: null,
       allow: ['127.0.0.0/8', '::1/128'],
       idleTimeoutMs: 300_000,
+      http: null,
+      httpLevel: 'read',
     });
   });
 

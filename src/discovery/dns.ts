@@ -1,0 +1,157 @@
+// DNS discovery, the network part: asks the configured name servers for the A and AAAA records of
+// every backend host name, each again when its TTL runs out, and swaps in a re-expanded table when a
+// name's addresses change (through the Runtime's `applyDiscovered`, one table change at a time with
+// reloads and edits). Node's own resolver (c-ares) gives the TTLs; nothing runs on the data path.
+
+import { Resolver } from 'node:dns/promises';
+import type { DnsEntry, RoutingTable } from '../config/table.ts';
+import type { Logger } from '../log.ts';
+import { discoveryNames, expandTable } from './expand.ts';
+import { NameWatch, type Outcome } from './watch.ts';
+
+/** What discovery drives: the Runtime. */
+export interface DiscoveryTarget {
+  /** The running table (its `[global.dns]`, and the names it has). */
+  readonly table: RoutingTable;
+  /** Swaps in `expand(config table)`, serialized with reloads and edits. */
+  applyDiscovered(expand: (configured: RoutingTable) => RoutingTable): Promise<void>;
+}
+
+/** Answers that say the name has no address (believed at once), as opposed to a failure to get an answer. */
+const NO_ADDRESS = new Set(['ENOTFOUND', 'ENODATA']);
+
+/** One lookup of A and AAAA; never rejects. */
+export async function lookupName(resolver: Resolver, name: string): Promise<Outcome> {
+  const [a, aaaa] = await Promise.allSettled([resolver.resolve4(name, { ttl: true }), resolver.resolve6(name, { ttl: true })]);
+  const records = [...(a.status === 'fulfilled' ? a.value : []), ...(aaaa.status === 'fulfilled' ? aaaa.value : [])];
+  if (records.length > 0) {
+    return { kind: 'answer', addresses: records.map((r) => r.address), ttlSec: Math.min(...records.map((r) => r.ttl)) };
+  }
+  const codes = [a, aaaa].map((r) => (r.status === 'rejected' ? ((r.reason as NodeJS.ErrnoException).code ?? 'error') : 'ENODATA'));
+  if (codes.every((c) => NO_ADDRESS.has(c))) return { kind: 'none', why: codes.includes('ENOTFOUND') ? 'NXDOMAIN' : 'no A or AAAA record' };
+  return { kind: 'failed', why: [...new Set(codes.filter((c) => !NO_ADDRESS.has(c)))].join(',') };
+}
+
+export class DnsDiscovery {
+  private readonly target: DiscoveryTarget;
+  private readonly log: Logger;
+  private readonly watches = new Map<string, NameWatch>();
+  private readonly due = new Map<string, number>();
+  private timer: NodeJS.Timeout | null = null;
+  private cycle: Promise<void> | null = null;
+  private stopped = false;
+  private resolver: Resolver | null = null;
+  private resolverFor = '';
+  /** A swap failed: the next cycle swaps even if no name changed again. */
+  private pendingApply = false;
+
+  constructor(target: DiscoveryTarget, log: Logger) {
+    this.target = target;
+    this.log = log;
+  }
+
+  /** Looks every name up once (bounded by the query timeout), swaps in the expansion, then follows the TTLs. */
+  async start(): Promise<void> {
+    this.sync();
+    await this.runDue(true);
+  }
+
+  /** Follows the running table's names (after a reload): new names are looked up at once, gone ones dropped. */
+  sync(): void {
+    const names = new Set(discoveryNames(this.target.table));
+    for (const n of [...this.watches.keys()]) {
+      if (!names.has(n)) {
+        this.watches.delete(n);
+        this.due.delete(n);
+      }
+    }
+    for (const n of names) {
+      if (this.watches.has(n)) continue;
+      this.watches.set(n, new NameWatch(n));
+      this.due.set(n, 0);
+    }
+    if (!this.stopped) this.arm();
+  }
+
+  stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    return this.cycle ?? Promise.resolve();
+  }
+
+  /** The addresses each name has now (for show and tests). */
+  answers(): Map<string, readonly string[]> {
+    const out = new Map<string, readonly string[]>();
+    for (const [n, w] of this.watches) if (w.addresses !== null) out.set(n, w.addresses);
+    return out;
+  }
+
+  private dns(): DnsEntry | null {
+    return this.target.table.global.dns ?? null;
+  }
+
+  private resolverOf(dns: DnsEntry): Resolver {
+    const id = `${dns.timeoutMs}|${dns.servers.join(',')}`;
+    if (this.resolver === null || this.resolverFor !== id) {
+      const r = new Resolver({ timeout: dns.timeoutMs, tries: 1 });
+      if (dns.servers.length > 0) r.setServers([...dns.servers]);
+      this.resolver = r;
+      this.resolverFor = id;
+    }
+    return this.resolver;
+  }
+
+  private arm(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    if (this.stopped || this.cycle !== null || this.due.size === 0) return;
+    const next = Math.min(...this.due.values());
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.runDue(false);
+    }, Math.max(0, next - Date.now()));
+    this.timer.unref();
+  }
+
+  /** Looks up every name that is due, then swaps in a new expansion if any name's addresses changed. */
+  private async runDue(all: boolean): Promise<void> {
+    if (this.cycle !== null) return this.cycle;
+    const dns = this.dns();
+    if (dns === null || this.stopped) return;
+    const run = (async () => {
+      const now = Date.now();
+      const names = [...this.due].filter(([, at]) => all || at <= now).map(([n]) => n);
+      const resolver = this.resolverOf(dns);
+      const outcomes = await Promise.all(names.map(async (n) => [n, await lookupName(resolver, n)] as const));
+      let changed = this.pendingApply;
+      const at = Date.now();
+      for (const [name, outcome] of outcomes) {
+        const w = this.watches.get(name);
+        if (!w) continue; // dropped by a reload meanwhile
+        const step = w.step(outcome, at, dns);
+        this.due.set(name, step.nextAt);
+        if (step.note) this.log.log(step.note.level, step.note.event, { name, detail: step.note.detail });
+        changed ||= step.changed;
+      }
+      if (changed && !this.stopped) {
+        const answers = this.answers();
+        try {
+          await this.target.applyDiscovered((configured) => expandTable(configured, answers));
+          this.pendingApply = false;
+        } catch (err) {
+          this.pendingApply = true;
+          this.log.log('error', 'dns-apply-failed', { error: (err as Error).message, detail: 'the running backends are unchanged; retried at the next answer' });
+          for (const n of names) this.due.set(n, Math.min(this.due.get(n) ?? Infinity, Date.now() + dns.minTtlMs));
+        }
+      }
+    })();
+    this.cycle = run;
+    try {
+      await run;
+    } finally {
+      this.cycle = null;
+      this.arm();
+    }
+  }
+}

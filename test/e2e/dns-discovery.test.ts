@@ -1,0 +1,239 @@
+// DNS discovery against a real DNS server: Debian's dnsmasq (installed by .ci/run) on a loopback port,
+// serving a name from a hosts file with a 1 s TTL. The test changes the file (dnsmasq re-reads it on
+// SIGHUP) and checks that lb adds and drains backends within TTL + a margin, with no failed client
+// connection meanwhile; that stopping the DNS server keeps the last good set; and that a name which does
+// not resolve at start takes no traffic and is picked up once it does.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import net, { type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { connectClient, freePort, track, until, within } from '../helpers/backends.ts';
+import { cleanup, startLb, type InProcessLb } from '../helpers/lb.ts';
+import { DnsDiscovery } from '../../src/discovery/dns.ts';
+
+afterEach(cleanup);
+
+/** A real dnsmasq answering for *.lb.test from `hosts` (re-read on SIGHUP), every answer with TTL 1 s. */
+async function dnsmasq(hostsText: string): Promise<{ port: number; setHosts(text: string): Promise<void>; stop(): Promise<void>; restart(): Promise<void> }> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'lb-dnsmasq-'));
+  const hosts = path.join(dir, 'hosts');
+  writeFileSync(hosts, hostsText);
+  const port = await freePort();
+  let proc: ChildProcess | null = null;
+  let output = '';
+  const launch = async (): Promise<void> => {
+    const p = spawn(
+      '/usr/sbin/dnsmasq',
+      ['-k', '--conf-file=/dev/null', `--port=${port}`, '--listen-address=127.0.0.1', '--bind-interfaces', '--no-resolv', '--no-hosts',
+        `--addn-hosts=${hosts}`, '--local-ttl=1', '--local=/lb.test/', `--pid-file=${dir}/pid`, '--user=root', '--log-facility=-'],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    proc = p;
+    p.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+    p.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+    // Ready once it says it read the hosts file (or fails).
+    await within(
+      new Promise<void>((resolve, reject) => {
+        const check = (): void => {
+          if (output.includes(`read ${hosts}`)) resolve();
+        };
+        p.stdout!.on('data', check);
+        p.stderr!.on('data', check);
+        p.once('exit', (code) => reject(new Error(`dnsmasq exited (${code}):\n${output}`)));
+        check();
+      }),
+      5000,
+      `dnsmasq to start:\n${output}`,
+    );
+  };
+  const stop = async (): Promise<void> => {
+    const p = proc;
+    proc = null;
+    if (p && p.exitCode === null && p.signalCode === null) {
+      const exited = once(p, 'exit');
+      p.kill('SIGKILL');
+      await within(exited, 5000, 'dnsmasq to exit');
+    }
+  };
+  await launch();
+  track({
+    close: async () => {
+      await stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  });
+  return {
+    port,
+    async setHosts(text) {
+      writeFileSync(hosts, text);
+      const reads = output.split(`read ${hosts}`).length;
+      proc!.kill('SIGHUP');
+      await until(() => output.split(`read ${hosts}`).length > reads, 3000, 'dnsmasq to re-read its hosts file');
+    },
+    stop,
+    async restart() {
+      output = '';
+      await launch();
+    },
+  };
+}
+
+/** Echo servers on one port at several loopback addresses; each prefixes its answers with its address. */
+async function echoesAt(addresses: readonly string[]): Promise<number> {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const port = await freePort();
+    const servers: Server[] = [];
+    try {
+      for (const a of addresses) servers.push(await listenEcho(a, port));
+      for (const s of servers) {
+        const sockets = new Set<Socket>();
+        s.on('connection', (c: Socket) => {
+          sockets.add(c);
+          c.on('close', () => sockets.delete(c));
+        });
+        track({
+          close: async () => {
+            for (const c of sockets) c.destroy();
+            await new Promise<void>((r) => s.close(() => r()));
+          },
+        });
+      }
+      return port;
+    } catch {
+      for (const s of servers) s.close(); // the port was taken at one of the addresses: another port
+    }
+  }
+  throw new Error('no port free at every address');
+}
+
+function listenEcho(address: string, port: number): Promise<Server> {
+  const server = net.createServer((c) => {
+    c.on('error', () => undefined);
+    c.on('data', (d: Buffer) => c.write(`[${address}] ${d.toString()}`));
+    c.on('end', () => c.end());
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, address, () => {
+      server.removeListener('error', reject);
+      resolve(server);
+    });
+  });
+}
+
+async function answerFrom(port: number, what = 'ping'): Promise<string> {
+  const c = await connectClient(port);
+  try {
+    const r = await c.request(what, 3000);
+    return /^\[([^\]]+)\]/.exec(r)![1]!;
+  } finally {
+    await c.close();
+  }
+}
+
+function addresses(lb: InProcessLb): string[] {
+  return lb.rt.table.listeners[0]!.groups[0]!.backends.map((b) => b.address);
+}
+
+async function discoveringLb(dnsPort: number, backendPort: number, name = 'app.lb.test', hold = '1m'): Promise<{ lb: InProcessLb; discovery: DnsDiscovery }> {
+  const lb = await startLb({
+    global: { access_log: false, dns: { servers: [`127.0.0.1:${dnsPort}`], timeout: '500ms', min_ttl: '1s', max_ttl: '2s', hold_valid: hold } },
+    listeners: { web: { listen: '127.0.0.1:0', connect_timeout: '1s', groups: [{ policy: 'rr', backends: [`${name}:${backendPort}`] }] } },
+  });
+  const discovery = new DnsDiscovery(lb.rt, lb.rt.log);
+  track({ close: () => discovery.stop() });
+  await within(discovery.start(), 3000, 'the first lookups');
+  return { lb, discovery };
+}
+
+describe('DNS discovery with dnsmasq', () => {
+  it('every address is a backend; a changed record adds and drains within TTL + margin, no client fails', async () => {
+    const port = await echoesAt(['127.0.0.2', '127.0.0.3', '127.0.0.4']);
+    const dns = await dnsmasq('127.0.0.2 app.lb.test\n127.0.0.3 app.lb.test\n');
+    const { lb } = await discoveringLb(dns.port, port);
+    expect(addresses(lb)).toEqual(['127.0.0.2', '127.0.0.3']);
+    expect(lb.rt.table.listeners[0]!.groups[0]!.backends.map((b) => b.name)).toEqual([`app.lb.test:${port}@127.0.0.2`, `app.lb.test:${port}@127.0.0.3`]);
+    const seen = new Set<string>();
+    for (let i = 0; i < 4; i++) seen.add(await answerFrom(lb.port()));
+    expect([...seen].sort()).toEqual(['127.0.0.2', '127.0.0.3']);
+
+    // A connection to .3 that stays open across the change: drained, not cut.
+    let held = await connectClient(lb.port());
+    while ((await held.request('who')).startsWith('[127.0.0.2]')) {
+      await held.close();
+      held = await connectClient(lb.port());
+    }
+    // Clients keep coming while the record changes: none may fail.
+    let failures = 0;
+    let served = 0;
+    let stop = false;
+    const load = (async () => {
+      for (let i = 0; i < 2000 && !stop; i++) {
+        try {
+          await answerFrom(lb.port());
+          served++;
+        } catch {
+          failures++;
+        }
+      }
+    })();
+    const t0 = Date.now();
+    await dns.setHosts('127.0.0.2 app.lb.test\n127.0.0.4 app.lb.test\n');
+    await until(() => addresses(lb).join() === '127.0.0.2,127.0.0.4', 4000, 'the new address set (TTL 1 s + margin)');
+    const took = Date.now() - t0;
+    await until(() => served > 20, 3000, 'clients after the change');
+    stop = true;
+    await within(load, 5000, 'the client loop');
+    expect(failures).toBe(0);
+    expect(took).toBeLessThan(3500);
+    const after = new Set<string>();
+    for (let i = 0; i < 4; i++) after.add(await answerFrom(lb.port()));
+    expect([...after].sort()).toEqual(['127.0.0.2', '127.0.0.4']);
+    expect(await held.request('still there')).toBe('[127.0.0.3] still there');
+    await held.close();
+  });
+
+  it('a DNS outage keeps the last good set (hold_valid), logged once, not once per lookup', async () => {
+    const port = await echoesAt(['127.0.0.2', '127.0.0.3']);
+    const dns = await dnsmasq('127.0.0.2 app.lb.test\n127.0.0.3 app.lb.test\n');
+    const { lb } = await discoveringLb(dns.port, port);
+    expect(addresses(lb)).toEqual(['127.0.0.2', '127.0.0.3']);
+    await dns.stop();
+    const mark = lb.logs.mark();
+    // TTL 1 s, retries at 1 s then 2 s: three lookups or more fail in 4 s.
+    await lb.logs.waitFor({ event: 'dns-failed', name: 'app.lb.test' }, { from: mark, ms: 3000 });
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(addresses(lb)).toEqual(['127.0.0.2', '127.0.0.3']);
+    expect(lb.logs.all({ event: 'dns-failed' }).length).toBe(1);
+    expect(await answerFrom(lb.port())).toMatch(/^127\.0\.0\.[23]$/);
+  });
+
+  it('hold_valid runs out: the name has no backend; it comes back when the server does', async () => {
+    const port = await echoesAt(['127.0.0.2']);
+    const dns = await dnsmasq('127.0.0.2 app.lb.test\n');
+    const { lb } = await discoveringLb(dns.port, port, 'app.lb.test', '2s');
+    await dns.stop();
+    await until(() => addresses(lb).length === 0, 6000, 'hold_valid to run out');
+    await lb.logs.waitFor((l) => l.event === 'dns-failed' && /hold_valid ran out/.test(l.fields['detail'] ?? ''));
+    await dns.restart();
+    await until(() => addresses(lb).join() === '127.0.0.2', 6000, 'the name to resolve again');
+    expect(await answerFrom(lb.port())).toBe('127.0.0.2');
+  });
+
+  it('a name that does not resolve at start takes no traffic, and is picked up once it does', async () => {
+    const port = await echoesAt(['127.0.0.3']);
+    const dns = await dnsmasq('127.0.0.2 other.lb.test\n');
+    const { lb } = await discoveringLb(dns.port, port, 'late.lb.test');
+    expect(addresses(lb)).toEqual([]);
+    await lb.logs.waitFor({ event: 'dns-no-address', name: 'late.lb.test' });
+    const c = await connectClient(lb.port());
+    await within(c.ended, 3000, 'the client to be closed (no backend)');
+    await dns.setHosts('127.0.0.3 late.lb.test\n');
+    await until(() => addresses(lb).join() === '127.0.0.3', 5000, 'the name to be picked up (back-off 1 s, 2 s)');
+    expect(await answerFrom(lb.port())).toBe('127.0.0.3');
+  });
+});
