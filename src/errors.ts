@@ -75,6 +75,12 @@ export const Code = {
 } as const;
 export type ErrorCode = (typeof Code)[keyof typeof Code];
 
+/**
+ * Socket errors that say this host ran out of something (descriptors, memory, ephemeral ports), not that
+ * a backend is bad: never counted against a backend, by the data path or by health checks.
+ */
+export const LOCAL_ERRORS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOTAVAIL']);
+
 export class LbError extends Error {
   readonly code: ErrorCode;
   readonly exitCode: number;

@@ -19,6 +19,7 @@ import { debugEnabled, explainFailure, formatFailure } from './failure.ts';
 import { optionErrorMessage, USAGE, USAGE_HINT } from './usage.ts';
 import { VERSION } from '../version.ts';
 import { notifyReady } from './notify.ts';
+import { DnsDiscovery } from '../discovery/dns.ts';
 
 
 export interface Io {
@@ -282,6 +283,9 @@ async function serve(table: RoutingTable, configFile: string | null, out: Report
     await hooks.stopped?.();
     throw err;
   }
+  // [global.dns]: backends given by name follow their records (src/discovery/); nothing without it.
+  const discovery = new DnsDiscovery(runtime, runtime.log);
+  await discovery.start();
   const where = runtime.boundAddresses().map((b) => `${b.name}=${b.address}`).join(' ');
   const c = table.control;
   const controlAt = [
@@ -295,6 +299,7 @@ async function serve(table: RoutingTable, configFile: string | null, out: Report
     const stop = (signal: string): void => {
       runtime.log.log('info', 'stopping', { signal });
       // Idempotent: a second signal during the drain waits for the same stop instead of killing lb.
+      void discovery.stop();
       void runtime.shutdown().then(async () => {
         await hooks.stopped?.();
         process.removeListener('SIGHUP', hup);
@@ -308,6 +313,7 @@ async function serve(table: RoutingTable, configFile: string | null, out: Report
     };
     const hup = (): void => {
       void runtime.reload().then((r) => {
+        if (r.ok) discovery.sync();
         flushLog();
         out.json = runtime.log.format === 'json';
         if (!r.ok) reportDiagnostics(configFile ?? '-', r.diagnostics, out);

@@ -3,10 +3,10 @@
 // name's addresses change (through the Runtime's `applyDiscovered`, one table change at a time with
 // reloads and edits). Node's own resolver (c-ares) gives the TTLs; nothing runs on the data path.
 
-import { Resolver } from 'node:dns/promises';
+import { lookup, Resolver } from 'node:dns/promises';
 import type { DnsEntry, RoutingTable } from '../config/table.ts';
 import type { Logger } from '../log.ts';
-import { discoveryNames, expandTable } from './expand.ts';
+import { addressesOf, discoveryNames, expandTable } from './expand.ts';
 import { NameWatch, type Outcome } from './watch.ts';
 
 /** What discovery drives: the Runtime. */
@@ -20,8 +20,29 @@ export interface DiscoveryTarget {
 /** Answers that say the name has no address (believed at once), as opposed to a failure to get an answer. */
 const NO_ADDRESS = new Set(['ENOTFOUND', 'ENODATA']);
 
-/** One lookup of A and AAAA; never rejects. */
-export async function lookupName(resolver: Resolver, name: string): Promise<Outcome> {
+/**
+ * One lookup of A and AAAA; never rejects. With the system's name servers (`servers` unset), a name the
+ * DNS does not answer for is also looked up as the C library does (/etc/hosts, search domains), whose
+ * answers carry no TTL: `fallbackTtlSec` stands for it.
+ */
+export async function lookupName(resolver: Resolver, name: string, system: boolean, fallbackTtlSec: number, timeoutMs: number): Promise<Outcome> {
+  const dns = await lookupDns(resolver, name);
+  if (!system || dns.kind === 'answer') return dns;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    // getaddrinfo cannot be cancelled: past the timeout its answer is not waited for.
+    const late = new Promise<null>((resolve) => (timer = setTimeout(resolve, timeoutMs, null)));
+    const all = await Promise.race([lookup(name, { all: true }), late]);
+    if (all !== null && all.length > 0) return { kind: 'answer', addresses: all.map((a) => a.address), ttlSec: fallbackTtlSec };
+  } catch {
+    // the DNS outcome stands
+  } finally {
+    clearTimeout(timer);
+  }
+  return dns;
+}
+
+async function lookupDns(resolver: Resolver, name: string): Promise<Outcome> {
   const [a, aaaa] = await Promise.allSettled([resolver.resolve4(name, { ttl: true }), resolver.resolve6(name, { ttl: true })]);
   const records = [...(a.status === 'fulfilled' ? a.value : []), ...(aaaa.status === 'fulfilled' ? aaaa.value : [])];
   if (records.length > 0) {
@@ -56,8 +77,12 @@ export class DnsDiscovery {
     await this.runDue(true);
   }
 
-  /** Follows the running table's names (after a reload): new names are looked up at once, gone ones dropped. */
+  /**
+   * After a reload (the new file's table runs with its names resolved once): follows its names (new
+   * ones looked up at once, gone ones dropped) and swaps the expansion in again without waiting for a TTL.
+   */
   sync(): void {
+    this.pendingApply = true;
     const names = new Set(discoveryNames(this.target.table));
     for (const n of [...this.watches.keys()]) {
       if (!names.has(n)) {
@@ -70,7 +95,9 @@ export class DnsDiscovery {
       this.watches.set(n, new NameWatch(n));
       this.due.set(n, 0);
     }
-    if (!this.stopped) this.arm();
+    if (this.stopped) return;
+    if (this.cycle === null && this.due.size > 0) void this.runDue(false);
+    else this.arm();
   }
 
   stop(): Promise<void> {
@@ -123,7 +150,8 @@ export class DnsDiscovery {
       const now = Date.now();
       const names = [...this.due].filter(([, at]) => all || at <= now).map(([n]) => n);
       const resolver = this.resolverOf(dns);
-      const outcomes = await Promise.all(names.map(async (n) => [n, await lookupName(resolver, n)] as const));
+      const system = dns.servers.length === 0;
+      const outcomes = await Promise.all(names.map(async (n) => [n, await lookupName(resolver, n, system, dns.minTtlMs / 1000, dns.timeoutMs)] as const));
       let changed = this.pendingApply;
       const at = Date.now();
       for (const [name, outcome] of outcomes) {
@@ -137,10 +165,22 @@ export class DnsDiscovery {
       if (changed && !this.stopped) {
         const answers = this.answers();
         try {
-          await this.target.applyDiscovered((configured) => expandTable(configured, answers));
+          // The same table back (same object) when nothing changes: the Runtime then swaps nothing.
+          let swapped: RoutingTable | null = null;
+          await this.target.applyDiscovered((configured) => {
+            const next = expandTable(configured, answers);
+            if (addressesOf(next) === addressesOf(configured)) return configured;
+            return (swapped = next);
+          });
           this.pendingApply = false;
+          if (swapped !== null) {
+            let n = 0;
+            for (const l of (swapped as RoutingTable).listeners) for (const g of l.groups) n += g.backends.filter((b) => b.discovered).length;
+            this.log.log('info', 'dns-applied', { discovered: n, names: answers.size });
+          }
         } catch (err) {
           this.pendingApply = true;
+          if (this.stopped) return; // lb is stopping: nothing to swap any more
           this.log.log('error', 'dns-apply-failed', { error: (err as Error).message, detail: 'the running backends are unchanged; retried at the next answer' });
           for (const n of names) this.due.set(n, Math.min(this.due.get(n) ?? Infinity, Date.now() + dns.minTtlMs));
         }

@@ -9,10 +9,14 @@ import { performance } from 'node:perf_hooks';
 import type { BackendState } from '../balance/state.ts';
 import { checkSendProxyOf, type BackendEntry, type HealthEntry, type ListenerEntry, type ProxyVersion } from '../config/table.ts';
 import { encodeProxyHeader } from '../proxy/proxy-protocol.ts';
+import { LOCAL_ERRORS } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { CheckResult, CheckStatus } from './state.ts';
 
 const MAX_REPLY_BYTES = 16 * 1024;
+
+/** A local resource error is logged at most once per this many ms. */
+const LOCAL_ERROR_LOG_MS = 5000;
 
 /**
  * Feeds one check result to a backend's shared rise/fall machine and logs a transition; true when the
@@ -103,6 +107,17 @@ export class HealthMonitor {
     for (const c of this.checked.values()) this.stopOne(c);
   }
 
+  private localErrorAt = 0;
+  private localError(code: string): void {
+    const now = Date.now();
+    if (now - this.localErrorAt < LOCAL_ERROR_LOG_MS) return;
+    this.localErrorAt = now;
+    this.log.log('error', 'local-resource-error', {
+      code,
+      detail: 'a health check could not open a socket on this host: the backend is not marked down; raise LimitNOFILE',
+    });
+  }
+
   private stopOne(c: Checked): void {
     if (c.timer) clearTimeout(c.timer);
     c.socket?.destroy();
@@ -118,7 +133,11 @@ export class HealthMonitor {
       runCheck(c.entry, c.entry.health!, c.listener.source, (socket) => (c.socket = socket), (result) => {
         c.socket = null;
         if (this.checked.get(c.state) !== c) return; // stopped meanwhile
-        if (applyCheck(this.log, c.listener.name, c.group, c.entry, c.state, result, 'check')) this.changed();
+        if (!result.ok && LOCAL_ERRORS.has(result.detail)) {
+          // Out of file descriptors (or memory) here: says nothing about the backend. Not counted, logged
+          // once per burst, checked again at the next interval.
+          this.localError(result.detail);
+        } else if (applyCheck(this.log, c.listener.name, c.group, c.entry, c.state, result, 'check')) this.changed();
         const h = c.entry.health;
         if (h) this.schedule(c, Math.max(0, h.intervalMs - (performance.now() - started)));
       }, proxy);

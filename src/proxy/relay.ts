@@ -18,7 +18,7 @@ import { chooseBackend, normaliseClientIp, someBackendFull, type Choice } from '
 import type { LiveFlow, ListenerState, Waiter } from '../balance/state.ts';
 import { sendProxyOf, type ListenerEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
-import { Code } from '../errors.ts';
+import { Code, LOCAL_ERRORS } from '../errors.ts';
 import type { CheckResult } from '../health/state.ts';
 import type { Logger } from '../log.ts';
 import { balanceDump, hexDump, type Direction } from './dump.ts';
@@ -74,8 +74,6 @@ interface RelaySocket extends Socket {
 /** Most bytes kept from a queued client before reading from it pauses. */
 const QUEUED_BYTES_MAX = 64 * 1024;
 
-/** Errors that say this host ran out of something, not that the backend is bad. */
-const LOCAL_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOTAVAIL']);
 
 /** After a reset, the longest a socket may take to report its close before it is forced. */
 const CLOSE_GRACE_MS = 2000;

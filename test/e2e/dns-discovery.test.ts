@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { connectClient, freePort, track, until, within } from '../helpers/backends.ts';
-import { cleanup, startLb, type InProcessLb } from '../helpers/lb.ts';
+import { cleanup, spawnLb, startLb, type InProcessLb } from '../helpers/lb.ts';
 import { DnsDiscovery } from '../../src/discovery/dns.ts';
 
 afterEach(cleanup);
@@ -235,5 +235,37 @@ describe('DNS discovery with dnsmasq', () => {
     await dns.setHosts('127.0.0.3 late.lb.test\n');
     await until(() => addresses(lb).join() === '127.0.0.3', 5000, 'the name to be picked up (back-off 1 s, 2 s)');
     expect(await answerFrom(lb.port())).toBe('127.0.0.3');
+  });
+});
+
+describe('DNS discovery in lb run', () => {
+  it('starts with a name only the configured server knows, and keeps following it across SIGHUP', async () => {
+    const port = await echoesAt(['127.0.0.2', '127.0.0.3']);
+    const dns = await dnsmasq('127.0.0.2 app.lb.test\n');
+    const dir = mkdtempSync(path.join(tmpdir(), 'lb-dns-run-'));
+    track({ close: async () => rmSync(dir, { recursive: true, force: true }) });
+    const file = path.join(dir, 'lb.toml');
+    writeFileSync(
+      file,
+      `[global]\naccess_log = false\nworkers = 1\n[global.dns]\nservers = ["127.0.0.1:${dns.port}"]\ntimeout = "500ms"\nmax_ttl = "2s"\n\n` +
+        `[listeners.web]\nlisten = "127.0.0.1:0"\n[[listeners.web.groups]]\nbackends = ["app.lb.test:${port}"]\n`,
+    );
+    const lb = await spawnLb(['run', file]);
+    // The system resolver does not know the name: a warning, and lb starts anyway.
+    expect(lb.logs.text()).toMatch(/cannot resolve host "app\.lb\.test".*DNS discovery retries it/);
+    expect(await answerFrom(lb.ports['web']!)).toBe('127.0.0.2');
+    // A reload runs the file's table (the name unresolved by the system): the expansion comes back at
+    // once, without waiting for the TTL; only the discovered address can serve (the system cannot).
+    const mark = lb.logs.mark();
+    lb.proc.kill('SIGHUP');
+    await lb.logs.waitFor('reloaded', { from: mark, ms: 5000 });
+    await lb.logs.waitFor('dns-applied', { from: mark, ms: 5000 });
+    expect(await answerFrom(lb.ports['web']!)).toBe('127.0.0.2');
+    // And it goes on following the record.
+    const mark2 = lb.logs.mark();
+    await dns.setHosts('127.0.0.3 app.lb.test\n');
+    await lb.logs.waitFor({ event: 'dns-resolved', name: 'app.lb.test' }, { from: mark2, ms: 5000 });
+    await lb.logs.waitFor('dns-applied', { from: mark2, ms: 5000 });
+    expect(await answerFrom(lb.ports['web']!)).toBe('127.0.0.3');
   });
 });

@@ -212,9 +212,10 @@ const STARTED = /^lb \S+ listening on (.*?)(?:; \d+ workers?)?(?:; control .*)? 
 /** Spawns `node src/cli/main.ts ...args` and resolves once it prints its start-up line. */
 export async function spawnLb(
   args: readonly string[],
-  opts: { startMs?: number; onReady?: (proc: ChildProcess) => void } = {},
+  opts: { startMs?: number; onReady?: (proc: ChildProcess) => void; /** e.g. ['prlimit', '--nofile=80:80'] */ wrap?: string[] } = {},
 ): Promise<LbProcess> {
-  const proc = spawn(process.execPath, ['src/cli/main.ts', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const argv = [...(opts.wrap ?? []), process.execPath, 'src/cli/main.ts', ...args];
+  const proc = spawn(argv[0]!, argv.slice(1), { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs = new LogCapture();
   let out = '';
   let errBuf = '';
