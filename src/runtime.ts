@@ -40,6 +40,7 @@ import { httpTargetOf } from './http/target.ts';
 import { backendId, SlotAllocator, type SlotMap } from './shared/slots.ts';
 import { DEFAULT_CAPACITY, SharedState } from './shared/state.ts';
 import { takeSnapshot, type Snapshot } from './stats/snapshot.ts';
+import { FailureLog, RateMeter, type FailureRecord } from './stats/rates.ts';
 import { probeListen } from './supervisor/ports.ts';
 import { WorkerPool } from './supervisor/workers.ts';
 import { sameEndpoint } from './worker/data-plane.ts';
@@ -110,6 +111,10 @@ export class Runtime implements ControlTarget {
    * after every reload and restart, and written to `[global] state_file` when one is set.
    */
   private configTable: RoutingTable;
+  private readonly rates = new RateMeter();
+  private rateTimer: NodeJS.Timeout | null = null;
+  /** The last connect and check failures, for `show errors`. */
+  private readonly failures = new FailureLog();
 
   constructor(table: RoutingTable, opts: RuntimeOptions = {}) {
     this.table = table;
@@ -123,6 +128,8 @@ export class Runtime implements ControlTarget {
     this.shared = new SharedState(undefined, { ...DEFAULT_CAPACITY, regions: this.workers });
     this.slots = new SlotAllocator(this.shared);
     this.health = new HealthMonitor(this.log, () => this.serveQueues());
+    this.health.onFailure = (listener, group, entry, r) =>
+      this.failures.add({ at: Date.now(), listener, group, backend: entry.name, by: 'check', reason: `${r.status} ${r.detail}`.trim() });
     this.pool = new WorkerPool({
       size: this.workers,
       shared: this.shared,
@@ -131,8 +138,10 @@ export class Runtime implements ControlTarget {
       testHooks: process.env.LB_TEST_HOOKS === '1',
       events: {
         failure: (slot, reason) => {
-          const st = this.stateOfSlot(slot);
-          if (st) st.lastFailure = reason;
+          const where = this.whereIsSlot(slot);
+          if (!where) return;
+          where.state.lastFailure = reason;
+          this.failures.add({ at: Date.now(), listener: where.listener, group: where.group, backend: where.name, by: 'traffic', reason });
         },
         healthChanged: () => this.serveQueues(),
       },
@@ -144,9 +153,41 @@ export class Runtime implements ControlTarget {
     for (const l of this.slotMap.listeners) this.shared.wake(l.slot);
   }
 
-  private stateOfSlot(slot: number): BackendState | undefined {
-    for (const l of this.listeners.values()) for (const g of l.state.groups) for (const b of g.backends) if (b.slot === slot) return b;
+  private whereIsSlot(slot: number): { state: BackendState; listener: string; group: number; name: string } | undefined {
+    for (const l of this.listeners.values()) {
+      for (const [gi, g] of l.state.groups.entries()) {
+        const i = g.backends.findIndex((b) => b.slot === slot);
+        if (i >= 0) return { state: g.backends[i]!, listener: l.entry.name, group: gi, name: l.entry.groups[gi]!.backends[i]!.name };
+      }
+    }
     return undefined;
+  }
+
+  /** Once a second: the increase of every connection total, for `show stat`'s rate and rate_max. */
+  private sampleRates(): void {
+    const now = Date.now();
+    const keep = new Set<string>();
+    for (const l of this.listeners.values()) {
+      const lk = `L ${l.entry.name}`;
+      keep.add(lk);
+      this.rates.sample(lk, l.state.total, now);
+      for (const g of l.state.groups) {
+        for (const b of g.backends) {
+          const bk = `B ${b.slot}`;
+          keep.add(bk);
+          this.rates.sample(bk, b.total, now);
+        }
+      }
+    }
+    this.rates.retain(keep);
+  }
+
+  rateOf(key: string): { rate: number; max: number } {
+    return { rate: this.rates.rate(key), max: this.rates.max(key) };
+  }
+
+  recentFailures(): readonly FailureRecord[] {
+    return this.failures.list();
   }
 
   private syncHealth(): void {
@@ -177,6 +218,8 @@ export class Runtime implements ControlTarget {
       }
       this.http = await syncHttp(null, this.table.control, this.httpTarget, this.log, { atStart: true });
       this.syncHealth();
+      this.rateTimer = setInterval(() => this.sampleRates(), 1000);
+      this.rateTimer.unref();
     } catch (err) {
       plan.rollback();
       await this.control?.close();
@@ -471,6 +514,7 @@ export class Runtime implements ControlTarget {
     this.stopping ??= (async () => {
       await this.chain; // a table change in progress finishes first
       this.health.stop();
+      if (this.rateTimer) clearInterval(this.rateTimer);
       const open = await this.pool.stopAccepting().catch(() => this.openConnections());
       if (open > 0 && drainMs > 0) {
         this.log.log('info', 'draining', { connections: open, timeout_ms: drainMs });

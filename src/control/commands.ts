@@ -13,7 +13,8 @@ import { docToToml, tableToDoc } from '../config/to-toml.ts';
 import { parsePort } from '../config/values.ts';
 import { Code, type ErrorCode } from '../errors.ts';
 import { levelAllows, type Level } from './access.ts';
-import { mrtgBackendTitle, renderInfo, renderJson, renderMrtg, renderShow, renderStatCsv } from '../stats/render.ts';
+import type { FailureRecord } from '../stats/rates.ts';
+import { mrtgBackendTitle, renderErrors, renderInfo, renderJson, renderMrtg, renderShow, renderStatCsv } from '../stats/render.ts';
 import type { Snapshot } from '../stats/snapshot.ts';
 
 /** What the commands need from the running balancer. */
@@ -25,6 +26,8 @@ export interface ControlTarget {
   /** Swaps in an edited table; `carry` moves a backend's counters to its new slot (assign). */
   applyEdit(table: RoutingTable, carry?: { ref: BackendRef; state: BackendState }): Promise<void>;
   resolveHost(host: string): Promise<string>;
+  /** The last connect and check failures, oldest first. */
+  recentFailures(): readonly FailureRecord[];
   /** Brings the bytes of open connections up to date in the shared counters (every worker publishes now). */
   refresh(): Promise<void>;
   /** SIGHUP's reload: the file again, all or nothing. */
@@ -189,8 +192,8 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
     },
   },
   show: {
-    usage: 'show [LISTENER | stat | info | json | config]',
-    help: 'the channel table (balance), or HAProxy-style CSV, process info, JSON, the running config as TOML',
+    usage: 'show [LISTENER | stat | info | json | config | errors]',
+    help: 'the channel table (balance), or HAProxy-style CSV, process info, JSON, the running config as TOML, the last failures',
     level: 'read',
     async run(t, s, args) {
       const [what, ...more] = args;
@@ -198,6 +201,7 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
       if (what !== 'config') await t.refresh();
       if (what === 'stat') return renderStatCsv(t.snapshot());
       if (what === 'info') return renderInfo(t.snapshot());
+      if (what === 'errors') return renderErrors(t.recentFailures());
       // Health `send` strings may hold credentials (an IMAP login): shown only above read.
       const secrets = levelAllows(s.level, 'operator');
       if (what === 'json') return secrets ? renderJson(t.snapshot()) : JSON.stringify(hideSecrets(JSON.parse(renderJson(t.snapshot()))), null, 2);

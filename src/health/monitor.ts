@@ -107,6 +107,8 @@ export class HealthMonitor {
     for (const c of this.checked.values()) this.stopOne(c);
   }
 
+  /** Told of every failed check (for `show errors`). */
+  onFailure: ((listener: string, group: number, entry: BackendEntry, result: CheckResult) => void) | null = null;
   private localErrorAt = 0;
   private localError(code: string): void {
     const now = Date.now();
@@ -137,7 +139,10 @@ export class HealthMonitor {
           // Out of file descriptors (or memory) here: says nothing about the backend. Not counted, logged
           // once per burst, checked again at the next interval.
           this.localError(result.detail);
-        } else if (applyCheck(this.log, c.listener.name, c.group, c.entry, c.state, result, 'check')) this.changed();
+        } else {
+          if (!result.ok) this.onFailure?.(c.listener.name, c.group, c.entry, result);
+          if (applyCheck(this.log, c.listener.name, c.group, c.entry, c.state, result, 'check')) this.changed();
+        }
         const h = c.entry.health;
         if (h) this.schedule(c, Math.max(0, h.intervalMs - (performance.now() - started)));
       }, proxy);

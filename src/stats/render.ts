@@ -1,5 +1,6 @@
 // Renderers of a Snapshot: balance's `show` table, HAProxy's `show stat` CSV and `show info`, JSON, MRTG.
 
+import type { FailureRecord } from './rates.ts';
 import type { BackendEntry, Policy } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import type { BackendSnap, GroupSnap, ListenerSnap, Snapshot, TrafficSnap } from './snapshot.ts';
@@ -84,7 +85,7 @@ export function renderStatCsv(snap: Snapshot): string {
   const rows: Row[] = [];
   snap.listeners.forEach((l: ListenerSnap, li) => {
     rows.push({
-      pxname: l.name, svname: 'FRONTEND', ...trafficCols(l), ereq: l.noBackend, status: 'OPEN',
+      pxname: l.name, svname: 'FRONTEND', ...trafficCols(l), ereq: l.noBackend, status: 'OPEN', rate: l.rate, rate_max: l.rateMax,
       pid: snap.pid, iid: li + 1, sid: 0, type: 0, addr: l.address, lb_listener: l.name,
       // lb queues per listener, so the queue columns are on the FRONTEND row.
       ...(l.queue ? { qcur: l.queue.cur, qmax: l.queue.max, qlimit: l.queue.limit, lb_qtimeouts: l.queue.timeouts } : {}),
@@ -96,7 +97,7 @@ export function renderStatCsv(snap: Snapshot): string {
         rows.push({
           pxname: px, svname: b.entry.name, ...trafficCols(b), slim: b.entry.maxc || undefined, econ: b.failures,
           status: STATUS[b.status], weight: b.entry.weight, act: g.index === 0 ? 1 : 0, bck: g.index === 0 ? 0 : 1,
-          lastchg: b.lastChangeSec, pid: snap.pid, iid: li + 1, sid: b.index + 1, lbtot: b.attempts, type: 2,
+          lastchg: b.lastChangeSec, downtime: b.downtimeSec, rate: b.rate, rate_max: b.rateMax, pid: snap.pid, iid: li + 1, sid: b.index + 1, lbtot: b.attempts, type: 2,
           ...(b.check
             ? { chkfail: b.check.failed, chkdown: b.check.downs, check_status: b.check.status,
                 check_duration: b.check.durationMs, check_rise: b.check.rise, check_fall: b.check.fall }
@@ -143,4 +144,12 @@ export function renderInfo(snap: Snapshot): string {
 
 export function renderJson(snap: Snapshot): string {
   return JSON.stringify(snap, null, 2);
+}
+
+/** `show errors`: the last connect and check failures, oldest first, one per line. */
+export function renderErrors(list: readonly FailureRecord[]): string {
+  if (list.length === 0) return 'no failures recorded';
+  return list
+    .map((f) => `${new Date(f.at).toISOString()} ${f.listener} group ${f.group} ${f.backend} ${f.by === 'check' ? 'check' : 'connect'}: ${f.reason}`)
+    .join('\n');
 }

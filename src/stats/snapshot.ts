@@ -26,6 +26,11 @@ export interface BackendSnap extends TrafficSnap {
   failures: number;
   /** Seconds since the last change between up and down. */
   lastChangeSec: number;
+  /** Seconds spent down (health, autodisable, ejection) over the backend's life. */
+  downtimeSec: number;
+  /** New connections in the last second, and the most seen in a second. */
+  rate: number;
+  rateMax: number;
   downReason: string;
   /** Active checks: null when the backend has none. */
   check: { status: string; durationMs: number; failed: number; downs: number; rise: number; fall: number } | null;
@@ -53,6 +58,9 @@ export interface ListenerSnap extends TrafficSnap {
   address: string;
   noBackend: number;
   queue: QueueSnap | null;
+  /** New clients in the last second, and the most seen in a second. */
+  rate: number;
+  rateMax: number;
   /** accept_proxy listeners: clients closed without a valid PROXY header in time; null when off. */
   proxyRejected: number | null;
   groups: GroupSnap[];
@@ -74,6 +82,8 @@ export interface Snapshot {
 export interface SnapshotSource {
   readonly startedAt: number;
   workerCounts(): { workers: number; restarts: number; splice: string };
+  /** Per-second rate of a series (`L name` for a listener, `B slot` for a backend) and its highest. */
+  rateOf(key: string): { rate: number; max: number };
   listenerViews(): { entry: ListenerEntry; state: ListenerState; address: string }[];
 }
 
@@ -116,6 +126,7 @@ export function takeSnapshot(src: SnapshotSource, version: string, now = Date.no
       name: entry.name,
       address,
       noBackend: state.noBackend,
+      ...((r) => ({ rate: r.rate, rateMax: r.max }))(src.rateOf(`L ${entry.name}`)),
       proxyRejected: entry.acceptProxy ? state.proxyRejected : null,
       queue: entry.queue
         ? {
@@ -138,6 +149,8 @@ export function takeSnapshot(src: SnapshotSource, version: string, now = Date.no
             status: backendStatus(b, st, now),
             attempts: st.attempts,
             failures: st.failures,
+            downtimeSec: Math.floor(st.shared.downtimeMs(st.slot, now) / 1000),
+            ...((r) => ({ rate: r.rate, rateMax: r.max }))(src.rateOf(`B ${st.slot}`)),
             lastChangeSec: Math.floor((now - st.lastChange) / 1000),
             downReason: downReason(b, st, now),
             check: b.health

@@ -13,7 +13,8 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { connectClient, freePort, track, until, within } from '../helpers/backends.ts';
 import { cleanup, spawnLb, startLb, type InProcessLb } from '../helpers/lb.ts';
-import { DnsDiscovery } from '../../src/discovery/dns.ts';
+import { Resolver } from 'node:dns/promises';
+import { DnsDiscovery, lookupName } from '../../src/discovery/dns.ts';
 
 afterEach(cleanup);
 
@@ -238,6 +239,30 @@ describe('DNS discovery with dnsmasq', () => {
   });
 });
 
+describe('lookupName', () => {
+  it('answers with the records and their TTL; NXDOMAIN is "none"; a dead server is "failed"', async () => {
+    const dns = await dnsmasq('127.0.0.2 a.lb.test\n127.0.0.3 a.lb.test\n');
+    const r = new Resolver({ timeout: 500, tries: 1 });
+    r.setServers([`127.0.0.1:${dns.port}`]);
+    const a = await lookupName(r, 'a.lb.test', false, 1, 500);
+    expect(a).toEqual({ kind: 'answer', addresses: expect.arrayContaining(['127.0.0.2', '127.0.0.3']), ttlSec: 1 });
+    expect(await lookupName(r, 'nope.lb.test', false, 1, 500)).toEqual({ kind: 'none', why: 'NXDOMAIN' });
+    await dns.stop();
+    expect((await lookupName(r, 'a.lb.test', false, 1, 500)).kind).toBe('failed');
+  });
+
+  it("with the system's servers, a name only /etc/hosts knows resolves as the C library does", async () => {
+    const r = new Resolver({ timeout: 300, tries: 1 });
+    r.setServers([`127.0.0.1:${await freePort()}`]); // no DNS answers here: only the fallback can
+    const got = await lookupName(r, 'localhost', true, 7, 2000);
+    expect(got.kind).toBe('answer');
+    if (got.kind === 'answer') {
+      expect(got.addresses.some((x) => x === '127.0.0.1' || x === '::1')).toBe(true);
+      expect(got.ttlSec).toBe(7);
+    }
+  });
+});
+
 describe('DNS discovery in lb run', () => {
   it('starts with a name only the configured server knows, and keeps following it across SIGHUP', async () => {
     const port = await echoesAt(['127.0.0.2', '127.0.0.3']);
@@ -251,21 +276,26 @@ describe('DNS discovery in lb run', () => {
         `[listeners.web]\nlisten = "127.0.0.1:0"\n[[listeners.web.groups]]\nbackends = ["app.lb.test:${port}"]\n`,
     );
     const lb = await spawnLb(['run', file]);
+    const ask = (when: string): Promise<string> =>
+      answerFrom(lb.ports['web']!).catch((e: Error) => {
+        throw new Error(`${when}: ${e.message}; lb's log:\n${lb.logs.text()}`);
+      });
     // The system resolver does not know the name: a warning, and lb starts anyway.
     expect(lb.logs.text()).toMatch(/cannot resolve host "app\.lb\.test".*DNS discovery retries it/);
-    expect(await answerFrom(lb.ports['web']!)).toBe('127.0.0.2');
+    expect(await ask('after start')).toBe('127.0.0.2');
     // A reload runs the file's table (the name unresolved by the system): the expansion comes back at
     // once, without waiting for the TTL; only the discovered address can serve (the system cannot).
-    const mark = lb.logs.mark();
+    // (Log lines arrive in batches: a swap is known to follow an event by its place after that line.)
+    const after = (event: string, detail?: RegExp): number =>
+      lb.logs.lines.findIndex((l) => l.event === event && (detail === undefined || detail.test(l.fields['detail'] ?? ''))) + 1;
     lb.proc.kill('SIGHUP');
-    await lb.logs.waitFor('reloaded', { from: mark, ms: 5000 });
-    await lb.logs.waitFor('dns-applied', { from: mark, ms: 5000 });
-    expect(await answerFrom(lb.ports['web']!)).toBe('127.0.0.2');
+    await lb.logs.waitFor('reloaded', { ms: 5000 });
+    await lb.logs.waitFor('dns-applied', { from: after('reloaded'), ms: 5000 });
+    expect(await ask('after the reload')).toBe('127.0.0.2');
     // And it goes on following the record.
-    const mark2 = lb.logs.mark();
     await dns.setHosts('127.0.0.3 app.lb.test\n');
-    await lb.logs.waitFor({ event: 'dns-resolved', name: 'app.lb.test' }, { from: mark2, ms: 5000 });
-    await lb.logs.waitFor('dns-applied', { from: mark2, ms: 5000 });
-    expect(await answerFrom(lb.ports['web']!)).toBe('127.0.0.3');
+    await lb.logs.waitFor((l) => l.event === 'dns-resolved' && /^127\.0\.0\.3 /.test(l.fields['detail'] ?? ''), { ms: 5000 });
+    await lb.logs.waitFor('dns-applied', { from: after('dns-resolved', /^127\.0\.0\.3 /), ms: 5000 });
+    expect(await ask('after the change')).toBe('127.0.0.3');
   });
 });
