@@ -45,8 +45,11 @@ export function backendKey(host: string, port: number): string {
 
 class Compiler {
   private readonly diags: Diagnostic[] = [];
+  /** `[global.dns]` is set: SRV backends are allowed. */
+  private dnsOn = false;
 
   compile(doc: ConfigDoc): CompileResult {
+    this.dnsOn = doc.global?.dns !== undefined;
     const defaults = {
       connectTimeoutMs: this.duration(doc.defaults?.connect_timeout ?? '5s', ['defaults', 'connect_timeout']),
       idleTimeoutMs: this.duration(doc.defaults?.idle_timeout ?? '0', ['defaults', 'idle_timeout']),
@@ -214,8 +217,19 @@ class Compiler {
         : null,
       acceptProxy: doc.accept_proxy ? { timeoutMs: this.acceptProxyTimeout(doc, at('accept_proxy_timeout')) } : null,
       // With an unparseable listen address there is no default backend port to check against (null).
-      groups: doc.groups.map((g, i) => this.group(g, parsedListen ? listen.port : null, at('groups', i), doc.source)),
+      groups: this.srvLast(doc, doc.groups.map((g, i) => this.group(g, parsedListen ? listen.port : null, at('groups', i), doc.source)), at),
     };
+  }
+
+  /** SRV priorities become failover groups after the srv backend's group: it must be the last group. */
+  private srvLast(doc: ListenerDoc, groups: GroupEntry[], at: (...rest: PathSegment[]) => PathSegment[]): GroupEntry[] {
+    groups.forEach((g, gi) => {
+      if (gi === groups.length - 1) return;
+      for (const u of g.unresolved ?? []) {
+        if (u.backend.srv) this.error(at('groups', gi, 'backends', u.at, 'srv'), `an srv backend belongs in the listener's last group: its higher SRV priorities become the failover groups after it (this is group ${gi} of ${doc.groups.length})`);
+      }
+    });
+    return groups;
   }
 
   private acceptProxyTimeout(doc: ListenerDoc, path: PathSegment[]): number {
@@ -280,10 +294,13 @@ class Compiler {
     const health = this.health(doc.health, undefined, [...path, 'health']);
     const backends = doc.backends.map((b, i) => this.backend(b, listenPort, [...path, 'backends', i], doc.health, health, source));
     this.checkNames(doc, backends, path);
+    // SRV backends are only expanded (by DNS discovery): until then they are kept aside, never connected to.
+    const unresolved = backends.flatMap((backend, at) => (backend.srv ? [{ at, backend }] : []));
     return {
       policy,
       health,
-      backends,
+      backends: unresolved.length > 0 ? backends.filter((b) => !b.srv) : backends,
+      ...(unresolved.length > 0 ? { unresolved } : {}),
       sendProxy: (doc.send_proxy as ProxyVersion | undefined) ?? null,
       checkSendProxy: doc.check_send_proxy ?? null,
     };
@@ -329,8 +346,15 @@ class Compiler {
       host = parsed.value.host;
       port = parsed.value.port;
       maxc = parsed.value.maxc ?? 0;
+    } else if (doc.srv !== undefined) {
+      if (doc.host !== undefined || doc.port !== undefined) this.error(path, 'a backend has either srv, or host (and port): the SRV records give hosts and ports');
+      return this.srvBackend(doc, path, groupHealth, groupEntry);
+    } else if (doc.host === undefined) {
+      this.error(path, 'a backend table needs host (or srv, with [global.dns])');
+      return { name: '?', host: '?', port: 1, address: '?', maxc: 0, weight: 1, enabled: false, key: '?', health: null };
     } else {
-      host = doc.host.startsWith('[') && doc.host.endsWith(']') ? doc.host.slice(1, -1) : doc.host;
+      const h = doc.host ?? '';
+      host = h.startsWith('[') && h.endsWith(']') ? h.slice(1, -1) : h;
       if (doc.port !== undefined) {
         const p = parsePort(doc.port);
         if (p.ok) port = p.value;
@@ -364,6 +388,23 @@ class Compiler {
       };
     }
     return entry;
+  }
+
+  private srvBackend(doc: BackendDoc, path: PathSegment[], groupHealth: HealthDoc | undefined, groupEntry: HealthEntry | null): BackendEntry {
+    const srv = doc.srv!;
+    if (!this.dnsOn) this.error([...path, 'srv'], 'an srv backend needs [global.dns]: SRV records are followed by DNS discovery');
+    if (!/^_[A-Za-z0-9-]+\._(tcp|udp)\.[A-Za-z0-9.-]+$/.test(srv)) {
+      this.error([...path, 'srv'], `"${srv}" is not an SRV name: "_service._tcp.domain" (e.g. "_imap._tcp.mail.example")`);
+    }
+    const health = doc.health ? this.health(groupHealth, doc.health, [...path, 'health']) : groupEntry;
+    const entry: BackendEntry = {
+      name: doc.name ?? srv, host: srv, port: 0, address: '', maxc: doc.maxc ?? 0, weight: 1, enabled: doc.enabled ?? true, key: srv, health, srv: true,
+    };
+    return {
+      ...entry,
+      ...(doc.send_proxy !== undefined ? { sendProxy: doc.send_proxy as ProxyVersion | 'off' } : {}),
+      ...(doc.check_send_proxy !== undefined ? { checkSendProxy: doc.check_send_proxy } : {}),
+    };
   }
 
   private checkAddressClashes(listeners: ListenerEntry[], control: ControlEntry | null): void {

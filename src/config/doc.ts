@@ -17,7 +17,9 @@ export interface HealthDoc {
 
 export interface BackendDoc {
   name?: string;
-  host: string;
+  /** Exactly one of host and srv (the schema says so). */
+  host?: string;
+  srv?: string;
   port?: number | string;
   maxc?: number;
   weight?: number;

@@ -4,7 +4,7 @@
 // resolved on every connect). An unresolvable name is a warning for `lb --check` (CI's DNS is not
 // production's) and an error for `lb run`.
 
-import { lookup } from 'node:dns/promises';
+import { lookup, Resolver } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { Code } from '../errors.ts';
 import { diagnostic, type Diagnostic } from './diagnostics.ts';
@@ -98,6 +98,7 @@ export async function resolveTable(
     const chosen = pickSource(l.sourceHost!, source, groups, path, severity, diagnostics, l.name);
     return { ...l, source: chosen ?? l.source, groups };
   });
+  await checkSrvNames(table, diagnostics);
   return { table: { ...table, listeners }, diagnostics };
 }
 
@@ -133,4 +134,32 @@ function pickSource(
     }),
   );
   return chosen.address;
+}
+
+/**
+ * SRV backends are followed by DNS discovery, not resolved here: a name that has no SRV record now (a
+ * typo, or a service not registered yet) is a warning, as an unresolvable host name is for --check.
+ */
+async function checkSrvNames(table: RoutingTable, diagnostics: Diagnostic[]): Promise<void> {
+  const dns = table.global.dns;
+  const srv: { name: string; path: PathSegment[] }[] = [];
+  for (const l of table.listeners) {
+    l.groups.forEach((g, gi) => {
+      for (const u of g.unresolved ?? []) if (u.backend.srv) srv.push({ name: u.backend.host, path: ['listeners', l.name, 'groups', gi, 'backends', u.at, 'srv'] });
+    });
+  }
+  if (!dns || srv.length === 0) return;
+  const resolver = new Resolver({ timeout: Math.min(dns.timeoutMs, LOOKUP_TIMEOUT_MS), tries: 1 });
+  if (dns.servers.length > 0) resolver.setServers([...dns.servers]);
+  await Promise.all(
+    srv.map(async ({ name, path }) => {
+      try {
+        if ((await resolver.resolveSrv(name)).length > 0) return;
+        diagnostics.push(diagnostic(Code.CONFIG_RESOLVE, path, `SRV name "${name}" has no record now; DNS discovery keeps asking`, 'warning'));
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+        diagnostics.push(diagnostic(Code.CONFIG_RESOLVE, path, `cannot resolve SRV name "${name}": ${code}; DNS discovery keeps asking`, 'warning'));
+      }
+    }),
+  );
 }

@@ -67,7 +67,9 @@ export interface BackendEntry {
    * Set on the backends DNS discovery made of one configured backend (one per address): that backend's
    * configured name and key, so that `show config`, `save` and a re-expansion see the configured form.
    */
-  readonly discovered?: { readonly name: string; readonly key: string };
+  readonly discovered?: { readonly name: string; readonly key: string; /** Made from an srv backend. */ readonly srv?: boolean };
+  /** An SRV name to follow (`host` is that name, `port` 0): never connected to, only expanded (src/discovery/). */
+  readonly srv?: boolean;
 }
 
 export interface GroupEntry {
@@ -84,6 +86,8 @@ export interface GroupEntry {
    * configured backends). They take no traffic and have no slot; `show config` and `save` keep them.
    */
   readonly unresolved?: readonly { readonly at: number; readonly backend: BackendEntry }[];
+  /** A failover group DNS discovery added after the last one for an SRV priority level (not configured). */
+  readonly srvLevel?: number;
 }
 
 export interface ListenerEntry {

@@ -96,6 +96,13 @@ function backendDoc(b: BackendEntry, groupHealth: HealthEntry | null): string | 
   const ownHealth = b.health !== groupHealth;
   const named = b.name !== b.key;
   const ownProxy = b.sendProxy !== undefined || b.checkSendProxy !== undefined;
+  if (b.srv) {
+    const doc: BackendDoc = { ...(named ? { name: b.name } : {}), srv: b.host, maxc: b.maxc, enabled: b.enabled };
+    if (ownHealth) doc.health = b.health ? healthDoc(b.health) : { enabled: false };
+    if (b.sendProxy !== undefined) doc.send_proxy = b.sendProxy;
+    if (b.checkSendProxy !== undefined) doc.check_send_proxy = b.checkSendProxy;
+    return doc;
+  }
   if (b.weight === 1 && b.enabled && !ownHealth && !named && !ownProxy) return `${formatHostPort(b.host, b.port)}${b.maxc ? `:${b.maxc}` : ''}`;
   const doc: BackendDoc = {
     ...(named ? { name: b.name } : {}),

@@ -6,7 +6,8 @@
 import { lookup, Resolver } from 'node:dns/promises';
 import type { DnsEntry, RoutingTable } from '../config/table.ts';
 import type { Logger } from '../log.ts';
-import { addressesOf, discoveryNames, expandTable } from './expand.ts';
+import { isIP } from 'node:net';
+import { addressesOf, discoveryNames, expandTable, srvNames, type SrvRecord } from './expand.ts';
 import { NameWatch, type Outcome } from './watch.ts';
 
 /** What discovery drives: the Runtime. */
@@ -19,6 +20,31 @@ export interface DiscoveryTarget {
 
 /** Answers that say the name has no address (believed at once), as opposed to a failure to get an answer. */
 const NO_ADDRESS = new Set(['ENOTFOUND', 'ENODATA']);
+
+/** Watches of SRV names are keyed "srv:NAME" (a host name has no colon). */
+const SRV_PREFIX = 'srv:';
+
+/**
+ * One lookup of an SRV name; never rejects. Its records are carried as text ("priority weight port
+ * target", as a zone file writes them) so that NameWatch compares and holds them like addresses.
+ * Node's resolver gives no TTL for SRV: the name is asked again every min_ttl (ttlSec 0, clamped).
+ */
+export async function lookupSrv(resolver: Resolver, name: string): Promise<Outcome> {
+  try {
+    const records = await resolver.resolveSrv(name);
+    if (records.length === 0) return { kind: 'none', why: 'no SRV record' };
+    return { kind: 'answer', addresses: records.map((r) => `${r.priority} ${r.weight} ${r.port} ${r.name}`), ttlSec: 0 };
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    if (NO_ADDRESS.has(code)) return { kind: 'none', why: code === 'ENOTFOUND' ? 'NXDOMAIN' : 'no SRV record' };
+    return { kind: 'failed', why: code };
+  }
+}
+
+function decodeSrv(text: string): SrvRecord {
+  const [priority, weight, port, target] = text.split(' ');
+  return { priority: Number(priority), weight: Number(weight), port: Number(port), target: target! };
+}
 
 /**
  * One lookup of A and AAAA; never rejects. With the system's name servers (`servers` unset), a name the
@@ -83,18 +109,7 @@ export class DnsDiscovery {
    */
   sync(): void {
     this.pendingApply = true;
-    const names = new Set(discoveryNames(this.target.table));
-    for (const n of [...this.watches.keys()]) {
-      if (!names.has(n)) {
-        this.watches.delete(n);
-        this.due.delete(n);
-      }
-    }
-    for (const n of names) {
-      if (this.watches.has(n)) continue;
-      this.watches.set(n, new NameWatch(n));
-      this.due.set(n, 0);
-    }
+    this.refreshWatches();
     if (this.stopped) return;
     if (this.cycle === null && this.due.size > 0) void this.runDue(false);
     else this.arm();
@@ -110,8 +125,39 @@ export class DnsDiscovery {
   /** The addresses each name has now (for show and tests). */
   answers(): Map<string, readonly string[]> {
     const out = new Map<string, readonly string[]>();
-    for (const [n, w] of this.watches) if (w.addresses !== null) out.set(n, w.addresses);
+    for (const [n, w] of this.watches) if (w.addresses !== null && !n.startsWith(SRV_PREFIX)) out.set(n, w.addresses);
     return out;
+  }
+
+  /** The records each SRV name has now. */
+  srvAnswers(): Map<string, SrvRecord[]> {
+    const out = new Map<string, SrvRecord[]>();
+    for (const [n, w] of this.watches) if (w.addresses !== null && n.startsWith(SRV_PREFIX)) out.set(n.slice(SRV_PREFIX.length), w.addresses.map(decodeSrv));
+    return out;
+  }
+
+  /**
+   * Watches what the running table needs: its names, its SRV names, and the targets those SRV names
+   * have now. New ones are due at once; returns how many were added.
+   */
+  private refreshWatches(): number {
+    const t = this.target.table;
+    const wanted = new Set([...discoveryNames(t), ...srvNames(t).map((n) => SRV_PREFIX + n)]);
+    for (const recs of this.srvAnswers().values()) for (const r of recs) if (isIP(r.target) === 0) wanted.add(r.target);
+    for (const n of [...this.watches.keys()]) {
+      if (!wanted.has(n)) {
+        this.watches.delete(n);
+        this.due.delete(n);
+      }
+    }
+    let added = 0;
+    for (const n of wanted) {
+      if (this.watches.has(n)) continue;
+      this.watches.set(n, new NameWatch(n));
+      this.due.set(n, 0);
+      added++;
+    }
+    return added;
   }
 
   private dns(): DnsEntry | null {
@@ -148,27 +194,35 @@ export class DnsDiscovery {
     if (dns === null || this.stopped) return;
     const run = (async () => {
       const now = Date.now();
-      const names = [...this.due].filter(([, at]) => all || at <= now).map(([n]) => n);
+      let names = [...this.due].filter(([, at]) => all || at <= now).map(([n]) => n);
       const resolver = this.resolverOf(dns);
       const system = dns.servers.length === 0;
-      const outcomes = await Promise.all(names.map(async (n) => [n, await lookupName(resolver, n, system, dns.minTtlMs / 1000, dns.timeoutMs)] as const));
       let changed = this.pendingApply;
-      const at = Date.now();
-      for (const [name, outcome] of outcomes) {
-        const w = this.watches.get(name);
-        if (!w) continue; // dropped by a reload meanwhile
-        const step = w.step(outcome, at, dns);
-        this.due.set(name, step.nextAt);
-        if (step.note) this.log.log(step.note.level, step.note.event, { name, detail: step.note.detail });
-        changed ||= step.changed;
+      // SRV answers may name new targets: those are looked up before the swap (a few passes at most).
+      for (let pass = 0; pass < 3 && names.length > 0; pass++) {
+        const outcomes = await Promise.all(
+          names.map(async (n) => [n, n.startsWith(SRV_PREFIX) ? await lookupSrv(resolver, n.slice(SRV_PREFIX.length)) : await lookupName(resolver, n, system, dns.minTtlMs / 1000, dns.timeoutMs)] as const),
+        );
+        const at = Date.now();
+        for (const [name, outcome] of outcomes) {
+          const w = this.watches.get(name);
+          if (!w) continue; // dropped by a reload meanwhile
+          const step = w.step(outcome, at, dns);
+          this.due.set(name, step.nextAt);
+          if (step.note) this.log.log(step.note.level, step.note.event, { name, detail: step.note.detail });
+          changed ||= step.changed;
+        }
+        if (this.refreshWatches() === 0) break;
+        names = [...this.due].filter(([, due]) => due === 0).map(([n]) => n);
       }
       if (changed && !this.stopped) {
         const answers = this.answers();
+        const srv = this.srvAnswers();
         try {
           // The same table back (same object) when nothing changes: the Runtime then swaps nothing.
           let swapped: RoutingTable | null = null;
           await this.target.applyDiscovered((configured) => {
-            const next = expandTable(configured, answers);
+            const next = expandTable(configured, answers, srv);
             if (addressesOf(next) === addressesOf(configured)) return configured;
             return (swapped = next);
           });
@@ -182,7 +236,7 @@ export class DnsDiscovery {
           this.pendingApply = true;
           if (this.stopped) return; // lb is stopping: nothing to swap any more
           this.log.log('error', 'dns-apply-failed', { error: (err as Error).message, detail: 'the running backends are unchanged; retried at the next answer' });
-          for (const n of names) this.due.set(n, Math.min(this.due.get(n) ?? Infinity, Date.now() + dns.minTtlMs));
+          for (const n of this.watches.keys()) this.due.set(n, Math.min(this.due.get(n) ?? Infinity, Date.now() + dns.minTtlMs));
         }
       }
     })();

@@ -19,18 +19,22 @@ import { DnsDiscovery, lookupName } from '../../src/discovery/dns.ts';
 afterEach(cleanup);
 
 /** A real dnsmasq answering for *.lb.test from `hosts` (re-read on SIGHUP), every answer with TTL 1 s. */
-async function dnsmasq(hostsText: string): Promise<{ port: number; setHosts(text: string): Promise<void>; stop(): Promise<void>; restart(): Promise<void> }> {
+async function dnsmasq(
+  hostsText: string,
+  extra: readonly string[] = [],
+): Promise<{ port: number; setHosts(text: string): Promise<void>; stop(): Promise<void>; restart(extra?: readonly string[]): Promise<void> }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'lb-dnsmasq-'));
   const hosts = path.join(dir, 'hosts');
   writeFileSync(hosts, hostsText);
   const port = await freePort();
   let proc: ChildProcess | null = null;
   let output = '';
+  let args = extra;
   const launch = async (): Promise<void> => {
     const p = spawn(
       '/usr/sbin/dnsmasq',
       ['-k', '--conf-file=/dev/null', `--port=${port}`, '--listen-address=127.0.0.1', '--bind-interfaces', '--no-resolv', '--no-hosts',
-        `--addn-hosts=${hosts}`, '--local-ttl=1', '--local=/lb.test/', `--pid-file=${dir}/pid`, '--user=root', '--log-facility=-'],
+        `--addn-hosts=${hosts}`, '--local-ttl=1', '--local=/lb.test/', `--pid-file=${dir}/pid`, '--user=root', '--log-facility=-', ...args],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     proc = p;
@@ -76,7 +80,10 @@ async function dnsmasq(hostsText: string): Promise<{ port: number; setHosts(text
       await until(() => output.split(`read ${hosts}`).length > reads, 3000, 'dnsmasq to re-read its hosts file');
     },
     stop,
-    async restart() {
+    /** Starts it again on the same port (with other options: dnsmasq reads --srv-host only at start). */
+    async restart(next?: readonly string[]) {
+      await stop();
+      if (next) args = next;
       output = '';
       await launch();
     },
@@ -236,6 +243,34 @@ describe('DNS discovery with dnsmasq', () => {
     await dns.setHosts('127.0.0.3 late.lb.test\n');
     await until(() => addresses(lb).join() === '127.0.0.3', 5000, 'the name to be picked up (back-off 1 s, 2 s)');
     expect(await answerFrom(lb.port())).toBe('127.0.0.3');
+  });
+});
+
+describe('SRV backends with dnsmasq', () => {
+  it('targets of the lowest priority serve, the next priority is the failover group, and records are followed', async () => {
+    const port = await echoesAt(['127.0.0.2', '127.0.0.3', '127.0.0.4']);
+    const srv = (target: string, prio: number, weight = 10): string => `--srv-host=_imap._tcp.lb.test,${target},${port},${prio},${weight}`;
+    const dns = await dnsmasq('127.0.0.2 t1.lb.test\n127.0.0.3 t2.lb.test\n127.0.0.4 t3.lb.test\n', [srv('t1.lb.test', 10), srv('t2.lb.test', 10), srv('t3.lb.test', 20)]);
+    const lb = await startLb({
+      global: { access_log: false, dns: { servers: [`127.0.0.1:${dns.port}`], timeout: '500ms', min_ttl: '1s', max_ttl: '2s' } },
+      listeners: { web: { listen: '127.0.0.1:0', connect_timeout: '1s', groups: [{ backends: [{ srv: '_imap._tcp.lb.test', maxc: 5 }] }] } },
+    });
+    const discovery = new DnsDiscovery(lb.rt, lb.rt.log);
+    track({ close: () => discovery.stop() });
+    await within(discovery.start(), 3000, 'the first lookups');
+    const groups = (): string[][] => lb.rt.table.listeners[0]!.groups.map((g) => g.backends.map((b) => b.address));
+    expect(groups()).toEqual([['127.0.0.2', '127.0.0.3'], ['127.0.0.4']]);
+    expect(lb.rt.table.listeners[0]!.groups[0]!.backends.map((b) => [b.name, b.maxc])).toEqual([
+      [`t1.lb.test:${port}@127.0.0.2`, 5],
+      [`t2.lb.test:${port}@127.0.0.3`, 5],
+    ]);
+    const seen = new Set<string>();
+    for (let i = 0; i < 6; i++) seen.add(await answerFrom(lb.port()));
+    expect([...seen].sort()).toEqual(['127.0.0.2', '127.0.0.3']);
+    // t1 and t2 leave the records: t3 (priority 20) is all that is left, in the first group.
+    await dns.restart([srv('t3.lb.test', 20)]);
+    await until(() => JSON.stringify(groups()) === JSON.stringify([['127.0.0.4']]), 5000, 'the new SRV records (re-read every min_ttl)');
+    expect(await answerFrom(lb.port())).toBe('127.0.0.4');
   });
 });
 

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { buildTable } from '../../src/config/pipeline.ts';
 import type { DnsEntry, RoutingTable } from '../../src/config/table.ts';
 import { docToToml, tableToDoc } from '../../src/config/to-toml.ts';
-import { collapse, discoveryNames, expandTable, sortAddresses } from '../../src/discovery/expand.ts';
+import { collapse, discoveryNames, expandTable, sortAddresses, srvNames } from '../../src/discovery/expand.ts';
 import { NameWatch, RETRY_START_MS } from '../../src/discovery/watch.ts';
 
 const DNS: DnsEntry = { servers: [], timeoutMs: 2000, holdValidMs: 60_000, minTtlMs: 1000, maxTtlMs: 300_000 };
@@ -147,5 +147,71 @@ describe('[global.dns]', () => {
   it('accepts IPv6 servers with a port', async () => {
     const t = await table({ ...DOC, global: { dns: { servers: ['[::1]:5353', '127.0.0.1'] } } });
     expect(t.global.dns?.servers).toEqual(['[::1]:5353', '127.0.0.1']);
+  });
+});
+
+describe('SRV backends', () => {
+  const SRV_DOC = {
+    global: { dns: { servers: ['127.0.0.1:5353'] } },
+    listeners: {
+      imap: {
+        listen: '127.0.0.1:0',
+        groups: [
+          { backends: ['127.0.0.1:1143'] },
+          { policy: 'leastconn', backends: [{ srv: '_imap._tcp.mail.example', maxc: 50 }] },
+        ],
+      },
+    },
+  };
+
+  it('is kept aside until answered: no backend, and show config keeps it', async () => {
+    const t = await table(SRV_DOC);
+    expect(t.listeners[0]!.groups[1]!.backends).toEqual([]);
+    expect(srvNames(t)).toEqual(['_imap._tcp.mail.example']);
+    expect(discoveryNames(t)).toEqual([]);
+    expect(docToToml(tableToDoc(t))).toContain('{ srv = "_imap._tcp.mail.example", maxc = 50, enabled = true }');
+  });
+
+  it('lowest priority takes its place, each higher priority is one more failover group; SRV weight is the weight', async () => {
+    const t = await table(SRV_DOC);
+    const srv = new Map([
+      [
+        '_imap._tcp.mail.example',
+        [
+          { priority: 20, weight: 0, port: 1993, target: 'c.mail.example' },
+          { priority: 10, weight: 5, port: 143, target: 'b.mail.example' },
+          { priority: 10, weight: 10, port: 143, target: 'a.mail.example' },
+        ],
+      ],
+    ]);
+    const answers = new Map([['a.mail.example', ['10.0.0.1']], ['b.mail.example', ['10.0.0.2', '10.0.0.3']], ['c.mail.example', ['10.0.0.9']]]);
+    const x = expandTable(t, answers, srv);
+    const groups = x.listeners[0]!.groups;
+    expect(groups).toHaveLength(3);
+    expect(groups[1]!.backends.map((b) => [b.name, b.key, b.weight, b.maxc])).toEqual([
+      ['a.mail.example:143@10.0.0.1', '10.0.0.1:143', 10, 50],
+      ['b.mail.example:143@10.0.0.2', '10.0.0.2:143', 5, 50],
+      ['b.mail.example:143@10.0.0.3', '10.0.0.3:143', 5, 50],
+    ]);
+    expect(groups[2]!.policy).toBe('leastconn');
+    expect(groups[2]!.srvLevel).toBe(1);
+    expect(groups[2]!.backends.map((b) => [b.name, b.weight])).toEqual([['c.mail.example:1993@10.0.0.9', 1]]); // SRV weight 0: still usable
+    // Discovery follows the targets' names too, and collapsing gives the configured table back.
+    expect(collapse(x)).toEqual(collapse(t));
+    expect(tableToDoc(x)).toEqual(tableToDoc(t));
+    // Re-expanded with one priority only: the extra group goes.
+    const y = expandTable(x, answers, new Map([['_imap._tcp.mail.example', [{ priority: 1, weight: 1, port: 143, target: 'a.mail.example' }]]]));
+    expect(y.listeners[0]!.groups.map((g) => g.backends.map((b) => b.name))).toEqual([['127.0.0.1:1143'], ['a.mail.example:143@10.0.0.1']]);
+  });
+
+  it.each([
+    [{ ...SRV_DOC, global: {} }, /needs \[global.dns\]/],
+    [{ ...SRV_DOC, listeners: { imap: { ...SRV_DOC.listeners.imap, groups: [...SRV_DOC.listeners.imap.groups].reverse() } } }, /belongs in the listener's last group/],
+    [{ ...SRV_DOC, listeners: { imap: { listen: 1, groups: [{ backends: [{ srv: 'imap.mail.example' }] }] } } }, /is not an SRV name/],
+    [{ ...SRV_DOC, listeners: { imap: { listen: 1, groups: [{ backends: [{ srv: '_imap._tcp.x', host: 'x' }] }] } } }, /./],
+  ])('rejects %#', async (doc, why) => {
+    const r = await buildTable(doc, { resolve: 'skip' });
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.diagnostics.map((d) => d.message).join('\n')).toMatch(why);
   });
 });
