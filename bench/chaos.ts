@@ -805,9 +805,9 @@ async function phaseSlow(ports: Ports, lb: RunningProxy, peers: Helper): Promise
     s.on('error', () => undefined);
     s.on('connect', () => {
       s.write('W\n');
-      const gen = new StreamGen(7 + i, 1 << 40);
+      const gen = new StreamGen(7 + i, Number.MAX_SAFE_INTEGER);
       const pump = (): void => {
-        while (!s.destroyed) {
+        while (!s.destroyed && gen.remaining > 0) {
           const piece = gen.next(64 << 10);
           clientWritten += piece.length;
           if (!s.write(piece)) return;
@@ -953,6 +953,13 @@ async function main(): Promise<number> {
     process.exit(1);
   }, budgetMs);
   watchdog.unref();
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      lb?.kill();
+      peers?.kill();
+      process.exit(1);
+    });
+  }
   let code = 0;
   try {
     const ports: Ports = {

@@ -153,11 +153,14 @@ async function checkSrvNames(table: RoutingTable, diagnostics: Diagnostic[]): Pr
   if (dns.servers.length > 0) resolver.setServers([...dns.servers]);
   await Promise.all(
     srv.map(async ({ name, path }) => {
+      // Only an answer that the name has no record says something about the config (a typo); a server
+      // that cannot be reached here (CI, a laptop without the Consul agent) says nothing about it.
       try {
         if ((await resolver.resolveSrv(name)).length > 0) return;
         diagnostics.push(diagnostic(Code.CONFIG_RESOLVE, path, `SRV name "${name}" has no record now; DNS discovery keeps asking`, 'warning'));
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+        if (code !== 'ENOTFOUND' && code !== 'ENODATA') return;
         diagnostics.push(diagnostic(Code.CONFIG_RESOLVE, path, `cannot resolve SRV name "${name}": ${code}; DNS discovery keeps asking`, 'warning'));
       }
     }),

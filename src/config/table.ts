@@ -190,8 +190,10 @@ export function tableSummary(table: RoutingTable): { listeners: number; groups: 
   let groups = 0;
   let backends = 0;
   for (const l of table.listeners) {
-    groups += l.groups.length;
-    for (const g of l.groups) backends += g.backends.length;
+    for (const g of l.groups) {
+      if (g.srvLevel === undefined) groups++; // a group DNS discovery added for an SRV priority is not configured
+      backends += g.backends.length + (g.unresolved?.length ?? 0);
+    }
   }
   return { listeners: table.listeners.length, groups, backends };
 }

@@ -60,10 +60,13 @@ export class NameWatch {
       } else if (this.addresses !== null && this.addresses.length > 0 && now - this.lastGoodAt < dns.holdValidMs) {
         const left = Math.ceil((this.lastGoodAt + dns.holdValidMs - now) / 1000);
         say('failed-held', 'warn', 'dns-failed', `${outcome.why}: keeping ${this.addresses.join(',')} for up to ${left}s (hold_valid)`);
+      } else if (this.addresses === null) {
+        // Never answered: what start-up resolved (the system's resolver) stands, as HAProxy's init-addr libc.
+        say('failed-expired', 'warn', 'dns-failed', `${outcome.why}: no answer yet, retrying (the address resolved at start, if any, stands)`);
       } else {
-        const had = this.addresses !== null && this.addresses.length > 0;
+        const had = this.addresses.length > 0;
         this.addresses = [];
-        say('failed-expired', 'warn', 'dns-failed', had ? `${outcome.why}: hold_valid ran out, the name's backends are removed` : `${outcome.why}: unresolved, retrying`);
+        say('failed-expired', 'warn', 'dns-failed', had ? `${outcome.why}: hold_valid ran out, the name's backends are removed` : `${outcome.why}: still no answer, retrying`);
       }
     }
     return { addresses: this.addresses, changed: !same(before, this.addresses), nextAt, note };

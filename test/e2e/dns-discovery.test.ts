@@ -15,6 +15,7 @@ import { connectClient, freePort, track, until, within } from '../helpers/backen
 import { cleanup, spawnLb, startLb, type InProcessLb } from '../helpers/lb.ts';
 import { Resolver } from 'node:dns/promises';
 import { DnsDiscovery, lookupName } from '../../src/discovery/dns.ts';
+import { runLb } from '../helpers/cli.ts';
 
 afterEach(cleanup);
 
@@ -271,6 +272,26 @@ describe('SRV backends with dnsmasq', () => {
     await dns.restart([srv('t3.lb.test', 20)]);
     await until(() => JSON.stringify(groups()) === JSON.stringify([['127.0.0.4']]), 5000, 'the new SRV records (re-read every min_ttl)');
     expect(await answerFrom(lb.port())).toBe('127.0.0.4');
+  });
+});
+
+describe('lb --check with [global.dns]', () => {
+  it('warns about an SRV name without records and a host name that does not resolve, and passes', async () => {
+    const dns = await dnsmasq('127.0.0.2 ok.lb.test\n', ['--srv-host=_imap._tcp.lb.test,ok.lb.test,143,0,0']);
+    const dir = mkdtempSync(path.join(tmpdir(), 'lb-dns-check-'));
+    track({ close: async () => rmSync(dir, { recursive: true, force: true }) });
+    const file = path.join(dir, 'lb.toml');
+    writeFileSync(
+      file,
+      `[global.dns]\nservers = ["127.0.0.1:${dns.port}"]\ntimeout = "500ms"\n` +
+        `[listeners.a]\nlisten = "127.0.0.1:0"\n[[listeners.a.groups]]\nbackends = ["typo.lb.test:143"]\n[[listeners.a.groups]]\nbackends = [{ srv = "_imap._tcp.lb.test" }]\n` +
+        `[listeners.b]\nlisten = "127.0.0.1:0"\n[[listeners.b.groups]]\nbackends = [{ srv = "_imaq._tcp.lb.test" }]\n`,
+    );
+    const r = await runLb(['--check', file]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/groups\[0\]\.backends\[0\]: warning: cannot resolve host "typo\.lb\.test"/);
+    expect(r.stderr).toMatch(/listeners\.b\.groups\[0\]\.backends\[0\]\.srv: warning: cannot resolve SRV name "_imaq\._tcp\.lb\.test": ENOTFOUND/);
+    expect(r.stderr).not.toMatch(/_imap\._tcp/);
   });
 });
 

@@ -49,11 +49,11 @@ describe('NameWatch', () => {
     expect(last).toBe(DNS.maxTtlMs);
   });
 
-  it('a name that never resolved reports once and has no addresses', () => {
+  it('a name whose server never answered keeps what start-up resolved (no addresses of its own), and says so once', () => {
     const w = new NameWatch('typo.example');
     const s = w.step({ kind: 'failed', why: 'ECONNREFUSED' }, 0, DNS);
-    expect(s).toMatchObject({ addresses: [], changed: true });
-    expect(s.note?.detail).toMatch(/unresolved, retrying/);
+    expect(s).toMatchObject({ addresses: null, changed: false });
+    expect(s.note?.detail).toMatch(/no answer yet, retrying/);
     expect(w.step({ kind: 'failed', why: 'ECONNREFUSED' }, 1000, DNS).note).toBeNull();
   });
 });
