@@ -111,6 +111,11 @@ export class Runtime implements ControlTarget {
    * after every reload and restart, and written to `[global] state_file` when one is set.
    */
   private configTable: RoutingTable;
+  /**
+   * DNS discovery, when `[global.dns]` is set (src/discovery/): a loaded table is expanded with the
+   * answers known at once, and discovery follows the new file's names after a reload.
+   */
+  discovery: { expandNow(t: RoutingTable): RoutingTable; sync(): void } | null = null;
   private readonly rates = new RateMeter();
   private rateTimer: NodeJS.Timeout | null = null;
   /** The last connect and check failures, for `show errors`. */
@@ -480,12 +485,15 @@ export class Runtime implements ControlTarget {
       });
       return { ok: false, diagnostics: result.diagnostics };
     }
-    // Operator changes survive the reload: re-applied to the new file's table where their backends remain.
+    // Names expanded with what discovery knows now; operator changes survive the reload, re-applied to the
+    // new file's table where their backends remain.
+    const configured = this.discovery?.expandNow(result.table) ?? result.table;
     const overlay = operatorState(this.configTable, this.table, { draining: this.drainingKeys() });
-    const next = isEmptyState(overlay) ? { table: result.table, applied: [], skipped: [], draining: [] } : applyOperatorState(result.table, overlay);
+    const next = isEmptyState(overlay) ? { table: configured, applied: [], skipped: [], draining: [] } : applyOperatorState(configured, overlay);
     try {
       await this.applyNow(next.table);
-      this.configTable = result.table;
+      this.configTable = configured;
+      this.discovery?.sync();
       this.setDraining(next.draining);
       this.logStateApplied('reload', next.applied, next.skipped);
     } catch (err) {

@@ -285,6 +285,7 @@ async function serve(table: RoutingTable, configFile: string | null, out: Report
   }
   // [global.dns]: backends given by name follow their records (src/discovery/); nothing without it.
   const discovery = new DnsDiscovery(runtime, runtime.log);
+  runtime.discovery = discovery; // reloads (SIGHUP or `reload`) expand names at once and re-sync it
   await discovery.start();
   const where = runtime.boundAddresses().map((b) => `${b.name}=${b.address}`).join(' ');
   const c = table.control;
@@ -313,7 +314,6 @@ async function serve(table: RoutingTable, configFile: string | null, out: Report
     };
     const hup = (): void => {
       void runtime.reload().then((r) => {
-        if (r.ok) discovery.sync();
         flushLog();
         out.json = runtime.log.format === 'json';
         if (!r.ok) reportDiagnostics(configFile ?? '-', r.diagnostics, out);

@@ -122,6 +122,14 @@ export class DnsDiscovery {
     return this.cycle ?? Promise.resolve();
   }
 
+  /**
+   * A freshly loaded table expanded with the answers known now (a reload or a restart of the state): so
+   * that between loading the file and the next answer, no connect goes to an unexpanded name.
+   */
+  expandNow(table: RoutingTable): RoutingTable {
+    return expandTable(table, this.answers(), this.srvAnswers());
+  }
+
   /** The addresses each name has now (for show and tests). */
   answers(): Map<string, readonly string[]> {
     const out = new Map<string, readonly string[]>();

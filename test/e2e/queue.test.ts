@@ -125,7 +125,10 @@ describe('queue', () => {
     await sleep(100);
     expect(queueLen(lb)).toBe(1);
     expect(w[3]!.text()).toBe('');
-    expect(rec.order).toEqual(['h', 'w1', 'w2', 'w3']);
+    // The three oldest got the three slots (served at once, possibly by both workers, so their first
+    // bytes may reach the backend in any order); the youngest still waits.
+    expect(rec.order[0]).toBe('h');
+    expect(rec.order.slice(1).sort()).toEqual(['w1', 'w2', 'w3']);
   });
 
   it('a waiter is served as soon as a down backend comes up (health change), not only when a slot frees', async () => {

@@ -69,6 +69,7 @@ describe('what each example shows', () => {
 describe('examples/lb.toml is the complete reference', () => {
   type SchemaNode = {
     $ref?: string;
+    description?: string;
     properties?: Record<string, SchemaNode>;
     additionalProperties?: boolean | SchemaNode;
     items?: SchemaNode;
@@ -80,6 +81,8 @@ describe('examples/lb.toml is the complete reference', () => {
   function schemaKeys(node: SchemaNode, prefix: string[] = [], out: string[][] = []): string[][] {
     const n = node.$ref ? definitions[node.$ref.replace('#/definitions/', '')]! : node;
     for (const [key, child] of Object.entries(n.properties ?? {})) {
+      // A deprecated key is not set in the reference: setting it would make `--check` warn.
+      if (child.description?.startsWith('Deprecated')) continue;
       out.push([...prefix, key]);
       schemaKeys(child, [...prefix, key], out);
     }
