@@ -90,7 +90,7 @@ export class DataPlane implements ListenerContext {
     this.log.log('error', 'local-resource-error', {
       code,
       count: this.localErrorCount,
-      detail: 'out of file descriptors or memory on this host: the backend is not marked down; raise LimitNOFILE or lower maxconn',
+      detail: 'out of file descriptors or memory on this host: the backend is not marked down; raise LimitNOFILE (ulimit -n)',
     });
     this.localErrorCount = 0;
   }

@@ -110,7 +110,9 @@ describe('queue', () => {
     expect(w[2]!.text()).toBe('');
     expect(w[3]!.text()).toBe('');
     expect(rec.current).toBe(2);
-    expect(rec.order).toEqual(['h1', 'h2', 'w1', 'w2']);
+    // Served at once (possibly by both workers): their first bytes may reach the backend in either order.
+    expect(rec.order.slice(0, 2)).toEqual(['h1', 'h2']);
+    expect(rec.order.slice(2).sort()).toEqual(['w1', 'w2']);
   });
 
   it('one event freeing several slots (maxc raised 1 → 4) serves that many waiters at once, oldest first', async () => {
