@@ -538,9 +538,9 @@ function integrityConn(port: number, up: number, down: number, seed: number, hal
     t.missing += check.missing;
     if (trailer.length > TRAILER_BYTES) t.extra += trailer.length - TRAILER_BYTES;
     if (trailer.length < TRAILER_BYTES || !uploaded) {
-      // The stream ended early: the upload's missing part is lost too (the backend never saw it whole).
+      // The stream ended early. Without the trailer the upload was never confirmed: counted as lost.
       tally(t.failed, stalled ? 'stalled' : code || (uploaded ? 'no-trailer' : 'upload-cut'));
-      if (!uploaded || trailer.length < TRAILER_BYTES) t.missing += trailer.length < TRAILER_BYTES ? up : 0;
+      if (trailer.length < TRAILER_BYTES) t.missing += up;
       return;
     }
     const upDiffering = trailer.readUInt32BE(64);
