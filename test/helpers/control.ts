@@ -4,7 +4,7 @@
 // Every wait is bounded (`within`).
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import net, { type Socket } from 'node:net';
 import path from 'node:path';
@@ -47,8 +47,11 @@ let tokenFile: string | null = null;
 /** The path of a token file holding TEST_TOKEN. */
 export function testTokenFile(): string {
   if (tokenFile === null) {
-    tokenFile = path.join(mkdtempSync(path.join(tmpdir(), 'lb-token-')), 'token');
+    const dir = mkdtempSync(path.join(tmpdir(), 'lb-token-'));
+    tokenFile = path.join(dir, 'token');
     writeFileSync(tokenFile, `${TEST_TOKEN}\n`, { mode: 0o600 });
+    // One per test file (vitest worker): removed when that worker's process ends.
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
   }
   return tokenFile;
 }
