@@ -41,7 +41,7 @@ import {
   type PeerStats,
 } from './lib/chaos-peers.ts';
 import { Helper } from './lib/ipc.ts';
-import { freePort, nofileLimits, rssKb } from './lib/procfs.ts';
+import { freePort, nofileLimits, rssKb, withRaisedNofile } from './lib/procfs.ts';
 import { lbVersion, REPO, RunningProxy } from './lib/proxies.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -1103,14 +1103,4 @@ async function main(): Promise<number> {
 // The conns phase needs ~2 fds per connection in lb, in this process and in the backends' helper: raise
 // the soft limit to the hard one by running again under a shell that did (Node cannot call setrlimit).
 // lb and the helper inherit it.
-const limits = nofileLimits();
-if (limits.soft < limits.hard && !process.env.LB_CHAOS_NOFILE) {
-  const child = spawn('sh', ['-c', 'ulimit -n "$(ulimit -Hn)" && exec "$0" "$@"', process.execPath, ...process.argv.slice(1)], {
-    stdio: 'inherit',
-    env: { ...process.env, LB_CHAOS_NOFILE: '1' },
-  });
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => child.kill(sig));
-  child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
-} else {
-  process.exitCode = await main();
-}
+await withRaisedNofile('LB_CHAOS_NOFILE', main);

@@ -7,7 +7,6 @@
 // (bench/lib), each proxy is started fresh for each metric, every phase has a deadline, and a watchdog
 // ends the whole run. See `npm run bench -- --help`.
 
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,7 +15,7 @@ import { parseArgs } from 'node:util';
 import { BACKEND_KINDS, RATE_REQUEST, RATE_RESPONSE, type BackendKind, type BackendPorts } from './lib/backends.ts';
 import { Helper } from './lib/ipc.ts';
 import { LoadGen, type Window } from './lib/loadgen.ts';
-import { CpuMeter, fdCount, freePort, nofileLimits, rssKb, waitQuiet, type CpuUse } from './lib/procfs.ts';
+import { CpuMeter, fdCount, freePort, nofileLimits, rssKb, waitQuiet, withRaisedNofile, type CpuUse } from './lib/procfs.ts';
 import { ALL_TARGETS, comparedLb, lbVersion, makeTargets, RunningProxy, type Target } from './lib/proxies.ts';
 import { METRICS, toJson, toMarkdown, type Metric, type Results, type RunInfo, type Sample } from './lib/report.ts';
 
@@ -78,17 +77,7 @@ if (opt.help) {
 
 // The idle test needs ~2 fds per connection in the proxy: raise the soft limit to the hard one by running
 // again under a shell that did (Node cannot call setrlimit). Children inherit it.
-const limits = nofileLimits();
-if (limits.soft < limits.hard && !process.env.LB_BENCH_NOFILE) {
-  const child = spawn('sh', ['-c', 'ulimit -n "$(ulimit -Hn)" && exec "$0" "$@"', process.execPath, ...process.argv.slice(1)], {
-    stdio: 'inherit',
-    env: { ...process.env, LB_BENCH_NOFILE: '1' },
-  });
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => child.kill(sig));
-  child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
-} else {
-  await main();
-}
+await withRaisedNofile('LB_BENCH_NOFILE', main);
 
 function positive(name: string, v: string | undefined, fallback: number): number {
   if (v === undefined) return fallback;

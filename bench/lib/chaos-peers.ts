@@ -20,6 +20,7 @@
 import { createCipheriv, createHash, type Hash } from 'node:crypto';
 import net, { type Server, type Socket } from 'node:net';
 import { serveRequests } from './ipc.ts';
+import { prng } from './prng.ts';
 
 // ------------------------------------------------------------------------------------- stream data
 
@@ -35,17 +36,6 @@ export const POOL: Buffer = (() => {
   return Buffer.concat([c.update(Buffer.alloc(POOL_BYTES)), c.final()]);
 })();
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** The bytes of one direction of one integrity stream, handed out piece by piece. */
 export class StreamGen {
   remaining: number;
@@ -54,7 +44,7 @@ export class StreamGen {
   private segLeft = 0;
 
   constructor(seed: number, total: number) {
-    this.rng = mulberry32(seed);
+    this.rng = prng(seed);
     this.remaining = total;
   }
 

@@ -212,3 +212,24 @@ export async function freePort(): Promise<number> {
   }
   throw new Error('no free port below the ephemeral range');
 }
+
+/**
+ * Runs `main` with the soft descriptor limit raised to the hard one: when it is lower, this script runs
+ * again under a shell that raised it (Node cannot call setrlimit), and children inherit it. `marker` is
+ * the environment variable that tells the second run it is the one.
+ */
+export async function withRaisedNofile(marker: string, main: () => Promise<number | void>): Promise<void> {
+  const limits = nofileLimits();
+  if (limits.soft < limits.hard && !process.env[marker]) {
+    const { spawn } = await import('node:child_process');
+    const child = spawn('sh', ['-c', 'ulimit -n "$(ulimit -Hn)" && exec "$0" "$@"', process.execPath, ...process.argv.slice(1)], {
+      stdio: 'inherit',
+      env: { ...process.env, [marker]: '1' },
+    });
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => child.kill(sig));
+    child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+    return;
+  }
+  const code = await main();
+  if (typeof code === 'number') process.exitCode = code;
+}

@@ -10,20 +10,11 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse, stringify } from 'smol-toml';
+import { prng } from '../../bench/lib/prng.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 
-/** mulberry32: small, fast, good enough to spread mutations; the whole state is one 32-bit number. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { prng } from '../../bench/lib/prng.ts';
 
 let examples: { name: string; text: string }[] | null = null;
 

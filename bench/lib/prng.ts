@@ -1,0 +1,13 @@
+// A seeded pseudo-random generator, so that a fuzz or chaos run can be repeated exactly.
+
+/** mulberry32: small, fast, good enough to spread mutations and payloads; the whole state is one 32-bit number. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
