@@ -23,6 +23,9 @@ describe('counters', () => {
       const c = await connectClient(lb.port());
       c.socket.end(Buffer.alloc(n, 'x'));
       await within(c.ended, 3000, 'the answer');
+      // The client may see the end a moment before lb's relay has finished: one at a time (max 1) means
+      // the next client connects only once lb counts this one closed.
+      await until(() => lb.listener().state.cur === 0, 2000, 'the relay to finish in lb');
       return c.text();
     };
     expect(await send(100)).toBe('ok:100'); // → a
