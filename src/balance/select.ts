@@ -90,13 +90,15 @@ export function pickInGroup(
   switch (group.policy) {
     case 'rr': {
       // Continue after the backend last *chosen* (balance continued after the last *successful* one, so a
-      // dead backend right after it was every new client's first try). The cursor is shared: sequential
-      // clients go round in order whichever worker accepts them.
-      const start = gs.cursor;
+      // dead backend right after it was every new client's first try). Each client takes the next turn
+      // of the group's shared counter, so clients go round in order whichever worker accepts them, even
+      // at the same moment; one that skips unusable backends moves the counter past what it skipped.
+      const turn = gs.shared.takeTurn(gs.slot);
+      const start = ((turn % n) + n) % n;
       for (let k = 0; k < n; k++) {
         const i = (start + k) % n;
         if (ok(list, gs, i, now, tried) && take(list, gs, i)) {
-          gs.shared.advanceCursor(gs.slot, start, (i + 1) % n);
+          if (k > 0) gs.shared.advanceCursor(gs.slot, turn + 1, turn + 1 + k);
           return i;
         }
       }

@@ -592,6 +592,11 @@ export class SharedState {
     return Atomics.load(this.gi, g);
   }
 
+  /** Takes the next round-robin turn of a group (fetch-and-add): concurrent workers never take the same one. */
+  takeTurn(g: number): number {
+    return Atomics.add(this.gi, g, 1);
+  }
+
   /** Moves the round-robin cursor from `from` to `to` unless another worker moved it meanwhile. */
   advanceCursor(g: number, from: number, to: number): void {
     Atomics.compareExchange(this.gi, g, from, to);
