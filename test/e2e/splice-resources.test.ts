@@ -106,7 +106,7 @@ describe.skipIf(spliceSkipped)(`splice relay: resources${spliceTitleNote}`, () =
     const one = async (): Promise<void> => {
       const s: Socket = net.connect({ host: HOST, port: relay.port, allowHalfOpen: true, noDelay: true });
       s.on('error', () => undefined);
-      const closed = once(s, 'close');
+      const closed = new Promise<void>((resolve) => s.once('close', () => resolve())); // not events.once: an error would reject it
       await within(once(s, 'connect'), 3000, 'a connect');
       s.end('x');
       const [echo] = (await within(once(s, 'data'), 3000, 'the echo')) as [Buffer];
