@@ -3,8 +3,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { spawn } from 'node:child_process';
-import { ROOT } from './lb.ts';
 
 export interface LbResult {
   code: number;
@@ -68,24 +66,4 @@ export function runtimeThatMustNotStart(): { Runtime: new (...args: unknown[]) =
 /** Escapes text for use inside a RegExp. */
 export function re(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-}
-
-/**
- * Runs one of the project's Node scripts (`bench/run.ts`, `bench/chaos.ts`) to its end. The script has
- * its own watchdog; `timeoutMs` only keeps a wedged run from outliving the test.
- */
-export function runScript(script: string, args: readonly string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(ROOT, script), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGTERM'), timeoutMs);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
 }
