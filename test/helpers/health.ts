@@ -139,11 +139,49 @@ export function namedEcho(name: string, port = 0): Promise<Backend> {
 }
 
 /** Fake compile host: accepts, holds the job for `holdMs`, replies with its name and closes. */
-export function compileServer(name: string, holdMs: number): Promise<Backend> {
-  return serve(name, (s) => {
-    s.resume();
-    const t = setTimeout(() => s.end(name), holdMs);
-    s.on('close', () => clearTimeout(t));
+/**
+ * A fake compile host for the build-farm tests: it reads each job's first line (`compile job N`) and holds
+ * the job until the test calls `finish(N)`, which answers with the host's name and closes. The order in
+ * which jobs finish is then the test's, never the machine's speed.
+ */
+export interface CompileHost extends Backend {
+  /** Job numbers this host holds right now (read their first line, not yet finished). */
+  readonly held: ReadonlySet<number>;
+  /** Every job number this host was given, in the order their first lines arrived. */
+  readonly jobs: readonly number[];
+  /** Answers job `n` with the host's name and closes it; throws if this host does not hold it. */
+  finish(n: number): void;
+}
+
+export async function compileServer(name: string): Promise<CompileHost> {
+  const sockets = new Map<number, Socket>();
+  const held = new Set<number>();
+  const jobs: number[] = [];
+  const b = await serve(name, (s) => {
+    let line = '';
+    const onData = (c: Buffer): void => {
+      line += c.toString('latin1');
+      const m = /^compile job (\d+)\n/.exec(line);
+      if (!m) return;
+      s.off('data', onData);
+      s.resume(); // whatever else the job sends is read and dropped
+      const n = Number(m[1]);
+      sockets.set(n, s);
+      held.add(n);
+      jobs.push(n);
+      s.on('close', () => held.delete(n));
+    };
+    s.on('data', onData);
+  });
+  return Object.assign(b, {
+    held,
+    jobs,
+    finish(n: number): void {
+      const s = sockets.get(n);
+      if (!s || !held.has(n)) throw new Error(`${name} does not hold job ${n} (holds ${[...held].join(', ') || 'none'})`);
+      held.delete(n);
+      s.end(name);
+    },
   });
 }
 
