@@ -426,6 +426,11 @@ export class Relay implements LiveFlow, Waiter {
 
   connectSucceeded(): void {
     if (this.phase !== 'connecting') return;
+    if (this.client.destroyed) {
+      // The client went away while this connect was in flight (its events not delivered yet): nothing to relay.
+      this.end();
+      return;
+    }
     const backend = this.backend!;
     const client = this.client;
     const choice = this.choice!;
@@ -672,7 +677,15 @@ function onClientError(this: RelaySocket): void {
   const r = this.lbRelay;
   if (!r || r.phase === 'done') return;
   if (r.phase === 'relaying') r.reset(this);
-  else this.destroy(); // queued or connecting: 'close' follows and ends the relay
+  else if (r.phase === 'new') this.destroy(); // reading a PROXY header: 'close' follows and rejects it
+  else {
+    // Queued or connecting: the client is gone, so the relay ends now, in this one transition. Node emits
+    // 'close' only in a later phase of the loop, and a backend connect that completes in between (both
+    // events in one poll) would otherwise start a relay for a client that no longer exists, holding its
+    // slot and its backend connection for good.
+    r.reason ??= 'reset';
+    r.end();
+  }
 }
 
 function onClientClose(this: RelaySocket): void {

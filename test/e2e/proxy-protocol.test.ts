@@ -194,6 +194,39 @@ describe('accept_proxy', () => {
     ]);
   });
 
+  for (const splice of ['auto', 'off'] as const) {
+    it(`a client that resets right after its header never leaves a relay behind (splice ${splice})`, async () => {
+      // Seen behind haproxy, which resets its server side when its own client leaves early: the reset came
+      // while lb was connecting to the backend, and a connect completing in the same poll as the reset
+      // started a relay for a client already gone; it held its slot and the backend connection for good.
+      // The backend answers at once and closes (as nginx's `return` does), so the connect completes fast.
+      const be = await recorder({ replyAfter: () => 'answer\n' });
+      const lb = await startLb(
+        webDoc([{ send_proxy: 'v1', backends: [at(be.port)] }], { accept_proxy: true }, { workers: 1, splice }),
+      );
+      const state = lb.listener().state;
+      const header = encodeV2({ srcAddr: '198.51.100.20', srcPort: 4000, dstAddr: '192.0.2.1', dstPort: 80 });
+      const N = 60;
+      for (let i = 0; i < N; i++) {
+        const socket = net.connect({ host: HOST, port: lb.port() });
+        socket.on('error', () => undefined);
+        await within(once(socket, 'connect'), 3000, `client ${i} to connect`);
+        // The header and then, as soon as it left, a reset: the reset reaches lb while it connects.
+        await new Promise<void>((resolve) => socket.write(header, () => resolve()));
+        await new Promise((r) => setImmediate(r));
+        socket.resetAndDestroy();
+      }
+      await until(() => state.total === N, 5000, `lb to take all ${N} clients (${state.total})`);
+      const be0 = state.groups[0]!.backends[0]!;
+      await until(
+        () => state.cur === 0 && be0.cur === 0,
+        5000,
+        `every relay to end (listener cur ${state.cur}, backend cur ${be0.cur})`,
+      );
+      await until(() => be.conns.every((c) => c.socket.closed), 5000, 'the backend to see every connection closed');
+    });
+  }
+
   it('show stat and show json carry the count', async () => {
     const be = await recorder();
     const lb = await startLb(webDoc([{ backends: [at(be.port)] }], { accept_proxy: true }));
