@@ -14,6 +14,14 @@ import { ctl, expectAlive, openSession, startCliLb, useControlScope, webToml, ty
  */
 const RSS_BOUND_KB = 64 * 1024;
 
+/**
+ * The slowest data-path round trip allowed while the control port is flooded. What it protects: the
+ * forwarding threads never wait on the control port. A stall lasts as long as the flood's handling (seconds
+ * here: these floods take 3-40 s to work through); a quiet machine stays under 200 ms (the bound until
+ * 2026-12), and a loaded one (a busy process per core beside the suite) was seen at 218 ms, so 1 s.
+ */
+const DATA_PATH_MS = 1000;
+
 const scope = useControlScope();
 
 async function cliLb(control: Record<string, unknown> = {}): Promise<{ lbp: CliLb; port: number; web: number }> {
@@ -71,7 +79,7 @@ describe('a flood of short lines', () => {
     ['CR LF (a Telnet client: a prompt for each)', '\r\n'],
     ['CR NUL', '\r\0'],
   ] as const) {
-    it(`1 MiB of empty lines, ${label}: data-path round trips stay under 200 ms and every line is read`, async () => {
+    it(`1 MiB of empty lines, ${label}: data-path round trips stay under ${DATA_PATH_MS} ms and every line is read`, async () => {
       const { lbp, port, web } = await cliLb();
       const payload = Buffer.from(line.repeat((1 << 20) / line.length) + 'version\n', 'latin1');
       const flood = flooder(port, payload);
@@ -82,25 +90,25 @@ describe('a flood of short lines', () => {
       expectAlive(lbp);
       // The flood took long enough to be probed, and no probe waited.
       expect(latencies.length).toBeGreaterThanOrEqual(2);
-      expect(Math.max(...latencies)).toBeLessThan(200);
+      expect(Math.max(...latencies)).toBeLessThan(DATA_PATH_MS);
       expect(await ctl(port, 'version')).toMatch(/This is lb/);
-    });
+    }, 60_000); // 9 s on a quiet machine, 13 s with a busy process per core
   }
 
-  it('four sessions flooding 1 MiB of one-word commands at once: the data path stays under 200 ms', async () => {
+  it(`four sessions flooding 1 MiB of one-word commands at once: the data path stays under ${DATA_PATH_MS} ms`, async () => {
     const { lbp, port, web } = await cliLb();
     const payload = Buffer.from('x\n'.repeat(1 << 19), 'latin1'); // 512 Ki unknown commands, each an error reply
     const floods = [0, 1, 2, 3].map(() => flooder(port, payload));
     let flooding = true;
     void Promise.all(floods.map((f) => f.done)).finally(() => (flooding = false));
     const latencies = await probeWhile(web, () => flooding);
-    await within(Promise.all(floods.map((f) => f.done)), 60_000, 'lb to answer every flood');
+    await within(Promise.all(floods.map((f) => f.done)), 100_000, 'lb to answer every flood');
     expectAlive(lbp);
     expect(latencies.length).toBeGreaterThanOrEqual(2);
-    expect(Math.max(...latencies)).toBeLessThan(200);
+    expect(Math.max(...latencies)).toBeLessThan(DATA_PATH_MS);
     // Every line got its reply (an error naming the unknown command), so nothing was silently dropped.
     for (const f of floods) expect(f.received()).toBeGreaterThan((1 << 19) * 40);
-  }, 60_000); // four floods of 512 Ki commands take a while on a loaded 2-core machine
+  }, 120_000); // four floods of 512 Ki commands: 37 s on a quiet machine, 49 s with a busy process per core
 });
 
 describe('what a session may buffer', () => {
@@ -169,11 +177,11 @@ describe('what a session may buffer', () => {
     let peak = before;
     let writes = 0;
     let logged = false;
-    const flooded = lbp.waitOutput((t) => /warn control-flood .*reason=/.test(t), 20_000, 'the control-flood log line', 'stderr');
+    const flooded = lbp.waitOutput((t) => /warn control-flood .*reason=/.test(t), 45_000, 'the control-flood log line', 'stderr');
     void flooded.then(() => (logged = true), () => undefined);
     for (; writes < 200 && !logged && !s.destroyed; writes++) {
       if (!s.write(dos)) {
-        await within(Promise.race([new Promise((r) => s.once('drain', r)), closed, flooded]), 20_000, 'the flood to be taken or the session closed');
+        await within(Promise.race([new Promise((r) => s.once('drain', r)), closed, flooded]), 45_000, 'the flood to be taken or the session closed');
       }
       peak = Math.max(peak, rssKiB(lbp.proc.pid!));
     }
@@ -188,5 +196,5 @@ describe('what a session may buffer', () => {
     expect(peak - before).toBeLessThan(RSS_BOUND_KB);
     expect(backendOf(await (await connectClient(web)).request('after', 3000))).toMatch(/^[ab]$/);
     expectAlive(lbp);
-  });
+  }, 60_000); // the answers fill both loopback socket buffers (megabytes) first: 12 s quiet, over 20 s loaded
 });
