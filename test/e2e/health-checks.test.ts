@@ -266,16 +266,18 @@ describe('operator state versus checks', () => {
     expect(status(lb).status).toBe('ENA');
 
     expect((await execute(lb.rt, admin(), 'disable web 0 0')).text).toBe('channel 0 disabled');
-    await sleep(60); // a check in flight at the moment of disable may still connect
+    // A check already in flight at the moment of disable may still connect, however late a loaded machine
+    // lets it: at most that one. Checks going on would add one per 100 ms interval.
     const seen = a.accepted;
     await sleep(400); // four intervals
-    expect(a.accepted).toBe(seen);
+    expect(a.accepted).toBeLessThanOrEqual(seen + 1);
+    const quiet = a.accepted;
     expect(status(lb).status).toBe('DIS');
     expect(lb.logs.all('health')).toEqual([]);
     expect(statRow(lb, at(a.port)).status).toBe('MAINT');
 
     expect((await execute(lb.rt, admin(), 'enable web 0 0')).text).toBe('channel 0 enabled');
-    await until(() => a.accepted >= seen + 2, 1500, 'checks to restart after enable');
+    await until(() => a.accepted >= quiet + 2, 1500, 'checks to restart after enable');
     expect(status(lb).status).toBe('ENA');
   });
 
