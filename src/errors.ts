@@ -53,6 +53,8 @@ export const Code = {
   CONTROL_UNREACHABLE: 'LB_CONTROL_UNREACHABLE',
   /** A control session exceeded what it may buffer (input or unread output) and was closed. */
   CONTROL_FLOOD: 'LB_CONTROL_FLOOD',
+  /** A control client broke the Telnet protocol beyond repair (an endless subnegotiation): its session was closed. */
+  CONTROL_TELNET: 'LB_CONTROL_TELNET',
   /** `auth` with a wrong token, or on a port without `token_file`. */
   CONTROL_AUTH: 'LB_CONTROL_AUTH',
   /** The control socket's path or directory is unsafe or in use by a running instance. */
@@ -71,6 +73,8 @@ export const Code = {
   SPLICE_UNAVAILABLE: 'LB_SPLICE_UNAVAILABLE',
   /** A socket cannot be handed to the splice relay (bytes already buffered in JS, not connected). */
   SPLICE_HANDOVER: 'LB_SPLICE_HANDOVER',
+  /** An unforeseen exception inside one control or HTTP session: that session was closed, lb went on. */
+  SESSION_FAILED: 'LB_SESSION_FAILED',
   INTERNAL: 'LB_INTERNAL',
 } as const;
 export type ErrorCode = (typeof Code)[keyof typeof Code];

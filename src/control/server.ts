@@ -18,6 +18,7 @@ import type { ControlEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import { Code, Exit, LbError } from '../errors.ts';
 import { controlCommandEvent, levelEnabled, type Logger } from '../log.ts';
+import { LogBurst } from '../log-burst.ts';
 import { AUTH_MAX_FAILURES, AuthThrottle, readToken, sessionLevel, tokenMatches } from './access.ts';
 import { COMMANDS, execute, type ControlTarget, type Reply, type Session } from './commands.ts';
 import { createLineServer, LineConnection, MAX_LINE, OVERLONG, type Line } from './telnet.ts';
@@ -45,6 +46,8 @@ const LOG_PER_SECOND = 50;
 export const SOCKET_MODE = 0o660;
 /** How long a connect to an existing socket may take to prove a live instance owns it. */
 const LIVE_CHECK_MS = 1000;
+/** Sessions closed for a protocol violation or an exception: at most one log line per this many ms. */
+const SESSION_FAILURE_LOG_MS = 5000;
 /** Longest Unix socket path (sun_path less its terminating NUL on Linux). */
 const MAX_SOCKET_PATH = 107;
 
@@ -77,6 +80,8 @@ interface SessionHost {
   /** The token `auth` compares with; null when none is configured or it could not be read. */
   token(): string | null;
   release(session: ControlSession): void;
+  /** Sessions closed for breaking the protocol or by an exception: logged once per burst, over all sessions. */
+  readonly failures: LogBurst;
 }
 
 export class ControlServer {
@@ -100,6 +105,7 @@ export class ControlServer {
       allowed: (address) => isAllowed(this.allow, address),
       token: () => this.token,
       release: (session) => this.sessions.delete(session),
+      failures: new LogBurst(SESSION_FAILURE_LOG_MS),
     };
   }
 
@@ -270,6 +276,7 @@ class ControlSession {
     this.conn = new LineConnection(telnet, {
       readable: () => void this.pump(),
       received: () => this.checkLimits(),
+      failed: (reason, err) => this.fail(reason, err),
       close: () => this.release(),
     });
     this.socket = this.conn.socket;
@@ -390,7 +397,6 @@ class ControlSession {
     else if (input > MAX_BUFFERED_INPUT) reason = `${input} bytes of input pending (limit ${MAX_BUFFERED_INPUT})`;
     if (reason === null) return;
     this.host.log.log('warn', 'control-flood', { code: Code.CONTROL_FLOOD, peer: this.peer, reason });
-    this.conn.dropPendingOutput(); // what it did not read it will not read: free it, and say why instead
     this.close(`error: closing this session: ${reason} [${Code.CONTROL_FLOOD}]`);
   }
 
@@ -407,22 +413,45 @@ class ControlSession {
     if (this.busy || this.refused || this.closing) return;
     this.busy = true;
     try {
-      let handled = 0;
-      let turnStart = performance.now();
-      while (!this.closing && !this.socket.destroyed) {
-        const line = this.conn.next();
-        if (line === null) break;
-        await this.handle(line);
-        if (++handled >= LINES_PER_TURN || performance.now() - turnStart > TURN_MS) {
-          await new Promise<void>((resolve) => setImmediate(resolve));
-          handled = 0;
-          turnStart = performance.now();
-        }
-      }
+      await this.run();
+    } catch (err) {
+      this.fail('internal error running a command', err as Error);
     } finally {
       this.busy = false;
     }
     if (this.conn.ended && !this.closing && !this.socket.destroyed) this.end();
+  }
+
+  /**
+   * The error boundary of one session: whatever went wrong inside it (a protocol violation, or an
+   * exception lb did not foresee) closes this session with a log line, and never reaches the process.
+   */
+  private fail(reason: string, err?: Error): void {
+    if (this.closing) return;
+    const code = err ? Code.SESSION_FAILED : Code.CONTROL_TELNET;
+    // One line per burst over all sessions (`count` sessions closed since the last line): a client opening
+    // broken sessions in a loop writes a few lines, not one per session.
+    const count = this.host.failures.hit();
+    if (count > 0) {
+      const error = err ? (err.stack ?? err.message) : undefined;
+      this.host.log.log(err ? 'error' : 'warn', 'control-session-failed', { code, peer: this.peer, reason, count, error });
+    }
+    this.close(`error: closing this session: ${reason} [${code}]`);
+  }
+
+  private async run(): Promise<void> {
+    let handled = 0;
+    let turnStart = performance.now();
+    while (!this.closing && !this.socket.destroyed) {
+      const line = this.conn.next();
+      if (line === null) break;
+      await this.handle(line);
+      if (++handled >= LINES_PER_TURN || performance.now() - turnStart > TURN_MS) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        handled = 0;
+        turnStart = performance.now();
+      }
+    }
   }
 
   private async handle(line: Line): Promise<void> {

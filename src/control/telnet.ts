@@ -1,17 +1,15 @@
-// A thin adapter over npm `telnetlib` (1.0.2, unmaintained) that turns a connection into text lines.
-//
-// It covers the library's known defects (shared/reference/conventions.md §11):
+// The control port's connections as text lines. telnetlib creates the server and wraps each socket; the
+// Telnet protocol itself is decoded here (telnet-codec.ts), because the library's reader is unsafe on
+// hostile input (an `IAC SB NAWS` of the wrong length threw out of a socket callback and ended lb), and
+// because of its other defects (shared/reference/conventions.md §11):
 // 1. Its writer corrupts any write containing 0xFF (it iterates indices, not bytes), and it pushes
-//    without backpressure, so output a client never reads would pile up inside it. We escape IAC
-//    ourselves and write to the socket, whose buffer we can see and wait on.
-// 2. Its reader emits data only on CR LF, so a client sending bare LF (nc, scripts) never got an answer;
-//    and it drops the connection when 4096 bytes arrive without CR LF. We make it emit every chunk (IAC
-//    sequences already removed and answered by its RFC 1143 negotiation) and never a line at a time (a
-//    flood of CR LF lines would be one event per line), and split lines ourselves on LF, CR LF and
-//    CR NUL, with our own line limit.
+//    without backpressure. We escape IAC ourselves and write to the socket, whose buffer we can see.
+// 2. Its reader emits data only on CR LF (a client sending bare LF, like nc, never got an answer) and
+//    drops the connection at 4096 bytes without CR LF. We split lines ourselves on LF, CR LF and CR NUL,
+//    with our own line limit.
 // 3. Options it is asked to negotiate wait up to 1 s each and send IAC bytes that raw clients print as
-//    garbage. We initiate no negotiation; a Telnet client that offers options is answered as it asks.
-// These reach into the library's reader/writer fields, which is why the version is pinned exactly.
+//    garbage. We initiate no negotiation and refuse every option a client offers or asks for.
+// So the library's reader and writer are unplugged from the socket the moment a connection arrives.
 //
 // Input is pulled, not pushed: the session asks for the next line when it is ready for it, so a flood
 // waits in a bounded buffer (then in the kernel, the socket paused) instead of in a queue of lines, and
@@ -19,23 +17,21 @@
 
 import { createServer as createTelnetServer, type TelnetSocket } from 'telnetlib';
 import type { Server, Socket } from 'node:net';
-import type { Readable, Transform } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
+import { escapeIac, TelnetDecoder } from './telnet-codec.ts';
 
-const IAC = 0xff;
 export const MAX_LINE = 4096;
 /** Unread input held before the socket is paused (and read again once below INPUT_LOW). */
 const INPUT_HIGH = 64 * 1024;
 const INPUT_LOW = 16 * 1024;
 /** Unread output above which `write` asks the caller to wait for the client to read. */
 export const OUTPUT_HIGH = 64 * 1024;
-/** Largest piece of a read handed to the library's reader at once (see the constructor). */
-const FEED_SLICE = 4096;
 
-/** The library's fields this adapter uses (see the defects above). */
+/** The library's fields this adapter touches: only to unplug them. */
 interface TelnetInternals extends TelnetSocket {
   socket: Socket;
-  reader: Transform & { flushPolicy: { endOfChunk: boolean }; _maybeFlush(reason: string): void };
-  writer: Readable & { __writeRaw(data: Buffer): void };
+  reader: Writable;
+  writer: Readable;
 }
 
 /** A line that was longer than MAX_LINE: it was dropped, and the client is to be told. */
@@ -48,12 +44,14 @@ export interface LineEvents {
   readable(): void;
   /** Raw bytes arrived (before any line is taken): the moment to check buffer limits. */
   received(): void;
+  /** The session cannot go on: the client broke the protocol, or handling its input threw. */
+  failed(reason: string, err?: Error): void;
   close(): void;
 }
 
 export class LineConnection {
   readonly socket: Socket;
-  private readonly telnet: TelnetInternals;
+  private readonly decoder = new TelnetDecoder();
   /** Input not yet taken as lines (latin1: one character per byte, so lengths are byte counts). */
   private buf = '';
   private pos = 0;
@@ -62,45 +60,37 @@ export class LineConnection {
   private discarding = false;
   private eof = false;
   private paused = false;
-  private writerDropped = false;
   private stopped = false;
+  /** Negotiation answers written since the socket's buffer was last empty (see pendingAnswers). */
+  private answers = 0;
 
   constructor(telnet: TelnetSocket, events: LineEvents) {
-    this.telnet = telnet as TelnetInternals;
-    this.socket = this.telnet.socket;
-    const reader = this.telnet.reader;
-    reader.flushPolicy.endOfChunk = true;
-    const flush = reader._maybeFlush.bind(reader);
-    reader._maybeFlush = (reason: string) => {
-      if (reason !== 'DATA') flush(reason); // not per CR LF: the whole chunk is flushed at its end
-    };
-    telnet.on('data', (chunk: Buffer) => {
-      this.append(chunk.toString('latin1'));
-      events.readable();
+    const internals = telnet as TelnetInternals;
+    const socket = (this.socket = internals.socket);
+    socket.unpipe(internals.reader);
+    internals.writer.unpipe(socket);
+    telnet.on('error', () => socket.destroy()); // the library re-emits socket errors on its wrapper
+    socket.on('data', (chunk: Buffer) => {
+      // The error boundary of the session's input: nothing a client sends may escape this callback.
+      try {
+        const d = this.decoder.decode(chunk);
+        if (d.reply !== null && !socket.destroyed) {
+          if (socket.writableLength === 0) this.answers = 0;
+          this.answers += d.reply.length;
+          socket.write(d.reply);
+        }
+        if (d.text !== '') this.append(d.text);
+        events.received();
+        if (d.error !== null) events.failed(d.error);
+        else events.readable();
+      } catch (err) {
+        events.failed('internal error reading input', err as Error);
+      }
     });
-    telnet.on('end', () => {
+    socket.once('end', () => {
       this.eof = true;
       events.readable();
     });
-    telnet.on('error', () => this.socket.destroy());
-    // The library's reader collects each chunk byte by byte in a JS array: a 64 KiB read makes an array
-    // big enough for V8's large-object space, which only a full GC frees, so a few sessions sending
-    // megabytes grew RSS by hundreds of MiB. We feed it small slices instead (arrays the young
-    // generation frees cheaply), with the same backpressure its pipe had.
-    const socket = this.socket;
-    socket.unpipe(reader);
-    socket.on('data', (chunk: Buffer) => {
-      let room = true;
-      for (let i = 0; i < chunk.length; i += FEED_SLICE) room = reader.write(chunk.subarray(i, i + FEED_SLICE));
-      events.received(); // after the reader ran, so its negotiation answers are counted
-      if (!room && !this.stopped) {
-        socket.pause();
-        reader.once('drain', () => {
-          if (!this.stopped) socket.resume();
-        });
-      }
-    });
-    socket.once('end', () => reader.end());
     socket.resume();
     socket.on('close', () => events.close());
   }
@@ -123,7 +113,7 @@ export class LineConnection {
     this.pos = 0;
     if (this.buf.length > INPUT_HIGH && !this.paused) {
       this.paused = true;
-      this.telnet.pause();
+      if (!this.stopped) this.socket.pause();
     }
   }
 
@@ -185,41 +175,31 @@ export class LineConnection {
     this.pos = to;
     if (this.paused && this.buf.length - this.pos < INPUT_LOW) {
       this.paused = false;
-      this.telnet.resume();
+      if (!this.stopped) this.socket.resume();
     }
   }
 
-  /** Input lb holds for this session: not yet taken as lines, or inside the library's reader. */
+  /** Input lb holds for this session: not yet taken as lines, or inside an unfinished subnegotiation. */
   bufferedInput(): number {
-    const r = this.telnet.reader;
-    return this.buf.length - this.pos + r.readableLength + r.writableLength;
+    return this.buf.length - this.pos + this.decoder.pending;
   }
 
-  /** Output the client has not read yet: in the socket's buffer or in the library's writer. */
+  /** Output the client has not read yet. */
   unreadOutput(): number {
-    return this.socket.writableLength + this.pendingAnswers();
+    return this.socket.writableLength;
   }
 
   /**
-   * Telnet negotiation answers waiting in the library's writer (it pushes them whatever the client
-   * reads). Each is a 3-byte Buffer of its own, so their memory is far more than their bytes.
+   * Telnet negotiation answers among the unread output: those written since the socket's buffer was
+   * last empty, which is exact for a client that floods requests and reads nothing.
    */
   pendingAnswers(): number {
-    return this.writerDropped ? 0 : this.telnet.writer.readableLength;
+    return Math.min(this.answers, this.socket.writableLength);
   }
 
   /** Writes text as UTF-8 with IAC bytes doubled (RFC 854); returns false when the client is slow. */
   write(text: string): boolean {
-    let data = Buffer.from(text, 'utf8');
-    if (data.includes(IAC)) {
-      const out: number[] = [];
-      for (const b of data) {
-        out.push(b);
-        if (b === IAC) out.push(IAC);
-      }
-      data = Buffer.from(out);
-    }
-    if (!this.socket.destroyed) this.socket.write(data);
+    if (!this.socket.destroyed) this.socket.write(escapeIac(Buffer.from(text, 'utf8')));
     return this.unreadOutput() < OUTPUT_HIGH;
   }
 
@@ -234,27 +214,13 @@ export class LineConnection {
         };
         this.socket.once('drain', done);
         this.socket.once('close', done);
-        // The library's writer may hold the output while the socket itself has room: it is flowing
-        // into the socket right now, so look again on the next turn.
         if (!this.socket.writableNeedDrain) setImmediate(done);
       });
     }
   }
 
-  /**
-   * Forgets output queued in the library's writer (Telnet negotiation answers a flooding client never
-   * read); our own writes already sit in the socket and still go out.
-   */
-  dropPendingOutput(): void {
-    if (this.writerDropped) return;
-    this.writerDropped = true;
-    this.telnet.writer.unpipe(this.socket);
-    this.telnet.writer.destroy();
-  }
-
   end(): void {
-    if (this.writerDropped) this.socket.end();
-    else this.telnet.end();
+    this.socket.end();
   }
 
   destroy(): void {

@@ -11,6 +11,7 @@ import { checkSendProxyOf, type BackendEntry, type HealthEntry, type ListenerEnt
 import { encodeProxyHeader } from '../proxy/proxy-protocol.ts';
 import { LOCAL_ERRORS } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { LogBurst } from '../log-burst.ts';
 import type { CheckResult, CheckStatus } from './state.ts';
 
 const MAX_REPLY_BYTES = 16 * 1024;
@@ -109,13 +110,13 @@ export class HealthMonitor {
 
   /** Told of every failed check (for `show errors`). */
   onFailure: ((listener: string, group: number, entry: BackendEntry, result: CheckResult) => void) | null = null;
-  private localErrorAt = 0;
+  private readonly localErrors = new LogBurst(LOCAL_ERROR_LOG_MS);
   private localError(code: string): void {
-    const now = Date.now();
-    if (now - this.localErrorAt < LOCAL_ERROR_LOG_MS) return;
-    this.localErrorAt = now;
+    const count = this.localErrors.hit();
+    if (count === 0) return;
     this.log.log('error', 'local-resource-error', {
       code,
+      count,
       detail: 'a health check could not open a socket on this host: the backend is not marked down; raise LimitNOFILE',
     });
   }

@@ -16,6 +16,7 @@ import type { ControlEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import { Code, Exit, LbError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { LogBurst } from '../log-burst.ts';
 import { History } from '../stats/history.ts';
 import { renderJson, renderStatCsv } from '../stats/render.ts';
 import type { Snapshot } from '../stats/snapshot.ts';
@@ -121,6 +122,8 @@ export class HttpServer {
   /** The snapshot of the current event-loop turn (dropped at the next one, so no answer is stale). */
   private snap: Snapshot | null = null;
   private rendered: { csv?: string; json?: string } = {};
+  /** Requests closed by an exception: at most one log line per 5 s, counting those held back. */
+  private readonly failures = new LogBurst(5000);
 
   constructor(config: HttpConfig, target: HttpTarget, log: Logger, limits: Partial<HttpLimits> = {}) {
     this.config = config;
@@ -187,7 +190,7 @@ export class HttpServer {
         // The timeouts above are enforced by a sweep at this interval (Node's default is 30 s).
         connectionsCheckingInterval: Math.min(1000, l.headersTimeoutMs),
       },
-      (req, res) => this.handle(req, res),
+      (req, res) => this.guard(req, res),
     );
     server.maxConnections = l.maxConnections;
     const where = formatHostPort(host, port);
@@ -254,6 +257,24 @@ export class HttpServer {
 
   // --- requests -------------------------------------------------------------------------------------
 
+  /** The error boundary of one request: an exception closes that request, never the process. */
+  private guard(req: IncomingMessage, res: ServerResponse): void {
+    try {
+      this.handle(req, res);
+    } catch (err) {
+      this.failed(req, res, err as Error);
+    }
+  }
+
+  private failed(req: IncomingMessage, res: ServerResponse, err: Error): void {
+    if (req.destroyed || res.destroyed) return void res.destroy(); // the client went away (or was cut off)
+    const path = (req.url ?? '/').split('?', 1)[0]!.slice(0, 200);
+    const count = this.failures.hit(); // a client making requests fail in a loop writes a few lines, not thousands
+    if (count > 0) this.log.log('error', 'http-error', { code: Code.SESSION_FAILED, error: err.stack ?? err.message, path, count });
+    if (!res.headersSent) this.text(res, 500, `error: ${err.message} [${Code.SESSION_FAILED}]`, { Connection: 'close' });
+    else res.destroy();
+  }
+
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const peer = req.socket.remoteAddress ?? '';
     if (!isAllowed(this.allow, peer)) {
@@ -278,12 +299,7 @@ export class HttpServer {
       const allow = route === 'post' ? 'POST' : route === 'get' ? 'GET, HEAD' : 'GET, HEAD, POST';
       return this.text(res, 405, `error: ${method} not allowed here`, { Allow: allow });
     }
-    this.route(path, req, res, access).catch((err: Error) => {
-      if (req.destroyed || res.destroyed) return void res.destroy(); // the client went away (or was cut off)
-      this.log.log('error', 'http-error', { error: err.message, path });
-      if (!res.headersSent) this.text(res, 500, `error: ${err.message}`);
-      else res.destroy();
-    });
+    this.route(path, req, res, access).catch((err: Error) => this.failed(req, res, err));
   }
 
   private async route(path: string, req: IncomingMessage, res: ServerResponse, access: Access): Promise<void> {

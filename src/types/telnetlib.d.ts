@@ -19,6 +19,9 @@ declare module 'telnetlib' {
   }
 
   export const options: Record<string, number>;
+  export const constants: {
+    commands: Record<'IAC' | 'SB' | 'SE' | 'WILL' | 'WONT' | 'DO' | 'DONT' | 'NOP' | 'GA', number>;
+  };
   export function createServer(
     options: TelnetServerOptions,
     listener: (socket: TelnetSocket) => void,

@@ -6,6 +6,7 @@ import type { Choice } from '../balance/select.ts';
 import type { ListenerEntry, RoutingTable } from '../config/table.ts';
 import type { CheckResult } from '../health/state.ts';
 import type { Logger } from '../log.ts';
+import { LogBurst } from '../log-burst.ts';
 import { ListenerRuntime, type ListenerContext } from '../proxy/listener.ts';
 import type { SlotMap } from '../shared/slots.ts';
 import type { SharedState } from '../shared/state.ts';
@@ -42,10 +43,9 @@ export class DataPlane implements ListenerContext {
   readonly listeners = new Map<string, ListenerRuntime>();
   private staging: Staging | null = null;
   private publishTimer: NodeJS.Timeout | null = null;
-  private localErrorAt = 0;
+  private readonly localErrors = new LogBurst(LOCAL_ERROR_LOG_MS);
   /** Whether this worker relays with splice(2): `[global] splice` and whether the addon loads here. */
   splice = false;
-  private localErrorCount = 0;
 
   constructor(opts: { shared: SharedState; region: number; regions: number; reusePort: boolean; log: Logger; table: RoutingTable; hooks: DataPlaneHooks }) {
     this.shared = opts.shared;
@@ -83,16 +83,13 @@ export class DataPlane implements ListenerContext {
   }
 
   localError(code: string): void {
-    this.localErrorCount++;
-    const now = Date.now();
-    if (now - this.localErrorAt < LOCAL_ERROR_LOG_MS) return;
-    this.localErrorAt = now;
+    const count = this.localErrors.hit();
+    if (count === 0) return;
     this.log.log('error', 'local-resource-error', {
       code,
-      count: this.localErrorCount,
+      count,
       detail: 'out of file descriptors or memory on this host: the backend is not marked down; raise LimitNOFILE (ulimit -n)',
     });
-    this.localErrorCount = 0;
   }
 
   /** Binds what a new table adds or moves, without routing by it yet. */

@@ -348,4 +348,27 @@ describe('bad input', () => {
     await within(new Promise((r) => trickle.once('close', r)), 3000, 'the trickling request to be cut off');
     expect(Date.now() - t0).toBeLessThan(2500);
   });
+
+  it('a handler that throws (made to, here) closes that request with a 500; the next request and lb go on', async () => {
+    const a = await echoServer('a');
+    const h = await startHttpLb(doc([a.port]));
+    const server = h.http as unknown as { handle(req: unknown, res: unknown): void };
+    const handle = server.handle;
+    // Thrown synchronously inside the request handler (before any route), as a bug there would.
+    server.handle = () => {
+      throw new Error('made to fail');
+    };
+    for (let i = 0; i < 3; i++) {
+      const r = await get(`${h.base}/stats.json`);
+      expect(r.status).toBe(500);
+      expect(r.text).toBe('error: made to fail [LB_SESSION_FAILED]\n');
+    }
+    server.handle = handle;
+    expect((await get(`${h.base}/healthz`)).status).toBe(200);
+    // Logged with its code and path, once for the burst (the count goes on the next line).
+    const lines = h.lb.logs.all({ event: 'http-error', code: 'LB_SESSION_FAILED' });
+    expect(lines).toHaveLength(1);
+    expect(lines[0]!.fields['path']).toBe('/stats.json');
+    expect(await (await connectClient(h.lb.port())).request('after', 3000)).toContain('after');
+  });
 });
