@@ -18,7 +18,8 @@ import { BalanceArgsError, parseBalanceArgs, parseBalanceControl } from './balan
 import { debugEnabled, explainFailure, formatFailure } from './failure.ts';
 import { optionErrorMessage, USAGE, USAGE_HINT } from './usage.ts';
 import { VERSION } from '../version.ts';
-import { notifyReady } from './notify.ts';
+import { notifyReady, notifyReloading, type NotifyFailure } from './notify.ts';
+import { SignalGate } from './signals.ts';
 import { DnsDiscovery } from '../discovery/dns.ts';
 
 
@@ -277,14 +278,28 @@ interface ServeHooks {
 async function serve(table: RoutingTable, configFile: string | null, out: Reporter, hooks: ServeHooks = {}): Promise<number> {
   const log = createLogger(table.global.logFormat, undefined, table.global.logLevel);
   const runtime = new Runtime(table, { configFile, log });
+  // Handlers before the first bind (src/cli/signals.ts): a signal during start-up is held, not fatal.
+  const gate = new SignalGate();
+  const onHup = (): void => gate.signal('SIGHUP');
+  const onTerm = (): void => gate.signal('SIGTERM');
+  const onInt = (): void => gate.signal('SIGINT');
+  process.on('SIGHUP', onHup);
+  process.on('SIGTERM', onTerm);
+  process.on('SIGINT', onInt);
+  const removeHandlers = (): void => {
+    process.removeListener('SIGHUP', onHup);
+    process.removeListener('SIGTERM', onTerm);
+    process.removeListener('SIGINT', onInt);
+  };
+  // [global.dns]: backends given by name follow their records (src/discovery/); nothing without it.
+  const discovery = new DnsDiscovery(runtime, runtime.log);
   try {
     await runtime.start();
   } catch (err) {
+    removeHandlers();
     await hooks.stopped?.();
     throw err;
   }
-  // [global.dns]: backends given by name follow their records (src/discovery/); nothing without it.
-  const discovery = new DnsDiscovery(runtime, runtime.log);
   runtime.discovery = discovery; // reloads (SIGHUP or `reload`) expand names at once and re-sync it
   await discovery.start();
   const where = runtime.boundAddresses().map((b) => `${b.name}=${b.address}`).join(' ');
@@ -295,43 +310,42 @@ async function serve(table: RoutingTable, configFile: string | null, out: Report
   ];
   const httpAt = runtime.http?.address();
   const control = (controlAt.length ? `; control ${controlAt.join(' ')}` : '') + (httpAt ? `; http ${formatHostPort(httpAt.host, httpAt.port)}` : '');
+  const reportNotify = (f: NotifyFailure): void => out.event('error', 'notify', { code: f.code, error: f.error }, f.text);
   return new Promise<number>((resolve) => {
-    // Handlers first, then the start-up line: a supervisor may signal the moment it sees the line.
     const stop = (signal: string): void => {
       runtime.log.log('info', 'stopping', { signal });
       // Idempotent: a second signal during the drain waits for the same stop instead of killing lb.
       void discovery.stop();
       void runtime.shutdown().then(async () => {
         await hooks.stopped?.();
-        process.removeListener('SIGHUP', hup);
-        process.removeListener('SIGTERM', onTerm);
-        process.removeListener('SIGINT', onInt);
+        removeHandlers();
         flushLog(); // the last access-log lines come before the "stopped" line
         out.json = runtime.log.format === 'json';
         out.event('info', 'stopped', { version: VERSION }, `lb ${VERSION} stopped`);
         resolve(Exit.OK);
       });
     };
-    const hup = (): void => {
+    const reload = (): void => {
+      // systemd (Type=notify): RELOADING=1 with the time, then READY=1 once the reload is over, either way.
+      // READY=1 is sent after RELOADING=1 has been taken (each is a child process), never before it.
+      const reloading = notifyReloading(reportNotify);
       void runtime.reload().then((r) => {
         flushLog();
         out.json = runtime.log.format === 'json';
         if (!r.ok) reportDiagnostics(configFile ?? '-', r.diagnostics, out);
+        void reloading.then(() => notifyReady(reportNotify));
       });
     };
-    const onTerm = (): void => stop('SIGTERM');
-    const onInt = (): void => stop('SIGINT');
     runtime.onStopRequest = (reason) => stop(reason);
-    process.on('SIGHUP', hup);
-    process.on('SIGTERM', onTerm);
-    process.on('SIGINT', onInt);
     out.event(
       'info', 'listening',
       { version: VERSION, listeners: where, workers: runtime.workers, control: controlAt.join(' ') || undefined, pid: process.pid },
       `lb ${VERSION} listening on ${where}; ${runtime.workers} worker${runtime.workers === 1 ? '' : 's'}${control} (pid ${process.pid})`,
     );
     hooks.started?.(runtime);
-    void notifyReady((f) => out.event('error', 'notify', { code: f.code, error: f.error }, f.text)); // lb.service: Type=notify
+    void notifyReady(reportNotify); // lb.service: Type=notify
+    // Signals held during start-up act now (a stop wins over reloads; several HUPs are one reload).
+    gate.open({ stop, reload });
   });
 }
 

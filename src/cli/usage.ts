@@ -34,7 +34,8 @@ balance's command line:
   -d -f -6 -M      accepted for compatibility (lb always runs in the foreground and logs to stderr)
 
 signals: SIGHUP re-reads FILE (a broken file keeps the running config); SIGTERM/SIGINT stop accepting,
-let connections finish for up to global.drain_timeout, then exit 0.
+let connections finish for up to global.drain_timeout, then exit 0. A signal that arrives while lb starts
+acts once it has started: several SIGHUPs are one reload, and SIGTERM/SIGINT win over them.
 
 exit codes: 0 ok, 64 usage, 66 config unreadable, 69 cannot listen or reach the control port,
 70 internal error, 71 other system error, 73 cannot create a file or directory (read-only, missing),

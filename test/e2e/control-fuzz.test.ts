@@ -15,7 +15,7 @@ const scope = useControlScope();
 const IAC = 0xff;
 const [SE, NOP, SB, WILL, WONT, DO, DONT] = [240, 241, 250, 251, 252, 253, 254];
 const VERBS = [WILL, WONT, DO, DONT];
-const SEQUENCES = Number(process.env.LB_TELNET_FUZZ ?? 3000);
+const SEQUENCES = Number(process.env.LB_TELNET_FUZZ ?? 1500);
 const BATCH = 50;
 
 async function fuzzLb(): Promise<{ lbp: CliLb; port: number; web: number }> {

@@ -10,7 +10,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { notifyReady, type NotifyFailure } from '../../src/cli/notify.ts';
-import { closeAllBackends, echoServer, HOST, within } from '../helpers/backends.ts';
+import { closeAllBackends, echoServer, HOST, until, within } from '../helpers/backends.ts';
 import { scratchDir, type ScratchDir } from '../helpers/cli.ts';
 import { LogCapture, ROOT } from '../helpers/lb.ts';
 
@@ -102,6 +102,25 @@ describe('systemd readiness', () => {
       await within(once(s, 'connect'), 3000, `a connect to ${port}`);
       s.destroy();
     }
+    lb.proc.kill('SIGTERM');
+    expect(await within(lb.exited, 10_000, 'lb to stop')).toBe(0);
+  });
+
+  it('around a SIGHUP reload: RELOADING=1 with MONOTONIC_USEC, then READY=1 again', async () => {
+    const dir = scratch();
+    const backend = await echoServer('b1');
+    const { path, receiver } = await notifySocket(dir);
+    const lb = start(process.execPath, ['src/cli/main.ts', 'run', config(dir, '127.0.0.1:0', backend.port)], { ...process.env, NOTIFY_SOCKET: path }, 'stderr');
+    await receiver.lines.waitForRaw(/^READY=1$/, 10_000);
+    const before = process.hrtime.bigint() / 1000n;
+    lb.proc.kill('SIGHUP');
+    await lb.lines.waitFor('reloaded', { ms: 10_000 });
+    await until(() => receiver.lines.raw.filter((l) => l === 'READY=1').length === 2, 10_000, 'READY=1 after the reload');
+    const msgs = receiver.lines.raw.filter((l) => l !== 'bound' && l !== 'BARRIER=1'); // systemd-notify's barrier
+    expect(msgs.map((l) => l.replace(/^MONOTONIC_USEC=\d+$/, 'MONOTONIC_USEC=N'))).toEqual(['READY=1', 'RELOADING=1', 'MONOTONIC_USEC=N', 'READY=1']);
+    // The time is CLOCK_MONOTONIC in microseconds, taken during the reload (this process reads the same clock).
+    const usec = BigInt(msgs[2]!.split('=')[1]!);
+    expect(usec >= before && usec <= process.hrtime.bigint() / 1000n).toBe(true);
     lb.proc.kill('SIGTERM');
     expect(await within(lb.exited, 10_000, 'lb to stop')).toBe(0);
   });
