@@ -2,7 +2,7 @@
 // sequences that ended lb through telnetlib's option parsers, and a generated fuzzer of Telnet sequences
 // (fixed seed, so a failure can be replayed) sent by sessions that never authenticate. After every batch
 // lb answers `show`, relays a connection, and no backend changed state (such a session can change nothing).
-// LB_TELNET_FUZZ=N sets how many sequences (CI runs fewer than the 10,000 of a full run).
+// LB_TELNET_FUZZ=N sets how many sequences (10,000 by default: about 5 s here).
 
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
@@ -15,7 +15,7 @@ const scope = useControlScope();
 const IAC = 0xff;
 const [SE, NOP, SB, WILL, WONT, DO, DONT] = [240, 241, 250, 251, 252, 253, 254];
 const VERBS = [WILL, WONT, DO, DONT];
-const SEQUENCES = Number(process.env.LB_TELNET_FUZZ ?? 1500);
+const SEQUENCES = Number(process.env.LB_TELNET_FUZZ ?? 10_000);
 const BATCH = 50;
 
 async function fuzzLb(): Promise<{ lbp: CliLb; port: number; web: number }> {
