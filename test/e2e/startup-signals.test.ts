@@ -71,58 +71,58 @@ function startLb(port: number, backend: number): Proc {
 
 const lines = (text: string, event: string): number => text.split('\n').filter((l) => new RegExp(`^\\S+ \\w+ ${event}( |$)`).test(l)).length;
 
+/**
+ * TRIES fresh lb processes on fresh ports in front of one echo backend: `act` signals each one and brings it
+ * to its stop; each must then exit 0 (not by a signal) having logged `event` exactly once.
+ */
+async function signalTries(act: (port: number, p: Proc) => Promise<void>, event: string): Promise<void> {
+  const backend = await echoBackend();
+  try {
+    for (let t = 0; t < TRIES; t++) {
+      const port = await freePort();
+      const p = startLb(port, backend);
+      await act(port, p);
+      const r = await within(p.exited, 10_000, 'lb to exit');
+      expect({ code: r.code, signal: r.signal }).toEqual({ code: 0, signal: null });
+      expect(lines(r.stderr, event)).toBe(1);
+    }
+  } finally {
+    await closeHealthServers();
+  }
+}
+
 describe('signals from the first instant', () => {
   it(`SIGHUP the moment the port accepts: lb lives, and it reloads once (${TRIES} tries)`, async () => {
-    const backend = await echoBackend();
-    try {
-      for (let t = 0; t < TRIES; t++) {
-        const port = await freePort();
-        const p = startLb(port, backend);
-        const s = await firstConnect(port, p);
-        p.proc.kill('SIGHUP');
-        p.proc.kill('SIGHUP'); // several HUPs before start-up completes are one reload
-        s.destroy();
-        await p.waitOutput((t) => lines(t, 'reloaded') >= 1, 10_000, 'the reload', 'stderr');
-        // It relays after it, then stops on TERM; by then every log line is out, and there was one reload.
-        const c = net.connect({ port, host: HOST });
-        c.on('error', () => undefined);
-        let got = '';
-        c.on('data', (d: Buffer) => (got += d.toString()));
-        await within(new Promise<void>((r) => c.once('connect', () => r())), 3000, 'a connect after the reload');
-        c.write('ping');
-        await within(new Promise<void>((r) => c.on('data', () => got === 'ping' && r())), 3000, 'the echo after the reload');
-        c.destroy();
-        p.proc.kill('SIGTERM');
-        const r = await within(p.exited, 10_000, 'lb to exit after SIGTERM');
-        expect({ code: r.code, signal: r.signal }).toEqual({ code: 0, signal: null });
-        expect(lines(r.stderr, 'reloaded')).toBe(1);
-      }
-    } finally {
-      await closeHealthServers();
-    }
+    await signalTries(async (port, p) => {
+      const s = await firstConnect(port, p);
+      p.proc.kill('SIGHUP');
+      p.proc.kill('SIGHUP'); // several HUPs before start-up completes are one reload
+      s.destroy();
+      await p.waitOutput((t) => lines(t, 'reloaded') >= 1, 10_000, 'the reload', 'stderr');
+      // It relays after it, then stops on TERM; by then every log line is out, and there was one reload.
+      const c = net.connect({ port, host: HOST });
+      c.on('error', () => undefined);
+      let got = '';
+      c.on('data', (d: Buffer) => (got += d.toString()));
+      await within(new Promise<void>((r) => c.once('connect', () => r())), 3000, 'a connect after the reload');
+      c.write('ping');
+      await within(new Promise<void>((r) => c.on('data', () => got === 'ping' && r())), 3000, 'the echo after the reload');
+      c.destroy();
+      p.proc.kill('SIGTERM');
+    }, 'reloaded');
   }, 30_000 + TRIES * 10_000);
 
   it(`SIGTERM as the first client is relayed: that client is relayed to its end, and lb exits 0 (${TRIES} tries)`, async () => {
-    const backend = await echoBackend();
-    try {
-      for (let t = 0; t < TRIES; t++) {
-        const port = await freePort();
-        const p = startLb(port, backend);
-        const s = await firstServed(port, p);
-        p.proc.kill('SIGTERM');
-        const closed = new Promise<void>((r) => s.once('close', () => r()));
-        let after = '';
-        s.on('data', (d: Buffer) => (after += d.toString()));
-        s.write(' and more');
-        await within(new Promise<void>((r) => s.on('data', () => after === ' and more' && r())), 5000, `the echo while lb drains (got ${JSON.stringify(after)})`);
-        s.end(); // the client ends its side; the backend echoes the end; lb may now finish
-        await within(closed, 5000, 'the client connection to end');
-        const r = await within(p.exited, 10_000, 'lb to exit after the drain');
-        expect({ code: r.code, signal: r.signal }).toEqual({ code: 0, signal: null });
-        expect(lines(r.stderr, 'stopping')).toBe(1);
-      }
-    } finally {
-      await closeHealthServers();
-    }
+    await signalTries(async (port, p) => {
+      const s = await firstServed(port, p);
+      p.proc.kill('SIGTERM');
+      const closed = new Promise<void>((r) => s.once('close', () => r()));
+      let after = '';
+      s.on('data', (d: Buffer) => (after += d.toString()));
+      s.write(' and more');
+      await within(new Promise<void>((r) => s.on('data', () => after === ' and more' && r())), 5000, `the echo while lb drains (got ${JSON.stringify(after)})`);
+      s.end(); // the client ends its side; the backend echoes the end; lb may now finish
+      await within(closed, 5000, 'the client connection to end');
+    }, 'stopping');
   }, 30_000 + TRIES * 10_000);
 });
