@@ -22,6 +22,7 @@
 #define NAPI_VERSION 8
 #include <node_api.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -33,6 +34,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -871,6 +873,72 @@ static napi_value js_probe(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// bindCheck(address, port, v6only) -> the port bound (the kernel's choice for port 0), or -errno.
+//
+// The supervisor's check of a new listen address before the workers bind it with SO_REUSEPORT: binds a
+// TCP socket as libuv binds one for listen() (SO_REUSEADDR, IPV6_V6ONLY as asked, no SO_REUSEPORT, so
+// any other holder of the address makes bind() fail with EADDRINUSE) and closes it WITHOUT listen().
+// Node has no bind without listen, and a socket that listened, however briefly, accepts clients into a
+// backlog that its close then resets, and refuses those that come after it until the workers listen:
+// a port that flickers. A bound socket that never listened is invisible to clients.
+// `address` is a numeric IPv4 or IPv6 address (JS resolves names first); a scope id is not handled
+// here (-EINVAL: the caller falls back to a listen probe).
+static napi_value js_bind_check(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char addr[INET6_ADDRSTRLEN + 1];
+  size_t len = 0;
+  uint32_t port = 0;
+  bool v6only = false;
+  CHECK(napi_get_value_string_utf8(env, argv[0], addr, sizeof addr, &len));
+  CHECK(napi_get_value_uint32(env, argv[1], &port));
+  CHECK(napi_get_value_bool(env, argv[2], &v6only));
+  struct sockaddr_storage ss;
+  socklen_t sslen;
+  memset(&ss, 0, sizeof ss);
+  struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+  int result;
+  if (port > 65535 || len >= sizeof addr - 1) {
+    result = -EINVAL;
+  } else if (inet_pton(AF_INET, addr, &in4->sin_addr) == 1) {
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons((uint16_t)port);
+    sslen = sizeof *in4;
+    result = 0;
+  } else if (inet_pton(AF_INET6, addr, &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    sslen = sizeof *in6;
+    result = 0;
+  } else {
+    result = -EINVAL;
+  }
+  if (result == 0) {
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int on = 1, v6 = v6only ? 1 : 0;
+    if (fd < 0) {
+      result = -errno;
+    } else {
+      if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
+          (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, sizeof v6) < 0) ||
+          bind(fd, (struct sockaddr *)&ss, sslen) < 0) {
+        result = -errno;
+      } else {
+        struct sockaddr_storage got;
+        socklen_t gotlen = sizeof got;
+        if (getsockname(fd, (struct sockaddr *)&got, &gotlen) < 0) result = -errno;
+        else result = ntohs(got.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&got)->sin6_port : ((struct sockaddr_in *)&got)->sin_port);
+      }
+      close(fd);
+    }
+  }
+  napi_value out;
+  CHECK(napi_create_int32(env, result, &out));
+  return out;
+}
+
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_property_descriptor props[] = {
       {"init", NULL, js_init, NULL, NULL, NULL, napi_default, NULL},
@@ -879,6 +947,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"counters", NULL, js_counters, NULL, NULL, NULL, napi_default, NULL},
       {"stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL},
       {"probe", NULL, js_probe, NULL, NULL, NULL, napi_default, NULL},
+      {"bindCheck", NULL, js_bind_check, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   napi_value slots;

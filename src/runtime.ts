@@ -39,9 +39,9 @@ import { syncHttp, type HttpServer } from './http/server.ts';
 import { httpTargetOf } from './http/target.ts';
 import { backendId, SlotAllocator, type SlotMap } from './shared/slots.ts';
 import { DEFAULT_CAPACITY, SharedState } from './shared/state.ts';
-import { takeSnapshot, type Snapshot } from './stats/snapshot.ts';
+import { takeSnapshot, type ProcessInfo, type Snapshot } from './stats/snapshot.ts';
 import { FailureLog, RateMeter, type FailureRecord } from './stats/rates.ts';
-import { probeListen } from './supervisor/ports.ts';
+import { checkListen, describePortCheck, portCheck } from './supervisor/ports.ts';
 import { WorkerPool } from './supervisor/workers.ts';
 import { sameEndpoint } from './worker/data-plane.ts';
 import { VERSION } from './version.ts';
@@ -210,6 +210,10 @@ export class Runtime implements ControlTarget {
   async start(): Promise<void> {
     const restored = this.restoreState();
     const plan = this.slots.plan(this.table);
+    const check = portCheck();
+    if (check.method === 'listen') {
+      this.log.log('warn', 'port-check', { method: 'listen', reason: check.reason, detail: 'a client connecting while a listener starts may be reset' });
+    }
     try {
       const bound = await this.probe(this.table, new Map());
       await this.pool.start(this.table, plan.map, portsOf(bound));
@@ -301,7 +305,7 @@ export class Runtime implements ControlTarget {
         out.set(entry.name, { address: entry.listen.host ?? '::', port: entry.listen.port });
         continue;
       }
-      out.set(entry.name, await probeListen(entry));
+      out.set(entry.name, await checkListen(entry));
     }
     return out;
   }
@@ -365,10 +369,10 @@ export class Runtime implements ControlTarget {
     return [...this.listeners.values()].map((l) => ({ entry: l.entry, state: l.state, address: formatHostPort(l.bound.address, l.bound.port) }));
   }
 
-  workerCounts(): { workers: number; restarts: number; splice: string } {
+  processInfo(): ProcessInfo {
     const s = this.pool.splice;
     const splice = this.table.global.splice === 'off' ? 'off (splice = "off")' : s.ok ? 'on' : `off (${s.reason})`;
-    return { workers: this.pool.threadIds().length, restarts: this.pool.restarts, splice };
+    return { workers: this.pool.threadIds().length, restarts: this.pool.restarts, splice, portCheck: describePortCheck(portCheck()) };
   }
 
   snapshot(): Snapshot {

@@ -8,14 +8,12 @@
 // `pauseOnConnect`, and the backend is handed over from its 'connect' event (or after `pause()`), so
 // neither has been read from.
 //
-// The addon is loaded once per thread (it keeps per-environment state, so each worker thread gets its
-// own relay thread and pipe pool). Its absence is normal: `spliceAvailable()` says why, and the caller
-// runs the JS relay instead.
+// The addon is loaded once per thread (src/addon.ts; it keeps per-environment state, so each worker
+// thread gets its own relay thread and pipe pool). Its absence is normal: `spliceAvailable()` says why,
+// and the caller runs the JS relay instead.
 
 import type { Socket } from 'node:net';
-import { constants } from 'node:os';
-import { fileURLToPath } from 'node:url';
-import { addonPath } from '../entries.ts';
+import { errnoName, loadAddon } from '../addon.ts';
 import { Code, LbError } from '../errors.ts';
 
 /** How a spliced connection ended; the first cause wins, as in the JS relay. */
@@ -119,20 +117,11 @@ function envInt(name: string, fallback: number): number {
 
 function load(): Loaded | { reason: string } {
   if (process.env['LB_SPLICE'] === 'off') return { reason: 'turned off (LB_SPLICE=off)' };
-  if (process.platform !== 'linux') return { reason: `splice(2) is Linux only (${process.platform})` };
   const g = globalThis as WithShared;
   if (g[SHARED]) return g[SHARED];
-  const path = fileURLToPath(addonPath());
-  const mod: { exports: Partial<Addon> } = { exports: {} };
-  try {
-    // process.dlopen rather than require(): bundlers leave it alone, and the path is computed anyway.
-    process.dlopen(mod, path);
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    if (/cannot open shared object file: No such file/.test(e.message)) return { reason: `addon not built (${path} missing)` };
-    return { reason: `addon not loadable: ${e.message.split('\n')[0]}` };
-  }
-  const addon = mod.exports as Addon;
+  const mod = loadAddon();
+  if (!mod.ok) return { reason: mod.reason };
+  const addon = mod.exports as unknown as Addon;
   const refused = addon.probe();
   if (refused !== null) return { reason: `the kernel refuses splice: ${refused}` };
   const shared: Loaded = { addon, bySlot: [], slabs: [] };
@@ -159,14 +148,6 @@ export function spliceAvailable(): SpliceAvailability {
 /** Pipe pool and connection figures of this thread's relay, or null without the addon. */
 export function spliceStats(): SpliceStats | null {
   return loadedOrNull()?.addon.stats() ?? null;
-}
-
-let errnoNames: Map<number, string> | null = null;
-
-function errnoName(n: number): string | null {
-  if (n === 0) return null;
-  errnoNames ??= new Map(Object.entries(constants.errno).map(([k, v]) => [v, k]));
-  return errnoNames.get(n) ?? `errno ${n}`;
 }
 
 class Handle implements SpliceHandle, Ending {

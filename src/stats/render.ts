@@ -131,6 +131,7 @@ export function renderInfo(snap: Snapshot): string {
     ['Workers', snap.workers],
     ['WorkerRestarts', snap.workerRestarts],
     ['Splice', snap.splice],
+    ['PortCheck', snap.portCheck],
     ['Listeners', snap.listeners.length],
     ['CurrConns', sum((l) => l.cur)],
     ['CumConns', sum((l) => l.total)],

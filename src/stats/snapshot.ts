@@ -76,12 +76,22 @@ export interface Snapshot {
   workerRestarts: number;
   /** The relay in use: "on" (splice) or "off (why)". */
   splice: string;
+  /** How new listen addresses are checked before the workers bind them (ports.ts). */
+  portCheck: string;
   listeners: ListenerSnap[];
+}
+
+/** What the process as a whole runs with. */
+export interface ProcessInfo {
+  readonly workers: number;
+  readonly restarts: number;
+  readonly splice: string;
+  readonly portCheck: string;
 }
 
 export interface SnapshotSource {
   readonly startedAt: number;
-  workerCounts(): { workers: number; restarts: number; splice: string };
+  processInfo(): ProcessInfo;
   /** Per-second rate of a series (`L name` for a listener, `B slot` for a backend) and its highest. */
   rateOf(key: string): { rate: number; max: number };
   listenerViews(): { entry: ListenerEntry; state: ListenerState; address: string }[];
@@ -121,7 +131,7 @@ export function takeSnapshot(src: SnapshotSource, version: string, now = Date.no
     pid: process.pid,
     now,
     uptimeSec: Math.floor((now - src.startedAt) / 1000),
-    ...((w) => ({ workers: w.workers, workerRestarts: w.restarts, splice: w.splice }))(src.workerCounts()),
+    ...((w) => ({ workers: w.workers, workerRestarts: w.restarts, splice: w.splice, portCheck: w.portCheck }))(src.processInfo()),
     listeners: src.listenerViews().map(({ entry, state, address }) => ({
       name: entry.name,
       address,

@@ -75,18 +75,25 @@ describe('start-up failures', () => {
     expect(rest.join('\n')).toMatch(/^\w*Error: .*\n\s+at /);
   });
 
-  it('an address in use: one line naming it, what to do, exit 69', async () => {
+  // The holder listens in this (test) process; lb's check binds alone, without listening (ports.ts).
+  // A holder with SO_REUSEPORT (a second lb of the same user) must not let lb share its port; a listener
+  // on every address (`:port`) meets a holder on 0.0.0.0 as Node's own listen would.
+  it.each([
+    { holder: 'a plain listener', holdOn: '127.0.0.1', reusePort: false, listen: (port: number) => `127.0.0.1:${port}`, shown: (port: number) => `127\\.0\\.0\\.1:${port}` },
+    { holder: 'a listener with SO_REUSEPORT', holdOn: '127.0.0.1', reusePort: true, listen: (port: number) => `127.0.0.1:${port}`, shown: (port: number) => `127\\.0\\.0\\.1:${port}` },
+    { holder: 'a listener on 0.0.0.0, lb on every address', holdOn: '0.0.0.0', reusePort: false, listen: (port: number) => `:${port}`, shown: (port: number) => `:${port}` },
+  ])('an address in use ($holder): one line naming it, what to do, exit 69', async ({ holdOn, reusePort, listen, shown }) => {
     const holder = net.createServer();
-    await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => holder.listen({ port: 0, host: holdOn, reusePort }, resolve));
     try {
       const port = (holder.address() as net.AddressInfo).port;
       const file = scope.scratch().write(
         'busy.toml',
-        ['[listeners.web]', `listen = "127.0.0.1:${port}"`, '[[listeners.web.groups]]', 'backends = ["127.0.0.1:9"]', ''].join('\n'),
+        ['[listeners.web]', `listen = "${listen(port)}"`, '[[listeners.web.groups]]', 'backends = ["127.0.0.1:9"]', ''].join('\n'),
       );
       const r = await lbCli(['run', file], { env: { ...process.env, LB_DEBUG: '' } });
       expect(r.code).toBe(69);
-      expectOneLine(r.stderr, new RegExp(`^lb: listener web: cannot listen on 127\\.0\\.0\\.1:${port}: EADDRINUSE \\[LB_BIND\\]; another process is listening there`));
+      expectOneLine(r.stderr, new RegExp(`^lb: listener web: cannot listen on ${shown(port)}: EADDRINUSE \\[LB_BIND\\]; another process is listening there`));
     } finally {
       await new Promise<void>((resolve) => holder.close(() => resolve()));
     }

@@ -31,8 +31,8 @@ async function firstConnect(port: number, p: Proc): Promise<net.Socket> {
 
 /**
  * The first connection lb relays: connects again and again, each time sending a byte and waiting for its
- * echo; a connection that ends without one is retried. (One accepted into the start-up probe's backlog is
- * reset when the probe closes: that flicker is its own issue, and such a client was never lb's to drain.)
+ * echo; a connection that ends without one is retried. (Where lb runs without the addon, its start-up
+ * check of the port listens and closes, and a client it accepted is reset: never lb's to drain.)
  */
 async function firstServed(port: number, p: Proc): Promise<net.Socket> {
   for (let i = 0; i < 1000; i++) {
