@@ -22,6 +22,7 @@ import { Code, LOCAL_ERRORS } from '../errors.ts';
 import type { CheckResult } from '../health/state.ts';
 import type { Logger } from '../log.ts';
 import { balanceDump, hexDump, type Direction } from './dump.ts';
+import { watchPaused } from './paused-watch.ts';
 import { encodeProxyHeader, ProxyHeaderParser } from './proxy-protocol.ts';
 import { spliceRelay, type SpliceHandle, type SpliceResult } from './splice.ts';
 
@@ -551,7 +552,10 @@ export class Relay implements LiveFlow, Waiter {
   keepEarly(chunk: Buffer): void {
     this.early!.push(chunk);
     this.earlyBytes += chunk.length;
-    if (this.earlyBytes >= QUEUED_BYTES_MAX) this.client.pause();
+    if (this.earlyBytes >= QUEUED_BYTES_MAX) {
+      this.client.pause();
+      watchPaused(this.client);
+    }
   }
 
   /** EOF while queued: a client that sent nothing has left; one that sent a request half-closed. */
@@ -749,6 +753,7 @@ function forwardToBackend(this: RelaySocket, chunk: Buffer): void {
   if (!r.backend!.write(chunk)) {
     this.pause();
     r.watchDrain();
+    watchPaused(this);
   }
 }
 
@@ -757,6 +762,7 @@ function forwardToClient(this: RelaySocket, chunk: Buffer): void {
   if (!r.client.write(chunk)) {
     this.pause();
     r.watchDrain();
+    watchPaused(this);
   }
 }
 
