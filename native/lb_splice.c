@@ -35,12 +35,15 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 // End codes: the index into the JS side's list of reasons (keep in step with src/proxy/splice.ts).
-enum { END_NONE = 0, END_CLIENT_CLOSE, END_BACKEND_CLOSE, END_RESET, END_IDLE, END_ABORTED, END_ERROR };
+enum { END_NONE = 0, END_CLIENT_CLOSE, END_BACKEND_CLOSE, END_RESET, END_IDLE, END_ABORTED, END_ERROR, END_CONNECT_FAILED };
+// Not an end: a connection made by connect() reached its backend (the slot lives on).
+#define EV_CONNECTED 100
 
 #define SLAB_SLOTS 4096 // connections per counters slab (2 doubles each: 64 KiB)
 #define BUDGET 16       // splice rounds per direction before other connections get a turn
@@ -71,6 +74,8 @@ typedef struct conn {
   dir_t d[2];        // d[0]: client -> backend, d[1]: backend -> client
   int reason, err;
   bool dead, ready;
+  bool connecting;    // connect(): the backend side is not connected yet; nothing is relayed
+  int64_t connect_ms; // its deadline's class (0 = none); idle_ms takes over once connected
   int64_t last;    // ms of the last byte moved (idle timeout)
   int64_t idle_ms; // 0 = no idle timeout
   struct idle_class *idle;
@@ -114,6 +119,7 @@ typedef struct {
   uint32_t nfree, cap_free;
   conn_t **by_slot;
   uint32_t active;
+  double connects; // connect() calls that reached the thread
   bool tsfn_refd, started;
   pthread_t thread;
 
@@ -235,8 +241,8 @@ static idle_class_t *idle_class_for(inst_t *I, int64_t ms) {
 // ---------------------------------------------------------------------------------------------------
 // Ending a connection (thread only)
 
-static void post_done(inst_t *I, conn_t *c) {
-  done_t d = {c->slot, c->reason, c->err, (double)c->d[0].moved, (double)c->d[1].moved};
+static void post_event(inst_t *I, conn_t *c, int code) {
+  done_t d = {c->slot, code, c->err, (double)c->d[0].moved, (double)c->d[1].moved};
   pthread_mutex_lock(&I->mu);
   bool was_empty = I->ndone == 0;
   if (I->ndone == I->cap_done) {
@@ -250,6 +256,8 @@ static void post_done(inst_t *I, conn_t *c) {
   pthread_mutex_unlock(&I->mu);
   if (was_empty) napi_call_threadsafe_function(I->tsfn, NULL, napi_tsfn_nonblocking);
 }
+
+static void post_done(inst_t *I, conn_t *c) { post_event(I, c, c->reason); }
 
 static void reset_close(int fd) {
   struct linger lg = {1, 0};
@@ -397,8 +405,11 @@ static void add_conn(inst_t *I, conn_t *c) {
   I->all = c;
   atomic_fetch_add(&I->conns_live, 1);
   c->last = I->now;
-  if (c->idle_ms > 0) {
-    c->idle = idle_class_for(I, c->idle_ms);
+  // While connecting, the connect timeout runs as an "idle" class of its own (the same ordered lists
+  // and the same wake-up); expire_idle() tells the two apart.
+  int64_t ms = c->connecting ? c->connect_ms : c->idle_ms;
+  if (ms > 0) {
+    c->idle = idle_class_for(I, ms);
     if (!c->idle) {
       conn_end(I, c, END_ERROR, ENOMEM, true, true);
       return;
@@ -452,8 +463,53 @@ static void expire_idle(inst_t *I) {
   for (int i = 0; i < I->nclasses; i++) {
     idle_class_t *k = I->classes[i];
     // Bounded: each pass removes the head.
-    while (k->head && k->head->last + k->ms <= I->now) conn_end(I, k->head, END_IDLE, 0, false, false);
+    while (k->head && k->head->last + k->ms <= I->now) {
+      conn_t *c = k->head;
+      if (c->connecting) conn_end(I, c, END_CONNECT_FAILED, ETIMEDOUT, false, false);
+      else conn_end(I, c, END_IDLE, 0, false, false);
+    }
   }
+}
+
+static int sock_error(int fd) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return errno;
+  return err;
+}
+
+// An event on a connection whose backend connect is in flight. Returns true once it is connected (the
+// caller then relays as usual). The client's own readiness is kept for then; of the client only an
+// error counts now (a client that sent its request and half-closed is still served, as in relay.ts).
+static bool connect_event(inst_t *I, conn_t *c, int side, uint32_t e) {
+  if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->rd[side] = true;
+  if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->wr[side] = true;
+  if (side == 0) {
+    int err = (e & EPOLLERR) ? sock_error(c->fd[0]) : 0;
+    if (err != 0) conn_end(I, c, END_RESET, err, false, false); // the backend is not connected: just closed
+    return false;
+  }
+  if (!(e & (EPOLLOUT | EPOLLHUP | EPOLLERR))) return false;
+  int err = sock_error(c->fd[1]);
+  if (err == 0 && !(e & EPOLLOUT)) err = ECONNREFUSED; // HUP without an error: not connected either
+  if (err != 0) {
+    conn_end(I, c, END_CONNECT_FAILED, err, false, false);
+    return false;
+  }
+  c->connecting = false;
+  idle_unlink(c);
+  c->idle = NULL;
+  c->last = I->now;
+  if (c->idle_ms > 0) {
+    c->idle = idle_class_for(I, c->idle_ms);
+    if (!c->idle) {
+      conn_end(I, c, END_ERROR, ENOMEM, true, true);
+      return false;
+    }
+    idle_append(c);
+  }
+  post_event(I, c, EV_CONNECTED);
+  return true;
 }
 
 static void *thread_main(void *arg) {
@@ -472,6 +528,10 @@ static void *thread_main(void *arg) {
       int side = (int)(evs[i].data.u64 & 1);
       if (c->dead) continue;
       uint32_t e = evs[i].events;
+      if (c->connecting) {
+        if (connect_event(I, c, side, e)) service(I, c);
+        continue;
+      }
       if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->rd[side] = true;
       if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) c->wr[side] = true;
       service(I, c);
@@ -565,12 +625,15 @@ static inst_t *get_inst(napi_env env) {
   return p;
 }
 
-// Completions, on the JS thread: one call of the JS callback per connection ended.
-static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
-  (void)js_cb;
-  (void)data;
-  inst_t *I = context;
-  if (env == NULL) return; // the environment is being torn down
+// The instance, or NULL with an exception pending when init() was not called.
+static inst_t *inited(napi_env env) {
+  inst_t *I = get_inst(env);
+  if (!I) napi_throw_error(env, "LB_SPLICE", "init first");
+  return I;
+}
+
+// Completions, on the JS thread: one call of the JS callback per event (an end, or EV_CONNECTED).
+static void deliver(napi_env env, inst_t *I) {
   pthread_mutex_lock(&I->mu);
   done_t *list = I->done;
   size_t n = I->ndone;
@@ -582,12 +645,14 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
   napi_get_global(env, &global);
   for (size_t i = 0; i < n; i++) {
     done_t *d = &list[i];
-    conn_t *c = I->by_slot[d->slot];
-    I->by_slot[d->slot] = NULL;
-    conn_unref(c);
-    // The slot is free before JS hears of the end, so a relay started from the callback may reuse it.
-    I->free_slots[I->nfree++] = d->slot;
-    I->active--;
+    if (d->reason != EV_CONNECTED) {
+      conn_t *c = I->by_slot[d->slot];
+      I->by_slot[d->slot] = NULL;
+      conn_unref(c);
+      // The slot is free before JS hears of the end, so a relay started from the callback may reuse it.
+      I->free_slots[I->nfree++] = d->slot;
+      I->active--;
+    }
     napi_value argv[5];
     napi_create_uint32(env, d->slot, &argv[0]);
     napi_create_double(env, d->sent, &argv[1]);
@@ -606,6 +671,24 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
     napi_unref_threadsafe_function(env, I->tsfn);
     I->tsfn_refd = false;
   }
+}
+
+static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
+  (void)js_cb;
+  (void)data;
+  if (env == NULL) return; // the environment is being torn down
+  deliver(env, context);
+}
+
+// flush(): delivers what the thread has posted so far, now. Before counters are read: a connection the
+// addon connected relays at once, and its EV_CONNECTED may still wait behind the JS thread's other
+// work; the thread posts it before it moves a byte, so after flush() JS knows every connection whose
+// bytes a client may have seen.
+static napi_value js_flush(napi_env env, napi_callback_info info) {
+  (void)info;
+  inst_t *I = get_inst(env);
+  if (I) deliver(env, I);
+  return NULL;
 }
 
 static void cleanup(void *arg) {
@@ -719,48 +802,30 @@ static int dup_socket(int fd) {
   return copy;
 }
 
-// relay(clientFd, backendFd, idleMs) -> slot. The fds are duplicated; the caller closes its own.
-static napi_value js_relay(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  inst_t *I = get_inst(env);
-  if (!I) {
-    napi_throw_error(env, "LB_SPLICE", "init first");
-    return NULL;
+static bool ensure_thread(napi_env env, inst_t *I) {
+  if (I->started) return true;
+  if (pthread_create(&I->thread, NULL, thread_main, I) != 0) {
+    throw_errno(env, "pthread_create", errno);
+    return false;
   }
-  int32_t cfd, bfd;
-  double idle_ms;
-  CHECK(napi_get_value_int32(env, argv[0], &cfd));
-  CHECK(napi_get_value_int32(env, argv[1], &bfd));
-  CHECK(napi_get_value_double(env, argv[2], &idle_ms));
-  if (!I->started) {
-    if (pthread_create(&I->thread, NULL, thread_main, I) != 0) return throw_errno(env, "pthread_create", errno);
-    I->started = true;
-  }
+  I->started = true;
+  return true;
+}
+
+// Hands the two descriptors (owned from now on, closed on any failure) to the thread as one connection
+// and returns its slot, or NULL with an exception pending.
+static napi_value start_conn(napi_env env, inst_t *I, int cfd, int bfd, double idle_ms, bool connecting, double connect_ms) {
   conn_t *c = calloc(1, sizeof *c);
   cmd_t *cmd = calloc(1, sizeof *cmd);
-  if (!c || !cmd) {
-    free(c);
-    free(cmd);
-    return throw_errno(env, "calloc", ENOMEM);
-  }
-  c->fd[0] = dup_socket(cfd);
-  c->fd[1] = c->fd[0] < 0 ? -1 : dup_socket(bfd);
-  if (c->fd[1] < 0) {
-    int err = errno;
-    if (c->fd[0] >= 0) close(c->fd[0]);
-    free(c);
-    free(cmd);
-    return throw_errno(env, "dup", err);
-  }
-  if (I->nfree == 0 && I->next_slot == I->nslabs * SLAB_SLOTS && !grow_slots(env, I)) {
-    close(c->fd[0]);
-    close(c->fd[1]);
+  if (!c || !cmd || (I->nfree == 0 && I->next_slot == I->nslabs * SLAB_SLOTS && !grow_slots(env, I))) {
+    close(cfd);
+    close(bfd);
     free(c);
     free(cmd);
     return throw_errno(env, "counters", ENOMEM);
   }
+  c->fd[0] = cfd;
+  c->fd[1] = bfd;
   uint32_t slot = I->nfree > 0 ? I->free_slots[--I->nfree] : I->next_slot++;
   double *count = I->slabs[slot / SLAB_SLOTS] + (size_t)(slot % SLAB_SLOTS) * 2;
   count[0] = count[1] = 0;
@@ -770,6 +835,8 @@ static napi_value js_relay(napi_env env, napi_callback_info info) {
     c->d[i].count = &count[i];
   }
   c->idle_ms = idle_ms > 0 ? (int64_t)idle_ms : 0;
+  c->connecting = connecting;
+  c->connect_ms = connect_ms > 0 ? (int64_t)connect_ms : 0;
   atomic_init(&c->refs, 2);
   I->by_slot[slot] = c;
   I->active++;
@@ -783,6 +850,100 @@ static napi_value js_relay(napi_env env, napi_callback_info info) {
   napi_value out;
   CHECK(napi_create_uint32(env, slot, &out));
   return out;
+}
+
+// relay(clientFd, backendFd, idleMs) -> slot. The fds are duplicated; the caller closes its own.
+static napi_value js_relay(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  inst_t *I = inited(env);
+  if (!I) return NULL;
+  int32_t cfd, bfd;
+  double idle_ms;
+  CHECK(napi_get_value_int32(env, argv[0], &cfd));
+  CHECK(napi_get_value_int32(env, argv[1], &bfd));
+  CHECK(napi_get_value_double(env, argv[2], &idle_ms));
+  if (!ensure_thread(env, I)) return NULL;
+  int c = dup_socket(cfd);
+  int b = c < 0 ? -1 : dup_socket(bfd);
+  if (b < 0) {
+    int err = errno;
+    if (c >= 0) close(c);
+    return throw_errno(env, "dup", err);
+  }
+  return start_conn(env, I, c, b, idle_ms, false, 0);
+}
+
+// A numeric IPv4 or IPv6 address and port; false if `text` is neither.
+static bool parse_addr(const char *text, uint32_t port, struct sockaddr_storage *ss, socklen_t *len) {
+  memset(ss, 0, sizeof *ss);
+  struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+  if (inet_pton(AF_INET, text, &in4->sin_addr) == 1) {
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons((uint16_t)port);
+    *len = sizeof *in4;
+    return true;
+  }
+  if (inet_pton(AF_INET6, text, &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    *len = sizeof *in6;
+    return true;
+  }
+  return false;
+}
+
+// connect(clientFd, address, port, source, connectMs, idleMs) -> slot, or -errno when the connect failed
+// at once (nothing is kept then). The backend socket is made here, non-blocking, with the options a
+// backend net.Socket of lb's had (TCP_NODELAY, SO_KEEPALIVE, bound to `source` unless it is ""); the
+// thread finishes the connect (its timeout: connectMs, 0 = none), reports EV_CONNECTED and relays, or
+// ends the slot as END_CONNECT_FAILED with the errno (ETIMEDOUT for the timeout), or as END_RESET when
+// the client resets first. The client fd is duplicated; the caller keeps its own until EV_CONNECTED
+// (on a failed connect it still has the client to try the next backend with).
+static napi_value js_connect(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  inst_t *I = inited(env);
+  if (!I) return NULL;
+  int32_t cfd;
+  uint32_t port;
+  double connect_ms, idle_ms;
+  char addr[INET6_ADDRSTRLEN + 1], src[INET6_ADDRSTRLEN + 1];
+  size_t alen = 0, slen = 0;
+  CHECK(napi_get_value_int32(env, argv[0], &cfd));
+  CHECK(napi_get_value_string_utf8(env, argv[1], addr, sizeof addr, &alen));
+  CHECK(napi_get_value_uint32(env, argv[2], &port));
+  CHECK(napi_get_value_string_utf8(env, argv[3], src, sizeof src, &slen));
+  CHECK(napi_get_value_double(env, argv[4], &connect_ms));
+  CHECK(napi_get_value_double(env, argv[5], &idle_ms));
+  if (!ensure_thread(env, I)) return NULL;
+  struct sockaddr_storage to, from;
+  socklen_t tolen, fromlen;
+  int result = 0;
+  if (port > 65535 || !parse_addr(addr, port, &to, &tolen) || (slen > 0 && !parse_addr(src, 0, &from, &fromlen))) result = -EINVAL;
+  int b = result < 0 ? -1 : socket(to.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (result == 0 && b < 0) result = -errno;
+  if (result == 0) {
+    int on = 1;
+    // As net.connect({ noDelay: true, keepAlive: true }) did; a refusal of either is not fatal there either.
+    (void)setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    (void)setsockopt(b, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    if (slen > 0 && bind(b, (struct sockaddr *)&from, fromlen) < 0) result = -errno;
+    else if (connect(b, (struct sockaddr *)&to, tolen) < 0 && errno != EINPROGRESS) result = -errno;
+  }
+  int c = result < 0 ? -1 : dup_socket(cfd);
+  if (result == 0 && c < 0) result = -errno;
+  if (result < 0) {
+    if (b >= 0) close(b);
+    napi_value out;
+    CHECK(napi_create_int32(env, result, &out));
+    return out;
+  }
+  I->connects++;
+  return start_conn(env, I, c, b, idle_ms, true, connect_ms);
 }
 
 // abort(slot): ends the connection as 'aborted' unless it already ended.
@@ -841,6 +1002,7 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   num(env, o, "pipeBytes", (double)atomic_load(&I->pipe_cap_last));
   num(env, o, "connections", (double)atomic_load(&I->conns_live));
   num(env, o, "spliceCalls", (double)atomic_load(&I->splice_calls));
+  num(env, o, "connects", I->connects);
   num(env, o, "pending", (double)I->active);
   return o;
 }
@@ -895,26 +1057,8 @@ static napi_value js_bind_check(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_uint32(env, argv[1], &port));
   CHECK(napi_get_value_bool(env, argv[2], &v6only));
   struct sockaddr_storage ss;
-  socklen_t sslen;
-  memset(&ss, 0, sizeof ss);
-  struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
-  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-  int result;
-  if (port > 65535 || len >= sizeof addr - 1) {
-    result = -EINVAL;
-  } else if (inet_pton(AF_INET, addr, &in4->sin_addr) == 1) {
-    in4->sin_family = AF_INET;
-    in4->sin_port = htons((uint16_t)port);
-    sslen = sizeof *in4;
-    result = 0;
-  } else if (inet_pton(AF_INET6, addr, &in6->sin6_addr) == 1) {
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons((uint16_t)port);
-    sslen = sizeof *in6;
-    result = 0;
-  } else {
-    result = -EINVAL;
-  }
+  socklen_t sslen = 0;
+  int result = port > 65535 || !parse_addr(addr, port, &ss, &sslen) ? -EINVAL : 0;
   if (result == 0) {
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int on = 1, v6 = v6only ? 1 : 0;
@@ -943,6 +1087,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_property_descriptor props[] = {
       {"init", NULL, js_init, NULL, NULL, NULL, napi_default, NULL},
       {"relay", NULL, js_relay, NULL, NULL, NULL, napi_default, NULL},
+      {"connect", NULL, js_connect, NULL, NULL, NULL, napi_default, NULL},
+      {"flush", NULL, js_flush, NULL, NULL, NULL, napi_default, NULL},
       {"abort", NULL, js_abort, NULL, NULL, NULL, napi_default, NULL},
       {"counters", NULL, js_counters, NULL, NULL, NULL, napi_default, NULL},
       {"stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL},

@@ -42,6 +42,7 @@ import { DEFAULT_CAPACITY, SharedState } from './shared/state.ts';
 import { takeSnapshot, type ProcessInfo, type Snapshot } from './stats/snapshot.ts';
 import { FailureLog, RateMeter, type FailureRecord } from './stats/rates.ts';
 import { checkListen, describePortCheck, portCheck } from './supervisor/ports.ts';
+import { listenerPath } from './proxy/path.ts';
 import { WorkerPool } from './supervisor/workers.ts';
 import { sameEndpoint } from './worker/data-plane.ts';
 import { VERSION } from './version.ts';
@@ -367,6 +368,10 @@ export class Runtime implements ControlTarget {
 
   listenerViews() {
     return [...this.listeners.values()].map((l) => ({ entry: l.entry, state: l.state, address: formatHostPort(l.bound.address, l.bound.port) }));
+  }
+
+  listenerPath(entry: ListenerEntry): string {
+    return listenerPath(entry, { splice: this.table.global.splice, spliceOk: this.pool.splice, nativeConnectOk: this.pool.nativeConnect });
   }
 
   processInfo(): ProcessInfo {

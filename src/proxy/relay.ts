@@ -24,7 +24,7 @@ import type { Logger } from '../log.ts';
 import { balanceDump, hexDump, type Direction } from './dump.ts';
 import { watchPaused } from './paused-watch.ts';
 import { encodeProxyHeader, ProxyHeaderParser } from './proxy-protocol.ts';
-import { spliceRelay, type SpliceHandle, type SpliceResult } from './splice.ts';
+import { spliceConnect, spliceRelay, type NativeConnectOwner, type SpliceHandle, type SpliceResult } from './splice.ts';
 
 export type EndReason =
   | 'client-close'
@@ -79,7 +79,7 @@ const QUEUED_BYTES_MAX = 64 * 1024;
 /** After a reset, the longest a socket may take to report its close before it is forced. */
 const CLOSE_GRACE_MS = 2000;
 
-export class Relay implements LiveFlow, Waiter {
+export class Relay implements LiveFlow, Waiter, NativeConnectOwner {
   readonly id: number;
   readonly client: RelaySocket;
   readonly entry: ListenerEntry;
@@ -339,6 +339,7 @@ export class Relay implements LiveFlow, Waiter {
     const st = choice.state;
     st.picked();
     this.connectStarted = Date.now();
+    if (this.host.splice && this.connectNatively(choice)) return;
     let backend: RelaySocket;
     try {
       backend = net.connect({
@@ -372,14 +373,71 @@ export class Relay implements LiveFlow, Waiter {
     backend.on('close', onBackendClose);
   }
 
+  /**
+   * The splice path: the addon connects (no net.Socket for the backend) and relays once connected. What
+   * it cannot take (bytes already read from the client, a PROXY header to send first, a backend address
+   * that is not an IP literal) connects in JS. A connect that fails at once fails over here as any.
+   */
+  private connectNatively(choice: Choice): boolean {
+    if (this.readingQueued || this.early !== null || this.clientEnded || sendProxyOf(this.entry.groups[choice.group]!, choice.entry) !== null) return false;
+    const r = spliceConnect(
+      this.client,
+      {
+        address: choice.entry.address,
+        port: choice.entry.port,
+        source: this.entry.source,
+        connectTimeoutMs: this.entry.connectTimeoutMs,
+        idleTimeoutMs: this.entry.idleTimeoutMs,
+      },
+      this,
+    );
+    if (r === null) return false;
+    if (typeof r === 'string') this.connectFailed(r);
+    else this.spliced = r;
+    return true;
+  }
+
+  nativeConnected(handle: SpliceHandle): void {
+    if (handle !== this.spliced || this.phase !== 'connecting') return; // dropped meanwhile: its end follows
+    const st = this.choice!.state;
+    this.phase = 'relaying';
+    st.connectSucceeded(this.connectStarted);
+    st.live.add(this);
+    this.backendSlot = st.slot;
+    // The addon's duplicate of the client carries the connection from now on.
+    this.client.lbRelay = undefined;
+    this.client.destroy();
+  }
+
+  nativeEnded(handle: SpliceHandle, r: SpliceResult): void {
+    if (handle !== this.spliced) return;
+    if (this.phase !== 'connecting') {
+      this.splicedEnd(r);
+      return;
+    }
+    this.spliced = null; // the addon closed its sockets: nothing of this attempt is left to drop
+    if (r.end === 'connect-failed') {
+      this.connectFailed(r.errno ?? 'ECONNREFUSED');
+      return;
+    }
+    // The client reset before the backend answered, or the attempt was aborted (shutdown).
+    this.reason ??= r.end === 'aborted' ? 'shutdown' : 'reset';
+    this.end();
+  }
+
   /** Ends the connect attempt in progress (its socket, its slot); the backend's fate is the caller's. */
   private dropAttempt(): Choice {
-    const backend = this.backend!;
     const choice = this.choice!;
-    this.host.connectEnded(this);
-    backend.lbRelay = undefined; // its late events no longer concern this relay
-    backend.destroy();
-    this.backend = null;
+    if (this.backend !== null) {
+      const backend = this.backend;
+      this.host.connectEnded(this);
+      backend.lbRelay = undefined; // its late events no longer concern this relay
+      backend.destroy();
+      this.backend = null;
+    } else if (this.spliced !== null) {
+      this.spliced.abort(); // a native connect in flight: its 'aborted' end no longer concerns this relay
+      this.spliced = null;
+    }
     this.choice = null;
     choice.state.release();
     this.host.slotFreed();
@@ -524,6 +582,11 @@ export class Relay implements LiveFlow, Waiter {
 
   private splicedEnd(r: SpliceResult): void {
     if (this.phase === 'done') return;
+    if (r.end === 'error' && r.errno !== null && LOCAL_ERRORS.has(r.errno)) {
+      // No pipe (EMFILE, ENFILE...): this host's limit, logged as such (once per burst), never the peers'.
+      this.host.localError(r.errno);
+      this.reason ??= 'local-error';
+    }
     this.reason ??= r.end === 'aborted' ? 'shutdown' : r.end === 'error' ? 'reset' : r.end;
     this.phase = 'done';
     this.finish();

@@ -12,15 +12,17 @@
 // thread gets its own relay thread and pipe pool). Its absence is normal: `spliceAvailable()` says why,
 // and the caller runs the JS relay instead.
 
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { errnoName, loadAddon } from '../addon.ts';
 import { Code, LbError } from '../errors.ts';
 
 /** How a spliced connection ended; the first cause wins, as in the JS relay. */
-export type SpliceEnd = 'client-close' | 'backend-close' | 'reset' | 'idle-timeout' | 'aborted' | 'error';
+export type SpliceEnd = 'client-close' | 'backend-close' | 'reset' | 'idle-timeout' | 'aborted' | 'error' | 'connect-failed';
 
 /** Indexed by the addon's end codes (native/lb_splice.c, `END_*`). Code 0 is never reported. */
-const END_NAMES: readonly SpliceEnd[] = ['error', 'client-close', 'backend-close', 'reset', 'idle-timeout', 'aborted', 'error'];
+const END_NAMES: readonly SpliceEnd[] = ['error', 'client-close', 'backend-close', 'reset', 'idle-timeout', 'aborted', 'error', 'connect-failed'];
+/** The addon's event for a connection made by `connect()` that reached its backend (`EV_CONNECTED`). */
+const EV_CONNECTED = 100;
 
 export interface SpliceResult {
   /** Bytes read from the client (and passed to the backend). */
@@ -62,6 +64,8 @@ export interface SpliceStats {
   connections: number;
   /** splice(2) calls made so far (bytes per call shows what the pipe size buys). */
   spliceCalls: number;
+  /** Backend connects made by the addon (the native connect path). */
+  connects: number;
   /** Connections whose end JS has not heard of yet. */
   pending: number;
 }
@@ -69,6 +73,8 @@ export interface SpliceStats {
 interface Addon {
   init(onEnd: (slot: number, sent: number, rcvd: number, end: number, errno: number) => void, pipeBytes: number, poolMax: number): void;
   relay(clientFd: number, backendFd: number, idleMs: number): number;
+  connect?(clientFd: number, address: string, port: number, source: string, connectMs: number, idleMs: number): number;
+  flush?(): void;
   abort(slot: number): void;
   counters(slab: number): Float64Array;
   stats(): SpliceStats;
@@ -99,6 +105,8 @@ interface Loaded {
 interface Ending {
   finish(result: SpliceResult): void;
   readonly onEnd: (result: SpliceResult) => void;
+  /** A native connect reached its backend (handles made by spliceConnect only). */
+  connected?(): void;
 }
 
 // The addon keeps one instance per thread and is initialised once: should this module be evaluated
@@ -190,10 +198,14 @@ class Handle implements SpliceHandle, Ending {
 function onEnd(shared: Loaded, slot: number, sent: number, rcvd: number, end: number, errno: number): void {
   const h = shared.bySlot[slot];
   if (h === undefined) return;
-  shared.bySlot[slot] = undefined;
-  const result: SpliceResult = { sent, rcvd, end: END_NAMES[end] ?? 'error', errno: errnoName(errno) };
-  h.finish(result);
   try {
+    if (end === EV_CONNECTED) {
+      h.connected?.();
+      return;
+    }
+    shared.bySlot[slot] = undefined;
+    const result: SpliceResult = { sent, rcvd, end: END_NAMES[end] ?? 'error', errno: errnoName(errno) };
+    h.finish(result);
     h.onEnd(result);
   } catch (err) {
     // Thrown from a callback the addon called: rethrown outside it, as an ordinary uncaught exception.
@@ -245,5 +257,88 @@ export function spliceRelay(client: Socket, backend: Socket, opts: SpliceOptions
   // The addon holds duplicates now: closing the JS side's descriptors leaves the connections open.
   client.destroy();
   backend.destroy();
+  return h;
+}
+
+/** What a native connect tells its owner; `handle` is the one spliceConnect returned. */
+export interface NativeConnectOwner {
+  /** The backend accepted: the addon relays from now on, and the caller lets its client socket go. */
+  nativeConnected(handle: SpliceHandle): void;
+  /**
+   * The connection ended: before connecting (`connect-failed` with its errno, `reset` when the client
+   * went first, `aborted`) or after it, as spliceRelay's onEnd.
+   */
+  nativeEnded(handle: SpliceHandle, result: SpliceResult): void;
+}
+
+export interface NativeTarget {
+  /** An IP literal (the table's resolved address). */
+  readonly address: string;
+  readonly port: number;
+  /** The local address to bind, an IP literal, or null. */
+  readonly source: string | null;
+  readonly connectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+}
+
+class ConnectHandle extends Handle {
+  private readonly owner: NativeConnectOwner;
+
+  constructor(addon: Addon, slot: number, counts: Float64Array, at: number, owner: NativeConnectOwner) {
+    super(addon, slot, counts, at, (r) => owner.nativeEnded(this, r));
+    this.owner = owner;
+  }
+
+  connected(): void {
+    this.owner.nativeConnected(this);
+  }
+}
+
+/** Native connects can be turned off alone (`LB_NATIVE_CONNECT=off`), to compare the two paths. */
+const nativeConnectOff = process.env['LB_NATIVE_CONNECT'] === 'off';
+
+/**
+ * Delivers the addon's pending events now (connects and ends), before counters are read: a native
+ * connect relays at once, so a client may have its reply before JS heard of the connect.
+ */
+export function spliceFlush(): void {
+  const shared = globalThis as WithShared;
+  shared[SHARED]?.addon.flush?.();
+}
+
+/** Whether this thread connects to backends natively on the splice path, and if not why. */
+export function nativeConnectAvailable(): SpliceAvailability {
+  const shared = loadedOrNull();
+  if (shared === null) return { ok: false, reason: `no splice: ${(loaded as { reason: string }).reason}` };
+  if (nativeConnectOff) return { ok: false, reason: 'turned off (LB_NATIVE_CONNECT=off)' };
+  if (typeof shared.addon.connect !== 'function') return { ok: false, reason: 'the addon is older than this lb: rebuild it with npm run build:native' };
+  return { ok: true };
+}
+
+/**
+ * Connects to `target` in the addon for `client` (a socket nothing was read from), and relays the pair
+ * there once connected: no net.Socket exists for the backend. Returns the handle; an errno name when the
+ * connect failed at once (nothing is kept: the caller fails over as for any failed connect); or null
+ * when this cannot be done natively (no addon, an address that is not an IP literal, a client socket
+ * that cannot be handed over): the caller connects in JS. The client socket stays the caller's until
+ * `nativeConnected`: a failed connect leaves it to try the next backend with.
+ */
+export function spliceConnect(client: Socket, target: NativeTarget, owner: NativeConnectOwner): SpliceHandle | string | null {
+  const shared = loadedOrNull();
+  if (shared === null || nativeConnectOff) return null;
+  const addon = shared.addon;
+  if (addon.connect === undefined || handOverRefusal(client) !== null || isIP(target.address) === 0) return null;
+  const fd = (client as unknown as { _handle: Required<HandleFd> })._handle.fd;
+  let slot: number;
+  try {
+    slot = addon.connect(fd, target.address, target.port, target.source ?? '', target.connectTimeoutMs, target.idleTimeoutMs);
+  } catch {
+    return null; // out of memory for counters, no thread: the JS path may still work
+  }
+  if (slot < 0) return errnoName(-slot) ?? 'EINVAL';
+  const slab = Math.floor(slot / addon.slabSlots);
+  const counts = (shared.slabs[slab] ??= addon.counters(slab));
+  const h = new ConnectHandle(addon, slot, counts, (slot % addon.slabSlots) * 2, owner);
+  shared.bySlot[slot] = h;
   return h;
 }

@@ -133,6 +133,7 @@ export function renderInfo(snap: Snapshot): string {
     ['Splice', snap.splice],
     ['PortCheck', snap.portCheck],
     ['Listeners', snap.listeners.length],
+    ...snap.listeners.map((l): [string, string] => [`Path.${l.name}`, l.path]),
     ['CurrConns', sum((l) => l.cur)],
     ['CumConns', sum((l) => l.total)],
     ['NoBackend', sum((l) => l.noBackend)],

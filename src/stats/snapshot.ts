@@ -56,6 +56,8 @@ export interface QueueSnap {
 export interface ListenerSnap extends TrafficSnap {
   name: string;
   address: string;
+  /** The path its connections take: `native connect + splice`, or what runs instead and why. */
+  path: string;
   noBackend: number;
   queue: QueueSnap | null;
   /** New clients in the last second, and the most seen in a second. */
@@ -92,6 +94,8 @@ export interface ProcessInfo {
 export interface SnapshotSource {
   readonly startedAt: number;
   processInfo(): ProcessInfo;
+  /** The path its connections take (src/proxy/path.ts). */
+  listenerPath(entry: ListenerEntry): string;
   /** Per-second rate of a series (`L name` for a listener, `B slot` for a backend) and its highest. */
   rateOf(key: string): { rate: number; max: number };
   listenerViews(): { entry: ListenerEntry; state: ListenerState; address: string }[];
@@ -135,6 +139,7 @@ export function takeSnapshot(src: SnapshotSource, version: string, now = Date.no
     listeners: src.listenerViews().map(({ entry, state, address }) => ({
       name: entry.name,
       address,
+      path: src.listenerPath(entry),
       noBackend: state.noBackend,
       ...((r) => ({ rate: r.rate, rateMax: r.max }))(src.rateOf(`L ${entry.name}`)),
       proxyRejected: entry.acceptProxy ? state.proxyRejected : null,

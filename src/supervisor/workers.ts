@@ -41,6 +41,8 @@ export class WorkerPool {
   restarts = 0;
   /** Whether the workers can splice (what the last worker to start found), for `show info`. */
   splice: { ok: true } | { ok: false; reason: string } = { ok: false, reason: 'no worker started' };
+  /** Whether the workers connect to backends in the addon on the splice path (likewise). */
+  nativeConnect: { ok: true } | { ok: false; reason: string } = { ok: false, reason: 'no worker started' };
   private readonly shared: SharedState;
   private readonly log: Logger;
   private readonly events: PoolEvents;
@@ -92,6 +94,7 @@ export class WorkerPool {
       worker.on('message', (msg: Event | Reply) => {
         if (msg.t === 'ready') {
           this.splice = msg.splice;
+          this.nativeConnect = msg.nativeConnect;
           clearTimeout(timer);
           m.ready = true;
           resolve();

@@ -10,7 +10,7 @@ import { LogBurst } from '../log-burst.ts';
 import { ListenerRuntime, type ListenerContext } from '../proxy/listener.ts';
 import type { SlotMap } from '../shared/slots.ts';
 import type { SharedState } from '../shared/state.ts';
-import { spliceAvailable } from '../proxy/splice.ts';
+import { spliceAvailable, spliceFlush } from '../proxy/splice.ts';
 
 /** How often open connections' bytes are published to the shared counters. */
 export const PUBLISH_MS = 200;
@@ -161,6 +161,7 @@ export class DataPlane implements ListenerContext {
 
   /** Bytes of open connections to the shared counters, so every reader sees transfers while they run. */
   publish(): void {
+    spliceFlush(); // connections the addon connected count from their first byte
     for (const lr of this.listeners.values()) lr.state.publishLive();
   }
 

@@ -164,7 +164,7 @@ describe('read-only commands', () => {
     await finished(lb, 1);
     const info = Object.fromEntries(
       (await ctl(cport, 'show info')).split('\n').map((l) => {
-        const m = /^([A-Za-z_]+): (.*)$/.exec(l);
+        const m = /^([A-Za-z_]+(?:\.[\w-]+)?): (.*)$/.exec(l); // Path.LISTENER: one line per listener
         expect(m, l).not.toBeNull();
         return [m![1]!, m![2]!];
       }),
@@ -172,6 +172,8 @@ describe('read-only commands', () => {
     expect(info).toMatchObject({ Name: 'lb', Version: VERSION, Pid: String(process.pid), CumConns: '1', Listeners: '2' });
     expect(info.Uptime).toMatch(UPTIME);
     expect(info.Uptime_sec).toMatch(/^\d+$/);
+    expect(Object.keys(info).filter((k) => k.startsWith('Path.'))).toEqual(['Path.web', 'Path.imap']);
+    expect(info['Path.web']).toMatch(/^(native connect \+ splice|JS connect \+ (splice|JS relay) \(.+\))$/);
   });
 
   it('show json parses and carries the same counters', async () => {

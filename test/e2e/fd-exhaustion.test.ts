@@ -43,10 +43,17 @@ describe('descriptor exhaustion', () => {
     // their backend connection's).
     const lb = await spawnLb(['run', file], { wrap: ['prlimit', '--nofile=72:72'] });
     const port = lb.ports.web!;
-    for (let i = 0; i < 60; i++) {
+    // Clients until lb runs out: each one lb relays holds two descriptors, and once none is left libuv
+    // sheds what it cannot accept, so descriptors come free now and then (a connection whose connect
+    // finished lets go of a third); new clients keep taking them until a check or a connect hits EMFILE.
+    for (let i = 0; i < 400 && lb.logs.all({ event: 'local-resource-error' }).length === 0; i++) {
       const s = net.connect({ host: '127.0.0.1', port });
       s.on('error', () => undefined);
       held.push(s);
+      await new Promise<void>((resolve) => {
+        s.once('connect', () => resolve());
+        s.once('close', () => resolve());
+      });
     }
     await lb.logs.waitFor({ event: 'local-resource-error' }, { ms: 8000 });
     // Several check intervals at the limit: fall = 2 would have taken it down twice over by now.

@@ -139,6 +139,7 @@ describe('pool changes keep running connections', () => {
     expect(stat.split('\n').find((l) => l.startsWith(`web/0,${at(a!.port)},`))).toContain(',DRAIN,');
     // New clients skip it although policy "first" prefers it; the running sessions go on.
     for (let i = 0; i < 3; i++) expect(await who(p.lb, `new ${i}`)).toBe('b');
+    await p.lb.rt.refresh(); // what `show` does first: the workers' counts of connections the addon made
     expect(sb.total).toBe(3);
     expect(await s1.request('still here')).toBe('[a] still here');
 
@@ -252,6 +253,7 @@ describe('pool changes and health checks', () => {
     await until(() => !sd.check.up, 1500, 'the dead backend to go down');
     const so = p.lb.listener().state.groups[0]!.backends[1]!;
     for (let i = 0; i < 3; i++) expect(await who(p.lb, `n${i}`)).toBe('ok');
+    await p.lb.rt.refresh(); // what `show` does first: the workers' counts of connections the addon made
     const okTotal = so.total;
     const failedBefore = sd.check.failedChecks;
     expect(await p.cmd(`create web 0 127.0.0.1 ${c.port}`)).toBe('channel 2 created');
