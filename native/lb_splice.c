@@ -490,8 +490,13 @@ static bool connect_event(inst_t *I, conn_t *c, int side, uint32_t e) {
     return false;
   }
   if (!(e & (EPOLLOUT | EPOLLHUP | EPOLLERR))) return false;
-  int err = sock_error(c->fd[1]);
-  if (err == 0 && !(e & EPOLLOUT)) err = ECONNREFUSED; // HUP without an error: not connected either
+  // Writable without an error flag is a completed connect (no getsockopt needed, as in HAProxy); with
+  // one, SO_ERROR says why it failed (a HUP without an error is no connection either).
+  int err = 0;
+  if (e & (EPOLLERR | EPOLLHUP)) {
+    err = sock_error(c->fd[1]);
+    if (err == 0) err = ECONNREFUSED;
+  }
   if (err != 0) {
     conn_end(I, c, END_CONNECT_FAILED, err, false, false);
     return false;
@@ -793,14 +798,9 @@ static bool grow_slots(napi_env env, inst_t *I) {
   return true;
 }
 
-static int dup_socket(int fd) {
-  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-  if (copy < 0) return -1;
-  // O_NONBLOCK lives on the shared open file description: libuv set it already; make sure.
-  int fl = fcntl(copy, F_GETFL);
-  if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(copy, F_SETFL, fl | O_NONBLOCK);
-  return copy;
-}
+// O_NONBLOCK lives on the shared open file description, which libuv made non-blocking (accept4 with
+// SOCK_NONBLOCK, its connect sockets likewise): the copy is non-blocking too, with no fcntl to check.
+static int dup_socket(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 3); }
 
 static bool ensure_thread(napi_env env, inst_t *I) {
   if (I->started) return true;
