@@ -45,11 +45,6 @@ export function watchPaused(socket: Socket): void {
   }
 }
 
-/** Sockets being watched (for tests and `show` figures). */
-export function pausedWatched(): number {
-  return paused.size;
-}
-
 function checkPaused(): void {
   for (const socket of paused) {
     if (socket.destroyed || !socket.isPaused()) {
