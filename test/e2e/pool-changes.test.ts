@@ -58,13 +58,18 @@ async function session(lb: InProcessLb, hello = 'hello'): Promise<TestClient & {
   return Object.assign(c, { backend });
 }
 
-/** One short client; returns the backend's name. */
+/**
+ * One short client; returns the backend's name once lb's counts include it. The addon relays as soon as it
+ * has connected, so the reply can come before the worker has counted the connect: `refresh()` (what `show`
+ * does first) delivers that before the tests read the shared state.
+ */
 async function who(lb: InProcessLb, msg = 'who'): Promise<string> {
   const c = await connectClient(lb.port());
   try {
     return backendOf(await c.request(msg));
   } finally {
     await c.close();
+    await lb.rt.refresh();
   }
 }
 
@@ -139,7 +144,6 @@ describe('pool changes keep running connections', () => {
     expect(stat.split('\n').find((l) => l.startsWith(`web/0,${at(a!.port)},`))).toContain(',DRAIN,');
     // New clients skip it although policy "first" prefers it; the running sessions go on.
     for (let i = 0; i < 3; i++) expect(await who(p.lb, `new ${i}`)).toBe('b');
-    await p.lb.rt.refresh(); // what `show` does first: the workers' counts of connections the addon made
     expect(sb.total).toBe(3);
     expect(await s1.request('still here')).toBe('[a] still here');
 
@@ -253,7 +257,6 @@ describe('pool changes and health checks', () => {
     await until(() => !sd.check.up, 1500, 'the dead backend to go down');
     const so = p.lb.listener().state.groups[0]!.backends[1]!;
     for (let i = 0; i < 3; i++) expect(await who(p.lb, `n${i}`)).toBe('ok');
-    await p.lb.rt.refresh(); // what `show` does first: the workers' counts of connections the addon made
     const okTotal = so.total;
     const failedBefore = sd.check.failedChecks;
     expect(await p.cmd(`create web 0 127.0.0.1 ${c.port}`)).toBe('channel 2 created');
