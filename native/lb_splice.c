@@ -42,12 +42,27 @@
 
 // End codes: the index into the JS side's list of reasons (keep in step with src/proxy/splice.ts).
 enum { END_NONE = 0, END_CLIENT_CLOSE, END_BACKEND_CLOSE, END_RESET, END_IDLE, END_ABORTED, END_ERROR, END_CONNECT_FAILED };
-// Not an end: a connection made by connect() reached its backend (the slot lives on).
+// Not ends (the slot lives on): a connection made by connect() or connectAccepted() reached its
+// backend; an accepted connection's connect failed (JS picks the next backend or closes it); a
+// listener accepted a connection (it waits, pending, for JS to choose its backend); a listener stopped
+// accepting for a moment (out of descriptors or memory).
 #define EV_CONNECTED 100
+#define EV_CONNECT_FAILED 101
+#define EV_ACCEPTED 102
+#define EV_ACCEPT_PAUSED 103
 
 #define SLAB_SLOTS 4096 // connections per counters slab (2 doubles each: 64 KiB)
 #define BUDGET 16       // splice rounds per direction before other connections get a turn
 #define MAX_EVENTS 256
+// Connections accepted from one listener per wake-up (HAProxy's tune.maxaccept): the listening socket
+// is level-triggered, so what is left is taken on the next turn, after the other listeners' and the
+// connections' events: one busy listener cannot starve the rest.
+#define MAX_ACCEPT 64
+// How long a listener that hit EMFILE/ENFILE (or ENOBUFS/ENOMEM) stops accepting: the pending clients
+// wait in the backlog instead of the thread spinning on a listener it cannot accept from.
+#define ACCEPT_PAUSE_MS 100
+// epoll data: a conn_t pointer with its side in bit 0, a listener with bit 1 set, 0 for the eventfd.
+#define TAG_LISTENER 2
 #define SPLICE_FLAGS (SPLICE_F_NONBLOCK | SPLICE_F_MOVE)
 
 typedef struct {
@@ -75,6 +90,10 @@ typedef struct conn {
   int reason, err;
   bool dead, ready;
   bool connecting;    // connect(): the backend side is not connected yet; nothing is relayed
+  bool accepted;      // accepted here: a failed connect leaves it pending (JS fails over), not ended
+  bool pending;       // accepted, no backend yet (fd[1] < 0): waits for connectAccepted() or abort()
+  uint32_t lid;       // the listener that accepted it
+  struct sockaddr_storage peer;
   int64_t connect_ms; // its deadline's class (0 = none); idle_ms takes over once connected
   int64_t last;    // ms of the last byte moved (idle timeout)
   int64_t idle_ms; // 0 = no idle timeout
@@ -91,15 +110,31 @@ typedef struct idle_class {
   conn_t *head, *tail;
 } idle_class_t;
 
-enum { CMD_ADD, CMD_ABORT };
+// A listening socket owned by the addon (created on the JS thread, polled and closed by the thread).
+typedef struct lsn {
+  int fd;
+  uint32_t id;         // JS's name for it
+  bool paused;         // out of epoll until resume_at (accept ran out of descriptors or memory)
+  int64_t resume_at;
+  struct lsn *next;    // the thread's list (pause and resume, the final close)
+  struct lsn *jnext;   // the JS thread's list (unlisten by id)
+} lsn_t;
+
+enum { CMD_ADD, CMD_ABORT, CMD_CONNECT, CMD_LISTEN, CMD_UNLISTEN };
 typedef struct cmd {
   int op;
   conn_t *c;
+  lsn_t *l;
+  // CMD_CONNECT: where to, from where (fromlen 0: anywhere), the timeouts.
+  struct sockaddr_storage to, from;
+  socklen_t tolen, fromlen;
+  int64_t connect_ms, idle_ms;
   struct cmd *next;
 } cmd_t;
 
 typedef struct {
-  uint32_t slot;
+  conn_t *c; // NULL for EV_ACCEPT_PAUSED
+  uint32_t lid;
   int reason, err;
   double sent, rcvd;
 } done_t;
@@ -108,6 +143,9 @@ typedef struct {
   napi_env env;
   napi_threadsafe_function tsfn;
   napi_ref on_end;
+  napi_ref on_accept; // NULL until a listener is made (init's fourth argument)
+  lsn_t *jlisteners;  // JS thread: the open listeners
+  uint32_t nlisteners;
   int pipe_bytes; // wanted pipe size, 0 = kernel default
   int pool_max;   // idle pipes kept
 
@@ -138,6 +176,7 @@ typedef struct {
   idle_class_t **classes;
   int nclasses;
   conn_t *all, *ready, *dead;
+  lsn_t *listeners;
 
   // Read from JS, written by the thread.
   atomic_long pipes_created, pipes_in_use, pipes_pooled, conns_live, pipe_cap_last, splice_calls;
@@ -241,8 +280,7 @@ static idle_class_t *idle_class_for(inst_t *I, int64_t ms) {
 // ---------------------------------------------------------------------------------------------------
 // Ending a connection (thread only)
 
-static void post_event(inst_t *I, conn_t *c, int code) {
-  done_t d = {c->slot, code, c->err, (double)c->d[0].moved, (double)c->d[1].moved};
+static void post_raw(inst_t *I, done_t d) {
   pthread_mutex_lock(&I->mu);
   bool was_empty = I->ndone == 0;
   if (I->ndone == I->cap_done) {
@@ -255,6 +293,10 @@ static void post_event(inst_t *I, conn_t *c, int code) {
   I->done[I->ndone++] = d;
   pthread_mutex_unlock(&I->mu);
   if (was_empty) napi_call_threadsafe_function(I->tsfn, NULL, napi_tsfn_nonblocking);
+}
+
+static void post_event(inst_t *I, conn_t *c, int code) {
+  post_raw(I, (done_t){c, c->lid, code, c->err, (double)c->d[0].moved, (double)c->d[1].moved});
 }
 
 static void post_done(inst_t *I, conn_t *c) { post_event(I, c, c->reason); }
@@ -278,6 +320,7 @@ static void conn_end(inst_t *I, conn_t *c, int reason, int err, bool rst0, bool 
   else I->all = c->anext;
   if (c->anext) c->anext->aprev = c->aprev;
   for (int i = 0; i < 2; i++) {
+    if (c->fd[i] < 0) continue; // an accepted connection without a backend
     // Explicit, though closing the last descriptor removes it too: JS may not have closed its copy yet.
     epoll_ctl(I->ep, EPOLL_CTL_DEL, c->fd[i], NULL);
     if (i == 0 ? rst0 : rst1) reset_close(c->fd[i]);
@@ -398,31 +441,174 @@ static void conn_unref(conn_t *c) {
 // ---------------------------------------------------------------------------------------------------
 // The thread
 
-static void add_conn(inst_t *I, conn_t *c) {
+static void link_conn(inst_t *I, conn_t *c) {
   c->aprev = NULL;
   c->anext = I->all;
   if (I->all) I->all->aprev = c;
   I->all = c;
   atomic_fetch_add(&I->conns_live, 1);
   c->last = I->now;
-  // While connecting, the connect timeout runs as an "idle" class of its own (the same ordered lists
-  // and the same wake-up); expire_idle() tells the two apart.
-  int64_t ms = c->connecting ? c->connect_ms : c->idle_ms;
-  if (ms > 0) {
-    c->idle = idle_class_for(I, ms);
-    if (!c->idle) {
-      conn_end(I, c, END_ERROR, ENOMEM, true, true);
-      return;
-    }
-    idle_append(c);
+}
+
+// Puts `c` in the timeout class of its stage: while connecting, the connect timeout runs as an "idle"
+// class of its own (the same ordered lists and the same wake-up; expire_idle() tells the two apart).
+static bool set_timeout_class(inst_t *I, conn_t *c) {
+  idle_unlink(c);
+  c->idle = NULL;
+  c->last = I->now;
+  int64_t ms = c->connecting ? c->connect_ms : c->pending ? 0 : c->idle_ms;
+  if (ms <= 0) return true;
+  c->idle = idle_class_for(I, ms);
+  if (!c->idle) return false;
+  idle_append(c);
+  return true;
+}
+
+static bool watch_side(inst_t *I, conn_t *c, int side) {
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = (uintptr_t)c | (uintptr_t)side};
+  return epoll_ctl(I->ep, EPOLL_CTL_ADD, c->fd[side], &ev) == 0;
+}
+
+static void add_conn(inst_t *I, conn_t *c) {
+  link_conn(I, c);
+  if (!set_timeout_class(I, c)) {
+    conn_end(I, c, END_ERROR, ENOMEM, true, true);
+    return;
   }
   for (int i = 0; i < 2; i++) {
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = (uintptr_t)c | (uintptr_t)i};
-    if (epoll_ctl(I->ep, EPOLL_CTL_ADD, c->fd[i], &ev) < 0) {
+    if (!watch_side(I, c, i)) {
       conn_end(I, c, END_ERROR, errno, true, true);
       return;
     }
   }
+}
+
+// An accepted connection's connect failed (at once, refused, timed out): its backend socket goes, and
+// it is pending again, for JS to try the next backend or close it.
+static void connect_retry(inst_t *I, conn_t *c, int err) {
+  epoll_ctl(I->ep, EPOLL_CTL_DEL, c->fd[1], NULL);
+  close(c->fd[1]);
+  c->fd[1] = -1;
+  c->rd[1] = c->wr[1] = false;
+  c->connecting = false;
+  c->pending = true;
+  (void)set_timeout_class(I, c); // no timeout while pending: cannot fail
+  c->err = err;
+  post_event(I, c, EV_CONNECT_FAILED);
+  c->err = 0;
+}
+
+// A backend connect failed: an accepted connection fails over in JS, a connect()ed one ends.
+static void connect_failed(inst_t *I, conn_t *c, int err) {
+  if (c->accepted) connect_retry(I, c, err);
+  else conn_end(I, c, END_CONNECT_FAILED, err, false, false);
+}
+
+// CMD_CONNECT: the backend socket of an accepted connection, made on this thread (off the JS thread),
+// with the options a backend net.Socket of lb's had (TCP_NODELAY, SO_KEEPALIVE, bound to the source).
+static void connect_start(inst_t *I, cmd_t *cmd) {
+  conn_t *c = cmd->c;
+  if (c->dead || !c->pending) return; // the client left meanwhile (its end is on its way to JS)
+  int b = socket(cmd->to.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int err = b < 0 ? errno : 0;
+  if (err == 0) {
+    int on = 1;
+    (void)setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    (void)setsockopt(b, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    if (cmd->fromlen > 0 && bind(b, (struct sockaddr *)&cmd->from, cmd->fromlen) < 0) err = errno;
+    else if (connect(b, (struct sockaddr *)&cmd->to, cmd->tolen) < 0 && errno != EINPROGRESS) err = errno;
+  }
+  if (err != 0) {
+    if (b >= 0) close(b);
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+      // This host's limit, not the backend's: reported as an end JS logs as a local error.
+      conn_end(I, c, END_ERROR, err, true, false);
+      return;
+    }
+    c->err = err;
+    post_event(I, c, EV_CONNECT_FAILED);
+    c->err = 0;
+    return;
+  }
+  c->fd[1] = b;
+  c->pending = false;
+  c->connecting = true;
+  c->connect_ms = cmd->connect_ms;
+  c->idle_ms = cmd->idle_ms;
+  if (!set_timeout_class(I, c)) {
+    conn_end(I, c, END_ERROR, ENOMEM, true, true);
+    return;
+  }
+  if (!watch_side(I, c, 1)) conn_end(I, c, END_ERROR, errno, true, true);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Listening sockets (thread only)
+
+static bool listener_watch(inst_t *I, lsn_t *L) {
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uintptr_t)L | TAG_LISTENER};
+  return epoll_ctl(I->ep, EPOLL_CTL_ADD, L->fd, &ev) == 0;
+}
+
+static void listener_pause(inst_t *I, lsn_t *L, int err) {
+  epoll_ctl(I->ep, EPOLL_CTL_DEL, L->fd, NULL);
+  L->paused = true;
+  L->resume_at = I->now + ACCEPT_PAUSE_MS;
+  post_raw(I, (done_t){NULL, L->id, EV_ACCEPT_PAUSED, err, 0, 0});
+}
+
+static void listeners_resume(inst_t *I) {
+  for (lsn_t *L = I->listeners; L; L = L->next) {
+    if (L->paused && L->resume_at <= I->now) {
+      L->paused = false;
+      if (!listener_watch(I, L)) listener_pause(I, L, errno);
+    }
+  }
+}
+
+// Accepts up to MAX_ACCEPT clients: each becomes a pending connection, its client side watched (a reset
+// while JS chooses is seen), and is posted to JS (EV_ACCEPTED) in the batch of this turn.
+static void accept_batch(inst_t *I, lsn_t *L) {
+  for (int i = 0; i < MAX_ACCEPT; i++) {
+    struct sockaddr_storage peer;
+    socklen_t len = sizeof peer;
+    // SOCK_NONBLOCK: no fcntl; TCP_NODELAY and SO_KEEPALIVE come from the listening socket.
+    int fd = accept4(L->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) listener_pause(I, L, errno);
+      if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue; // that client went before accept
+      return;
+    }
+    conn_t *c = calloc(1, sizeof *c);
+    if (!c) {
+      close(fd);
+      listener_pause(I, L, ENOMEM);
+      return;
+    }
+    c->fd[0] = fd;
+    c->fd[1] = -1;
+    for (int s = 0; s < 2; s++) c->d[s].p.r = c->d[s].p.w = -1;
+    c->accepted = c->pending = true;
+    c->lid = L->id;
+    c->peer = peer;
+    atomic_init(&c->refs, 2); // the thread's and JS's (from EV_ACCEPTED on)
+    link_conn(I, c);
+    post_event(I, c, EV_ACCEPTED); // before anything else of it: JS gives it its slot first
+    if (!watch_side(I, c, 0)) conn_end(I, c, END_ERROR, errno, false, false);
+  }
+}
+
+static void listener_close(inst_t *I, lsn_t *L) {
+  for (lsn_t **at = &I->listeners; *at; at = &(*at)->next) {
+    if (*at == L) {
+      *at = L->next;
+      break;
+    }
+  }
+  if (!L->paused) epoll_ctl(I->ep, EPOLL_CTL_DEL, L->fd, NULL);
+  close(L->fd); // clients still in its backlog are reset by the kernel, as with any closed listener
+  free(L);
 }
 
 static void run_commands(inst_t *I, bool *stop) {
@@ -435,11 +621,26 @@ static void run_commands(inst_t *I, bool *stop) {
   pthread_mutex_unlock(&I->mu);
   while (list) {
     cmd_t *next = list->next;
-    if (list->op == CMD_ADD) {
+    switch (list->op) {
+    case CMD_ADD:
       add_conn(I, list->c);
-    } else {
+      break;
+    case CMD_ABORT:
       conn_end(I, list->c, END_ABORTED, 0, false, false);
       conn_unref(list->c);
+      break;
+    case CMD_CONNECT:
+      connect_start(I, list);
+      conn_unref(list->c);
+      break;
+    case CMD_LISTEN:
+      list->l->next = I->listeners;
+      I->listeners = list->l;
+      if (!listener_watch(I, list->l)) listener_pause(I, list->l, errno);
+      break;
+    case CMD_UNLISTEN:
+      listener_close(I, list->l);
+      break;
     }
     free(list);
     list = next;
@@ -449,6 +650,11 @@ static void run_commands(inst_t *I, bool *stop) {
 static int next_timeout(inst_t *I) {
   if (I->ready) return 0;
   int64_t best = -1;
+  for (lsn_t *L = I->listeners; L; L = L->next) {
+    if (!L->paused) continue;
+    int64_t left = L->resume_at > I->now ? L->resume_at - I->now : 0;
+    if (best < 0 || left < best) best = left;
+  }
   for (int i = 0; i < I->nclasses; i++) {
     conn_t *h = I->classes[i]->head;
     if (!h) continue;
@@ -465,7 +671,7 @@ static void expire_idle(inst_t *I) {
     // Bounded: each pass removes the head.
     while (k->head && k->head->last + k->ms <= I->now) {
       conn_t *c = k->head;
-      if (c->connecting) conn_end(I, c, END_CONNECT_FAILED, ETIMEDOUT, false, false);
+      if (c->connecting) connect_failed(I, c, ETIMEDOUT);
       else conn_end(I, c, END_IDLE, 0, false, false);
     }
   }
@@ -498,20 +704,13 @@ static bool connect_event(inst_t *I, conn_t *c, int side, uint32_t e) {
     if (err == 0) err = ECONNREFUSED;
   }
   if (err != 0) {
-    conn_end(I, c, END_CONNECT_FAILED, err, false, false);
+    connect_failed(I, c, err);
     return false;
   }
   c->connecting = false;
-  idle_unlink(c);
-  c->idle = NULL;
-  c->last = I->now;
-  if (c->idle_ms > 0) {
-    c->idle = idle_class_for(I, c->idle_ms);
-    if (!c->idle) {
-      conn_end(I, c, END_ERROR, ENOMEM, true, true);
-      return false;
-    }
-    idle_append(c);
+  if (!set_timeout_class(I, c)) {
+    conn_end(I, c, END_ERROR, ENOMEM, true, true);
+    return false;
   }
   post_event(I, c, EV_CONNECTED);
   return true;
@@ -529,10 +728,21 @@ static void *thread_main(void *arg) {
         run_commands(I, &stop);
         continue;
       }
+      if (evs[i].data.u64 & TAG_LISTENER) {
+        // Its close comes only as a command, after this batch: the pointer is still valid.
+        accept_batch(I, (lsn_t *)(uintptr_t)(evs[i].data.u64 & ~(uint64_t)TAG_LISTENER));
+        continue;
+      }
       conn_t *c = (conn_t *)(uintptr_t)(evs[i].data.u64 & ~(uint64_t)1);
       int side = (int)(evs[i].data.u64 & 1);
       if (c->dead) continue;
       uint32_t e = evs[i].events;
+      if (c->pending) {
+        // Waiting for JS to choose: only the client is there, and only its error counts (as connecting).
+        // A side-1 event here is left from a backend that failed earlier in this batch.
+        if (side == 0) (void)connect_event(I, c, side, e);
+        continue;
+      }
       if (c->connecting) {
         if (connect_event(I, c, side, e)) service(I, c);
         continue;
@@ -556,6 +766,7 @@ static void *thread_main(void *arg) {
       ready = next;
     }
     expire_idle(I);
+    listeners_resume(I);
     atomic_store_explicit(&I->splice_calls, (long)I->splices, memory_order_relaxed);
     // A connection that ended after it was put on the ready list leaves the list before its memory
     // may go (JS may drop the last reference as soon as it hears of the end).
@@ -571,11 +782,17 @@ static void *thread_main(void *arg) {
   }
   // The environment is going away: close what is left, no completions (nobody would receive them).
   // The JS side's references are dropped by cleanup().
+  while (I->listeners) {
+    lsn_t *L = I->listeners;
+    I->listeners = L->next;
+    close(L->fd);
+    free(L);
+  }
   while (I->all) {
     conn_t *c = I->all;
     I->all = c->anext;
     for (int i = 0; i < 2; i++) {
-      close(c->fd[i]);
+      if (c->fd[i] >= 0) close(c->fd[i]);
       if (c->d[i].p.r >= 0) {
         close(c->d[i].p.r);
         close(c->d[i].p.w);
@@ -594,10 +811,14 @@ static void *thread_main(void *arg) {
 static void send_cmd(inst_t *I, cmd_t *cmd) {
   cmd->next = NULL;
   pthread_mutex_lock(&I->mu);
+  bool was_empty = I->cmd_head == NULL;
   if (I->cmd_tail) I->cmd_tail->next = cmd;
   else I->cmd_head = cmd;
   I->cmd_tail = cmd;
   pthread_mutex_unlock(&I->mu);
+  // One wake-up per batch: the thread reads the eventfd before it takes the list, so commands added to
+  // a list it has not taken yet are seen with it.
+  if (!was_empty) return;
   uint64_t one = 1;
   (void)!write(I->evfd, &one, sizeof one);
 }
@@ -637,7 +858,80 @@ static inst_t *inited(napi_env env) {
   return I;
 }
 
-// Completions, on the JS thread: one call of the JS callback per event (an end, or EV_CONNECTED).
+static bool grow_slots(napi_env env, inst_t *I);
+static void send_cmd(inst_t *I, cmd_t *cmd);
+
+static void call_back(napi_env env, napi_value global, napi_value cb, size_t argc, napi_value *argv) {
+  if (napi_call_function(env, global, cb, argc, argv, NULL) == napi_pending_exception) {
+    napi_value exc;
+    napi_get_and_clear_last_exception(env, &exc);
+    napi_fatal_exception(env, exc);
+  }
+}
+
+// Takes a slot for `c` (and its counters); false when none can be had (out of memory).
+static bool take_slot(napi_env env, inst_t *I, conn_t *c) {
+  if (I->nfree == 0 && I->next_slot == I->nslabs * SLAB_SLOTS && !grow_slots(env, I)) return false;
+  uint32_t slot = I->nfree > 0 ? I->free_slots[--I->nfree] : I->next_slot++;
+  double *count = I->slabs[slot / SLAB_SLOTS] + (size_t)(slot % SLAB_SLOTS) * 2;
+  count[0] = count[1] = 0;
+  c->slot = slot;
+  for (int i = 0; i < 2; i++) c->d[i].count = &count[i];
+  I->by_slot[slot] = c;
+  I->active++;
+  if (!I->tsfn_refd) {
+    napi_ref_threadsafe_function(env, I->tsfn);
+    I->tsfn_refd = true;
+  }
+  return true;
+}
+
+// onAccept(listenerId, slot, address, port, errno): an accepted client, pending in `slot` until JS
+// connects or aborts it; or (slot -1, errno set) the listener stopped accepting for a moment.
+static void deliver_accept(napi_env env, inst_t *I, done_t *d, napi_value cb, napi_value global) {
+  napi_value argv[5];
+  napi_create_uint32(env, d->lid, &argv[0]);
+  if (d->reason == EV_ACCEPT_PAUSED) {
+    napi_create_int32(env, -1, &argv[1]);
+    napi_get_null(env, &argv[2]);
+    napi_create_int32(env, 0, &argv[3]);
+    napi_create_int32(env, d->err, &argv[4]);
+    if (cb) call_back(env, global, cb, 5, argv);
+    return;
+  }
+  conn_t *c = d->c;
+  if (!cb || !take_slot(env, I, c)) {
+    // Nobody to decide for it, or no counters: it is closed (its end is never reported, having no slot).
+    cmd_t *cmd = calloc(1, sizeof *cmd);
+    c->slot = UINT32_MAX; // its end is dropped in deliver()
+    if (cmd) {
+      atomic_fetch_add(&c->refs, 1);
+      cmd->op = CMD_ABORT;
+      cmd->c = c;
+      send_cmd(I, cmd);
+    }
+    return;
+  }
+  char ip[INET6_ADDRSTRLEN] = "";
+  uint16_t port = 0;
+  if (c->peer.ss_family == AF_INET6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&c->peer;
+    inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
+    port = ntohs(a->sin6_port);
+  } else if (c->peer.ss_family == AF_INET) {
+    struct sockaddr_in *a = (struct sockaddr_in *)&c->peer;
+    inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
+    port = ntohs(a->sin_port);
+  }
+  napi_create_uint32(env, c->slot, &argv[1]);
+  napi_create_string_utf8(env, ip, NAPI_AUTO_LENGTH, &argv[2]);
+  napi_create_uint32(env, port, &argv[3]);
+  napi_create_int32(env, 0, &argv[4]);
+  call_back(env, global, cb, 5, argv);
+}
+
+// Completions, on the JS thread: one call of the JS callback per event (an end, EV_CONNECTED or
+// EV_CONNECT_FAILED), of the accept callback per accepted client.
 static void deliver(napi_env env, inst_t *I) {
   pthread_mutex_lock(&I->mu);
   done_t *list = I->done;
@@ -648,31 +942,38 @@ static void deliver(napi_env env, inst_t *I) {
   napi_value cb, global;
   napi_get_reference_value(env, I->on_end, &cb);
   napi_get_global(env, &global);
+  napi_value on_accept = NULL;
+  if (I->on_accept) napi_get_reference_value(env, I->on_accept, &on_accept);
   for (size_t i = 0; i < n; i++) {
     done_t *d = &list[i];
-    if (d->reason != EV_CONNECTED) {
-      conn_t *c = I->by_slot[d->slot];
-      I->by_slot[d->slot] = NULL;
+    if (d->reason == EV_ACCEPTED || d->reason == EV_ACCEPT_PAUSED) {
+      deliver_accept(env, I, d, on_accept, global);
+      continue;
+    }
+    conn_t *c = d->c;
+    uint32_t slot = c->slot;
+    if (slot == UINT32_MAX) {
+      if (d->reason < EV_CONNECTED) conn_unref(c); // an accepted client closed for want of a slot
+      continue;
+    }
+    if (d->reason != EV_CONNECTED && d->reason != EV_CONNECT_FAILED) {
+      I->by_slot[slot] = NULL;
       conn_unref(c);
       // The slot is free before JS hears of the end, so a relay started from the callback may reuse it.
-      I->free_slots[I->nfree++] = d->slot;
+      I->free_slots[I->nfree++] = slot;
       I->active--;
     }
     napi_value argv[5];
-    napi_create_uint32(env, d->slot, &argv[0]);
+    napi_create_uint32(env, slot, &argv[0]);
     napi_create_double(env, d->sent, &argv[1]);
     napi_create_double(env, d->rcvd, &argv[2]);
     napi_create_int32(env, d->reason, &argv[3]);
     napi_create_int32(env, d->err, &argv[4]);
-    if (napi_call_function(env, global, cb, 5, argv, NULL) == napi_pending_exception) {
-      napi_value exc;
-      napi_get_and_clear_last_exception(env, &exc);
-      napi_fatal_exception(env, exc);
-    }
+    call_back(env, global, cb, 5, argv);
   }
   free(list);
-  // No connection left: this instance must not keep the event loop (or the worker) alive.
-  if (I->active == 0 && I->tsfn_refd) {
+  // No connection and no listener left: this instance must not keep the event loop (or the worker) alive.
+  if (I->active == 0 && I->nlisteners == 0 && I->tsfn_refd) {
     napi_unref_threadsafe_function(env, I->tsfn);
     I->tsfn_refd = false;
   }
@@ -713,7 +1014,11 @@ static void cleanup(void *arg) {
       close(I->cmd_head->c->fd[0]);
       close(I->cmd_head->c->fd[1]);
     }
-    conn_unref(I->cmd_head->c);
+    if (I->cmd_head->op == CMD_LISTEN) {
+      close(I->cmd_head->l->fd);
+      free(I->cmd_head->l);
+    }
+    if (I->cmd_head->c) conn_unref(I->cmd_head->c);
     free(I->cmd_head);
     I->cmd_head = next;
   }
@@ -733,10 +1038,10 @@ static void cleanup(void *arg) {
   free(I);
 }
 
-// init(onEnd, pipeBytes, poolMax): once per environment, before the first relay.
+// init(onEnd, pipeBytes, poolMax[, onAccept]): once per environment, before the first relay.
 static napi_value js_init(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (get_inst(env) != NULL) {
     napi_throw_error(env, "LB_SPLICE", "init called twice");
@@ -765,6 +1070,9 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
   epoll_ctl(I->ep, EPOLL_CTL_ADD, I->evfd, &ev);
   CHECK(napi_create_reference(env, argv[0], 1, &I->on_end));
+  napi_valuetype t = napi_undefined;
+  if (argc >= 4) CHECK(napi_typeof(env, argv[3], &t));
+  if (t == napi_function) CHECK(napi_create_reference(env, argv[3], 1, &I->on_accept));
   napi_value name;
   CHECK(napi_create_string_utf8(env, "lb_splice", NAPI_AUTO_LENGTH, &name));
   CHECK(napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, I, call_js, &I->tsfn));
@@ -817,33 +1125,21 @@ static bool ensure_thread(napi_env env, inst_t *I) {
 static napi_value start_conn(napi_env env, inst_t *I, int cfd, int bfd, double idle_ms, bool connecting, double connect_ms) {
   conn_t *c = calloc(1, sizeof *c);
   cmd_t *cmd = calloc(1, sizeof *cmd);
-  if (!c || !cmd || (I->nfree == 0 && I->next_slot == I->nslabs * SLAB_SLOTS && !grow_slots(env, I))) {
+  if (!c || !cmd || !take_slot(env, I, c)) {
     close(cfd);
     close(bfd);
     free(c);
     free(cmd);
     return throw_errno(env, "counters", ENOMEM);
   }
+  uint32_t slot = c->slot;
   c->fd[0] = cfd;
   c->fd[1] = bfd;
-  uint32_t slot = I->nfree > 0 ? I->free_slots[--I->nfree] : I->next_slot++;
-  double *count = I->slabs[slot / SLAB_SLOTS] + (size_t)(slot % SLAB_SLOTS) * 2;
-  count[0] = count[1] = 0;
-  c->slot = slot;
-  for (int i = 0; i < 2; i++) {
-    c->d[i].p.r = c->d[i].p.w = -1;
-    c->d[i].count = &count[i];
-  }
+  for (int i = 0; i < 2; i++) c->d[i].p.r = c->d[i].p.w = -1;
   c->idle_ms = idle_ms > 0 ? (int64_t)idle_ms : 0;
   c->connecting = connecting;
   c->connect_ms = connect_ms > 0 ? (int64_t)connect_ms : 0;
   atomic_init(&c->refs, 2);
-  I->by_slot[slot] = c;
-  I->active++;
-  if (!I->tsfn_refd) {
-    napi_ref_threadsafe_function(env, I->tsfn);
-    I->tsfn_refd = true;
-  }
   cmd->op = CMD_ADD;
   cmd->c = c;
   send_cmd(I, cmd);
@@ -944,6 +1240,151 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   }
   I->connects++;
   return start_conn(env, I, c, b, idle_ms, true, connect_ms);
+}
+
+// connectAccepted(slot, address, port, source, connectMs, idleMs) -> 0, or -EINVAL for an address that is
+// not numeric. The accepted connection in `slot` (pending) connects to its backend on the thread, which
+// reports EV_CONNECTED and relays, or EV_CONNECT_FAILED with the errno (it is pending again: JS tries the
+// next backend or aborts it), or its end when the client went first.
+static napi_value js_connect_accepted(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  inst_t *I = inited(env);
+  if (!I) return NULL;
+  uint32_t slot, port;
+  double connect_ms, idle_ms;
+  char addr[INET6_ADDRSTRLEN + 1], src[INET6_ADDRSTRLEN + 1];
+  size_t alen = 0, slen = 0;
+  CHECK(napi_get_value_uint32(env, argv[0], &slot));
+  CHECK(napi_get_value_string_utf8(env, argv[1], addr, sizeof addr, &alen));
+  CHECK(napi_get_value_uint32(env, argv[2], &port));
+  CHECK(napi_get_value_string_utf8(env, argv[3], src, sizeof src, &slen));
+  CHECK(napi_get_value_double(env, argv[4], &connect_ms));
+  CHECK(napi_get_value_double(env, argv[5], &idle_ms));
+  if (slot >= I->nslabs * SLAB_SLOTS || I->by_slot[slot] == NULL || !I->by_slot[slot]->accepted) {
+    napi_throw_range_error(env, "LB_SPLICE", "no accepted connection in that slot");
+    return NULL;
+  }
+  cmd_t *cmd = calloc(1, sizeof *cmd);
+  if (!cmd) return throw_errno(env, "calloc", ENOMEM);
+  int result = 0;
+  if (port > 65535 || !parse_addr(addr, port, &cmd->to, &cmd->tolen) || (slen > 0 && !parse_addr(src, 0, &cmd->from, &cmd->fromlen))) result = -EINVAL;
+  napi_value out;
+  if (result < 0) {
+    free(cmd);
+    CHECK(napi_create_int32(env, result, &out));
+    return out;
+  }
+  cmd->op = CMD_CONNECT;
+  cmd->c = I->by_slot[slot];
+  cmd->connect_ms = connect_ms > 0 ? (int64_t)connect_ms : 0;
+  cmd->idle_ms = idle_ms > 0 ? (int64_t)idle_ms : 0;
+  atomic_fetch_add(&cmd->c->refs, 1);
+  I->connects++;
+  send_cmd(I, cmd);
+  CHECK(napi_create_int32(env, 0, &out));
+  return out;
+}
+
+// listen(id, address, port, backlog, v6only, reusePort) -> the port bound (the kernel's choice for 0),
+// or -errno. A listening socket of the addon's: its clients are accepted on the thread and reported to
+// init's onAccept with `id`. TCP_NODELAY and SO_KEEPALIVE are set on it once: Linux copies both to every
+// socket accepted from it. `address` is numeric (JS resolves names as Node's listen() would).
+static napi_value js_listen(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  inst_t *I = inited(env);
+  if (!I) return NULL;
+  uint32_t id, port;
+  int32_t backlog;
+  bool v6only, reuse;
+  char addr[INET6_ADDRSTRLEN + 1];
+  size_t alen = 0;
+  CHECK(napi_get_value_uint32(env, argv[0], &id));
+  CHECK(napi_get_value_string_utf8(env, argv[1], addr, sizeof addr, &alen));
+  CHECK(napi_get_value_uint32(env, argv[2], &port));
+  CHECK(napi_get_value_int32(env, argv[3], &backlog));
+  CHECK(napi_get_value_bool(env, argv[4], &v6only));
+  CHECK(napi_get_value_bool(env, argv[5], &reuse));
+  if (!ensure_thread(env, I)) return NULL;
+  struct sockaddr_storage ss;
+  socklen_t sslen = 0;
+  napi_value out;
+  if (port > 65535 || !parse_addr(addr, port, &ss, &sslen)) {
+    CHECK(napi_create_int32(env, -EINVAL, &out));
+    return out;
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int on = 1, v6 = v6only ? 1 : 0, result = fd < 0 ? -errno : 0;
+  if (result == 0 &&
+      (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
+       (reuse && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0) ||
+       (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, sizeof v6) < 0) ||
+       bind(fd, (struct sockaddr *)&ss, sslen) < 0 || listen(fd, backlog) < 0))
+    result = -errno;
+  if (result == 0) {
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    struct sockaddr_storage got;
+    socklen_t gotlen = sizeof got;
+    if (getsockname(fd, (struct sockaddr *)&got, &gotlen) < 0) result = -errno;
+    else result = ntohs(got.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&got)->sin6_port : ((struct sockaddr_in *)&got)->sin_port);
+  }
+  lsn_t *L = result > 0 ? calloc(1, sizeof *L) : NULL;
+  cmd_t *cmd = L ? calloc(1, sizeof *cmd) : NULL;
+  if (result > 0 && !cmd) result = -ENOMEM;
+  if (result <= 0) {
+    if (fd >= 0) close(fd);
+    free(L);
+    CHECK(napi_create_int32(env, result, &out));
+    return out;
+  }
+  L->fd = fd;
+  L->id = id;
+  L->jnext = I->jlisteners;
+  I->jlisteners = L;
+  I->nlisteners++;
+  // An open listener keeps the event loop (the worker) alive, as a listening net.Server does.
+  if (!I->tsfn_refd) {
+    napi_ref_threadsafe_function(env, I->tsfn);
+    I->tsfn_refd = true;
+  }
+  cmd->op = CMD_LISTEN;
+  cmd->l = L;
+  send_cmd(I, cmd);
+  CHECK(napi_create_int32(env, result, &out));
+  return out;
+}
+
+// unlisten(id): the thread stops accepting on that listener and closes it (clients still in its backlog
+// are reset, as for any listener closed). Connections it accepted go on.
+static napi_value js_unlisten(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  inst_t *I = get_inst(env);
+  uint32_t id;
+  CHECK(napi_get_value_uint32(env, argv[0], &id));
+  if (!I) return NULL;
+  for (lsn_t **at = &I->jlisteners; *at; at = &(*at)->jnext) {
+    lsn_t *L = *at;
+    if (L->id != id) continue;
+    cmd_t *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) return throw_errno(env, "calloc", ENOMEM);
+    *at = L->jnext;
+    I->nlisteners--;
+    if (I->active == 0 && I->nlisteners == 0 && I->tsfn_refd) {
+      napi_unref_threadsafe_function(env, I->tsfn);
+      I->tsfn_refd = false;
+    }
+    cmd->op = CMD_UNLISTEN;
+    cmd->l = L; // freed by the thread
+    send_cmd(I, cmd);
+    break;
+  }
+  return NULL;
 }
 
 // abort(slot): ends the connection as 'aborted' unless it already ended.
@@ -1088,6 +1529,9 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"init", NULL, js_init, NULL, NULL, NULL, napi_default, NULL},
       {"relay", NULL, js_relay, NULL, NULL, NULL, napi_default, NULL},
       {"connect", NULL, js_connect, NULL, NULL, NULL, napi_default, NULL},
+      {"connectAccepted", NULL, js_connect_accepted, NULL, NULL, NULL, napi_default, NULL},
+      {"listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL},
+      {"unlisten", NULL, js_unlisten, NULL, NULL, NULL, napi_default, NULL},
       {"flush", NULL, js_flush, NULL, NULL, NULL, napi_default, NULL},
       {"abort", NULL, js_abort, NULL, NULL, NULL, napi_default, NULL},
       {"counters", NULL, js_counters, NULL, NULL, NULL, napi_default, NULL},

@@ -14,49 +14,25 @@
 // connection); each socket points back at its relay.
 
 import net, { type Socket } from 'node:net';
-import { chooseBackend, normaliseClientIp, someBackendFull, type Choice } from '../balance/select.ts';
-import type { LiveFlow, ListenerState, Waiter } from '../balance/state.ts';
+import { normaliseClientIp, someBackendFull, type Choice } from '../balance/select.ts';
+import type { Waiter } from '../balance/state.ts';
 import { sendProxyOf, type ListenerEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
-import { Code, LOCAL_ERRORS } from '../errors.ts';
-import type { CheckResult } from '../health/state.ts';
-import type { Logger } from '../log.ts';
+import { Code } from '../errors.ts';
+import { Flow, type FlowHost } from './flow.ts';
 import { balanceDump, hexDump, type Direction } from './dump.ts';
 import { watchPaused } from './paused-watch.ts';
 import { encodeProxyHeader, ProxyHeaderParser } from './proxy-protocol.ts';
-import { spliceConnect, spliceRelay, type NativeConnectOwner, type SpliceHandle, type SpliceResult } from './splice.ts';
+import { spliceConnect, spliceRelay } from './splice.ts';
 
-export type EndReason =
-  | 'client-close'
-  | 'backend-close'
-  | 'reset'
-  | 'idle-timeout'
-  | 'connect-failed'
-  | 'no-backend'
-  | 'queue-timeout'
-  | 'queue-full'
-  | 'local-error'
-  | 'bad-proxy-header'
-  | 'shutdown';
+export type { EndReason, Phase } from './flow.ts';
 
-export type Phase = 'new' | 'queued' | 'connecting' | 'relaying' | 'done';
-
-/** What a relay needs from the listener that accepted it. */
-export interface RelayHost {
-  readonly state: ListenerState;
-  readonly log: Logger;
-  readonly accessLog: boolean;
+/** What a relay needs from the listener that accepted it, beyond what every connection needs. */
+export interface RelayHost extends FlowHost {
   /** Packet dump sink, or null (then the relay installs no dump handlers at all). */
   readonly dump: ((text: string) => void) | null;
   /** Relay connected pairs with splice(2) (never with a packet dump). */
   readonly splice: boolean;
-  /** A connection id, unique across workers. */
-  nextId(): number;
-  relayFinished(relay: Relay): void;
-  /** A data-path connect result to feed to the backend's health (when it has checks). */
-  trafficCheck(relay: Relay, choice: Choice, result: CheckResult): void;
-  /** A backend slot was released: queued clients (in any worker) may now get it. */
-  slotFreed(): void;
   /** Connect deadlines: one timer per listener sweeps them, instead of a timer per connection. */
   connectStarted(relay: Relay): void;
   connectEnded(relay: Relay): void;
@@ -64,8 +40,6 @@ export interface RelayHost {
   enqueue(relay: Relay): boolean;
   requeue(relay: Relay): void;
   leaveQueue(relay: Relay): void;
-  /** A local resource error (EMFILE...): not the backend's fault; logged once per burst. */
-  localError(code: string): void;
 }
 
 interface RelaySocket extends Socket {
@@ -76,52 +50,22 @@ interface RelaySocket extends Socket {
 const QUEUED_BYTES_MAX = 64 * 1024;
 
 
-/** After a reset, the longest a socket may take to report its close before it is forced. */
-const CLOSE_GRACE_MS = 2000;
-
-export class Relay implements LiveFlow, Waiter, NativeConnectOwner {
-  readonly id: number;
+export class Relay extends Flow implements Waiter {
   readonly client: RelaySocket;
-  readonly entry: ListenerEntry;
-  readonly host: RelayHost;
-  /** The client's address: the socket's peer, or the source of its PROXY header (accept_proxy). */
-  clientIp: string;
-  clientPort: number;
-  readonly startedAt = Date.now();
-  phase: Phase = 'new';
+  declare readonly host: RelayHost;
   backend: RelaySocket | null = null;
-  choice: Choice | null = null;
-  /** Slots of the backends that failed for this client (allocated on the first failure only). */
-  tried: number[] | null = null;
-  reason: EndReason | null = null;
-  queuedAt = 0;
   /** Queue order across workers (lower = waited longer). */
   ticket = -1;
   /** When the queue wait ends (ms since epoch), for the listener's sweep. */
   queueDeadline = 0;
   /** When the connect in progress times out (ms since epoch), for the listener's sweep. */
   connectDeadline = 0;
-  pubSent = 0;
-  pubRcvd = 0;
-  backendSlot = -1;
-  prevL: LiveFlow | null = null;
-  nextL: LiveFlow | null = null;
-  prevB: LiveFlow | null = null;
-  nextB: LiveFlow | null = null;
-  prevC: LiveFlow | null = null;
-  nextC: LiveFlow | null = null;
-  prevQ: LiveFlow | null = null;
-  nextQ: LiveFlow | null = null;
   /** Set once backpressure happened: from then on 'drain' resumes the paused side. */
   private drainWatched = false;
   /** Bytes a queued client sent before its backend was connected. */
   private early: Buffer[] | null = null;
   private earlyBytes = 0;
   clientEnded = false;
-  private connectStarted = 0;
-  private closeTimer: NodeJS.Timeout | null = null;
-  /** Set when the kernel relays this connection (splice): bytes and the end come from the addon. */
-  private spliced: SpliceHandle | null = null;
   /** Set once reading while queued started (the `early` buffer may also hold bytes after a PROXY header). */
   private readingQueued = false;
   /** onEndWhileQueued is on the client (a paused socket still emits 'end' once its buffer is empty). */
@@ -133,14 +77,9 @@ export class Relay implements LiveFlow, Waiter, NativeConnectOwner {
   private proxyDst: { addr: string; port: number } | null = null;
 
   constructor(client: Socket, entry: ListenerEntry, host: RelayHost) {
-    this.id = host.nextId();
+    super(entry, host, normaliseClientIp(client.remoteAddress ?? ''), client.remotePort ?? 0);
     this.client = client;
-    this.entry = entry;
-    this.host = host;
-    this.clientIp = normaliseClientIp(client.remoteAddress ?? '');
-    this.clientPort = client.remotePort ?? 0;
     this.client.lbRelay = this;
-    host.state.opened(this);
     client.on('error', onClientError);
     client.on('close', onClientClose);
     if (entry.acceptProxy) this.readProxyHeader(entry.acceptProxy.timeoutMs);
@@ -247,25 +186,7 @@ export class Relay implements LiveFlow, Waiter, NativeConnectOwner {
     return this.spliced !== null ? this.spliced.rcvd() : (this.backend?.bytesRead ?? 0);
   }
 
-  get connected(): boolean {
-    return this.phase === 'relaying';
-  }
-
-  get queued(): boolean {
-    return this.phase === 'queued';
-  }
-
-  /** Picks the next candidate (taking its slot) and connects; queues the client or closes it when none is free. */
-  connectNext(): void {
-    const choice = chooseBackend(this.entry, this.host.state, this.clientIp, Date.now(), this.tried);
-    if (choice !== null) {
-      this.connectTo(choice);
-      return;
-    }
-    this.queueOrRefuse();
-  }
-
-  private queueOrRefuse(): void {
+  protected override queueOrRefuse(): void {
     if (this.entry.queue && someBackendFull(this.entry, this.host.state, Date.now())) {
       if (this.queuedAt !== 0) {
         this.phase = 'queued';
@@ -281,22 +202,7 @@ export class Relay implements LiveFlow, Waiter, NativeConnectOwner {
       this.refuse('queue-full');
       return;
     }
-    this.refuse(this.tried === null ? 'no-backend' : 'connect-failed');
-  }
-
-  /** balance compatible: the client sees the accepted connection close. */
-  private refuse(reason: EndReason): void {
-    this.reason = reason;
-    this.host.state.count('noBackend');
-    this.host.log.log('warn', reason === 'queue-full' || reason === 'queue-timeout' ? reason : 'no-backend', {
-      code: Code.NO_BACKEND,
-      listener: this.entry.name,
-      client: formatHostPort(this.clientIp, this.clientPort),
-      tried: this.tried?.length ?? 0,
-    });
-    this.phase = 'done';
-    this.client.destroy();
-    this.finish();
+    super.queueOrRefuse();
   }
 
   /** Read while waiting (bounded) so that a client that gives up is noticed and leaves the queue. */
@@ -333,12 +239,8 @@ export class Relay implements LiveFlow, Waiter, NativeConnectOwner {
     this.connectTo(choice);
   }
 
-  connectTo(choice: Choice): void {
-    this.phase = 'connecting';
-    this.choice = choice;
+  protected connectBackend(choice: Choice): void {
     const st = choice.state;
-    st.picked();
-    this.connectStarted = Date.now();
     if (this.host.splice && this.connectNatively(choice)) return;
     let backend: RelaySocket;
     try {
@@ -397,37 +299,13 @@ export class Relay implements LiveFlow, Waiter, NativeConnectOwner {
     return true;
   }
 
-  nativeConnected(handle: SpliceHandle): void {
-    if (handle !== this.spliced || this.phase !== 'connecting') return; // dropped meanwhile: its end follows
-    const st = this.choice!.state;
-    this.phase = 'relaying';
-    st.connectSucceeded(this.connectStarted);
-    st.live.add(this);
-    this.backendSlot = st.slot;
+  protected handedOver(): void {
     // The addon's duplicate of the client carries the connection from now on.
     this.client.lbRelay = undefined;
     this.client.destroy();
   }
 
-  nativeEnded(handle: SpliceHandle, r: SpliceResult): void {
-    if (handle !== this.spliced) return;
-    if (this.phase !== 'connecting') {
-      this.splicedEnd(r);
-      return;
-    }
-    this.spliced = null; // the addon closed its sockets: nothing of this attempt is left to drop
-    if (r.end === 'connect-failed') {
-      this.connectFailed(r.errno ?? 'ECONNREFUSED');
-      return;
-    }
-    // The client reset before the backend answered, or the attempt was aborted (shutdown).
-    this.reason ??= r.end === 'aborted' ? 'shutdown' : 'reset';
-    this.end();
-  }
-
-  /** Ends the connect attempt in progress (its socket, its slot); the backend's fate is the caller's. */
-  private dropAttempt(): Choice {
-    const choice = this.choice!;
+  protected dropBackend(): void {
     if (this.backend !== null) {
       const backend = this.backend;
       this.host.connectEnded(this);
@@ -438,49 +316,24 @@ export class Relay implements LiveFlow, Waiter, NativeConnectOwner {
       this.spliced.abort(); // a native connect in flight: its 'aborted' end no longer concerns this relay
       this.spliced = null;
     }
-    this.choice = null;
-    choice.state.release();
-    this.host.slotFreed();
-    return choice;
   }
 
-  /** The current backend attempt failed before connecting: eject it and fail over. */
-  connectFailed(reason: string): void {
-    if (this.phase !== 'connecting') return;
-    const choice = this.dropAttempt();
-    const now = Date.now();
-    if (LOCAL_ERRORS.has(reason)) {
-      // Out of file descriptors or memory here: the backend is not to blame, and neither are the others.
-      this.host.localError(reason);
-      this.reason = 'local-error';
-      this.phase = 'done';
-      this.client.destroy();
-      this.finish();
-      return;
-    }
-    const st = choice.state;
-    const backoff = st.connectFailed(now, reason, this.entry.autodisable);
-    this.host.log.log('warn', 'connect-failed', {
-      code: Code.CONNECT_FAILED,
-      listener: this.entry.name,
-      group: choice.group,
-      backend: choice.entry.key,
-      reason,
-      ...(this.entry.autodisable ? { action: 'autodisabled until enabled by an operator' } : { retry_ms: backoff }),
-    });
-    this.host.trafficCheck(this, choice, {
-      ok: false,
-      status: reason === 'ETIMEDOUT' ? 'L4TOUT' : 'L4CON',
-      durationMs: now - this.connectStarted,
-      detail: reason,
-    });
-    if (this.client.destroyed) {
-      this.phase = 'done';
-      this.finish();
-      return;
-    }
-    (this.tried ??= []).push(st.slot);
-    this.connectNext();
+  protected closeClient(): void {
+    this.client.destroy();
+  }
+
+  protected get clientGone(): boolean {
+    return this.client.destroyed;
+  }
+
+  protected closeSockets(): void {
+    this.client.destroy();
+    this.backend?.destroy();
+  }
+
+  protected override leaveQueue(): void {
+    this.host.leaveQueue(this);
+    this.host.state.count('queueAbandoned');
   }
 
   connectSucceeded(): void {
@@ -493,12 +346,8 @@ export class Relay implements LiveFlow, Waiter, NativeConnectOwner {
     const backend = this.backend!;
     const client = this.client;
     const choice = this.choice!;
-    const st = choice.state;
-    this.phase = 'relaying';
     this.host.connectEnded(this);
-    st.connectSucceeded(this.connectStarted);
-    st.live.add(this);
-    this.backendSlot = st.slot;
+    this.connectedTo(choice);
     const header = this.proxyHeaderFor(choice);
     if (this.host.splice && !this.readingQueued && !this.clientEnded) {
       if (header === null && this.early === null) {
@@ -580,18 +429,6 @@ export class Relay implements LiveFlow, Waiter, NativeConnectOwner {
     }
   }
 
-  private splicedEnd(r: SpliceResult): void {
-    if (this.phase === 'done') return;
-    if (r.end === 'error' && r.errno !== null && LOCAL_ERRORS.has(r.errno)) {
-      // No pipe (EMFILE, ENFILE...): this host's limit, logged as such (once per burst), never the peers'.
-      this.host.localError(r.errno);
-      this.reason ??= 'local-error';
-    }
-    this.reason ??= r.end === 'aborted' ? 'shutdown' : r.end === 'error' ? 'reset' : r.end;
-    this.phase = 'done';
-    this.finish();
-  }
-
   /** Hands what a queued client sent to its backend, in order, before live forwarding starts. */
   private flushEarly(): void {
     const client = this.client;
@@ -632,19 +469,6 @@ export class Relay implements LiveFlow, Waiter, NativeConnectOwner {
     }
   }
 
-  /** Ends the relay at once (idle timeout, shutdown). */
-  abort(reason: EndReason): void {
-    this.reason ??= reason;
-    if (this.spliced !== null) {
-      this.spliced.abort(); // the addon reports the end
-      this.armCloseGrace();
-      return;
-    }
-    this.client.destroy();
-    this.backend?.destroy();
-    this.armCloseGrace();
-  }
-
   /** One side was reset: the other side is reset too (RST, not FIN), so it cannot mistake a cut for an end. */
   reset(from: RelaySocket): void {
     this.reason ??= 'reset';
@@ -659,13 +483,6 @@ export class Relay implements LiveFlow, Waiter, NativeConnectOwner {
     this.armCloseGrace();
   }
 
-  /** Whatever a socket does after being destroyed, the relay ends within CLOSE_GRACE_MS. */
-  private armCloseGrace(): void {
-    if (this.closeTimer !== null || this.phase === 'done') return;
-    this.closeTimer = setTimeout(onCloseGrace, CLOSE_GRACE_MS, this);
-    this.closeTimer.unref();
-  }
-
   /** A socket reported its close: the relay ends when every socket it still has is closed. */
   socketClosed(): void {
     if (this.phase === 'done') return;
@@ -674,62 +491,12 @@ export class Relay implements LiveFlow, Waiter, NativeConnectOwner {
     this.end();
   }
 
-  /** Ends the relay now, whatever its sockets report (shutdown's last resort, the close grace). */
-  end(): void {
-    if (this.phase === 'done') return;
-    if (this.phase === 'queued') {
-      this.host.leaveQueue(this);
-      this.host.state.count('queueAbandoned');
-    }
-    if (this.phase === 'connecting') {
-      this.reason ??= 'client-close';
-      this.dropAttempt();
-    }
-    this.phase = 'done';
-    this.spliced?.abort();
-    this.client.destroy();
-    this.backend?.destroy();
-    this.finish();
-  }
-
-  /** The one place a relay's counts and slots are given back: reached once, from phase done. */
-  private finish(): void {
-    if (this.closeTimer !== null) {
-      clearTimeout(this.closeTimer);
-      this.closeTimer = null;
-    }
+  protected override finishing(): void {
     if (this.proxyTimer !== null) {
       clearTimeout(this.proxyTimer);
       this.proxyTimer = null;
     }
     this.host.connectEnded(this);
-    this.host.state.closed(this);
-    const choice = this.choice;
-    if (choice) {
-      const st = choice.state;
-      st.closed(this);
-      st.release();
-      this.host.slotFreed();
-      if (st.draining && st.cur === 0) {
-        this.host.log.log('info', 'drained', { listener: this.entry.name, group: choice.group, backend: choice.entry.key });
-      }
-    }
-    if (this.host.accessLog) {
-      const ip = this.clientIp;
-      this.host.log.access({
-        id: this.id,
-        listener: this.entry.name,
-        client: ip.includes(':') ? `[${ip}]:${this.clientPort}` : `${ip}:${this.clientPort}`,
-        backend: choice?.entry.key ?? '-',
-        group: choice?.group ?? '-',
-        sent: this.sentBytes(),
-        rcvd: this.rcvdBytes(),
-        ms: Date.now() - this.startedAt,
-        queued_ms: this.queuedAt ? (this.connectStarted || Date.now()) - this.queuedAt : undefined,
-        end: this.reason ?? 'client-close',
-      });
-    }
-    this.host.relayFinished(this);
   }
 
   dump(dir: Direction, chunk: Uint8Array): void {
@@ -785,10 +552,6 @@ function onBackendClose(this: RelaySocket): void {
 
 function onIdleTimeout(this: RelaySocket): void {
   this.lbRelay?.abort('idle-timeout');
-}
-
-function onCloseGrace(relay: Relay): void {
-  relay.end();
 }
 
 function onProxyData(this: RelaySocket, chunk: Buffer): void {

@@ -1,0 +1,328 @@
+// What every client connection goes through, whichever side holds its sockets: choose a backend (taking
+// its slot), connect, fail over, relay, end; the one place its counts and slots are given back.
+//
+// Two kinds of connection share it:
+// - Relay (relay.ts): the client is a net.Socket (accepted by Node); the backend is connected in JS or by
+//   the addon; bytes move in JS or by splice. Queues, PROXY headers and packet dumps live there.
+// - NativeFlow (native-flow.ts): the addon accepted the client and holds it; JS only decides (backend,
+//   failover, refusal) and accounts. No net.Socket exists for it.
+//
+// Phases are entered once each: new → (queued ↔ connecting)* → relaying → done. Every event checks the
+// phase it belongs to, so a late event cannot run a transition twice: slots are released once, a backend
+// is ejected only for a connect that really failed, and `done` is reached whatever the sockets do.
+
+import { chooseBackend, type Choice } from '../balance/select.ts';
+import type { LiveFlow, ListenerState } from '../balance/state.ts';
+import type { ListenerEntry } from '../config/table.ts';
+import { formatHostPort } from '../config/values.ts';
+import { Code, LOCAL_ERRORS } from '../errors.ts';
+import type { CheckResult } from '../health/state.ts';
+import type { Logger } from '../log.ts';
+import type { NativeConnectOwner, SpliceHandle, SpliceResult } from './splice.ts';
+
+export type EndReason =
+  | 'client-close'
+  | 'backend-close'
+  | 'reset'
+  | 'idle-timeout'
+  | 'connect-failed'
+  | 'no-backend'
+  | 'queue-timeout'
+  | 'queue-full'
+  | 'local-error'
+  | 'bad-proxy-header'
+  | 'shutdown';
+
+export type Phase = 'new' | 'queued' | 'connecting' | 'relaying' | 'done';
+
+/** What a connection needs from the listener that accepted it. */
+export interface FlowHost {
+  readonly state: ListenerState;
+  readonly log: Logger;
+  readonly accessLog: boolean;
+  /** A connection id, unique across workers. */
+  nextId(): number;
+  relayFinished(flow: Flow): void;
+  /** A data-path connect result to feed to the backend's health (when it has checks). */
+  trafficCheck(flow: Flow, choice: Choice, result: CheckResult): void;
+  /** A backend slot was released: queued clients (in any worker) may now get it. */
+  slotFreed(): void;
+  /** A local resource error (EMFILE...): not the backend's fault; logged once per burst. */
+  localError(code: string): void;
+}
+
+/** After a reset or an abort, the longest a connection may take to report its close before it is forced. */
+const CLOSE_GRACE_MS = 2000;
+
+export abstract class Flow implements LiveFlow, NativeConnectOwner {
+  readonly id: number;
+  readonly entry: ListenerEntry;
+  readonly host: FlowHost;
+  /** The client's address: the socket's peer, or the source of its PROXY header (accept_proxy). */
+  clientIp: string;
+  clientPort: number;
+  readonly startedAt = Date.now();
+  phase: Phase = 'new';
+  choice: Choice | null = null;
+  /** Slots of the backends that failed for this client (allocated on the first failure only). */
+  tried: number[] | null = null;
+  reason: EndReason | null = null;
+  queuedAt = 0;
+  pubSent = 0;
+  pubRcvd = 0;
+  backendSlot = -1;
+  prevL: LiveFlow | null = null;
+  nextL: LiveFlow | null = null;
+  prevB: LiveFlow | null = null;
+  nextB: LiveFlow | null = null;
+  prevC: LiveFlow | null = null;
+  nextC: LiveFlow | null = null;
+  prevQ: LiveFlow | null = null;
+  nextQ: LiveFlow | null = null;
+  protected connectStarted = 0;
+  /** Set when the addon relays (or connects) this connection: bytes and the end come from it. */
+  protected spliced: SpliceHandle | null = null;
+  private closeTimer: NodeJS.Timeout | null = null;
+
+  constructor(entry: ListenerEntry, host: FlowHost, clientIp: string, clientPort: number) {
+    this.id = host.nextId();
+    this.entry = entry;
+    this.host = host;
+    this.clientIp = clientIp;
+    this.clientPort = clientPort;
+    host.state.opened(this);
+  }
+
+  abstract sentBytes(): number;
+  abstract rcvdBytes(): number;
+  /** Starts the connect to `choice` (its slot taken, the phase set). */
+  protected abstract connectBackend(choice: Choice): void;
+  /** Closes the client side (a refusal, a local error, the end). */
+  protected abstract closeClient(): void;
+  /** The client is known to be gone (nothing to fail over for). */
+  protected abstract get clientGone(): boolean;
+  /** The addon took the pair over (a native connect reached its backend). */
+  protected abstract handedOver(): void;
+  /** Drops the backend side of the connect attempt in progress (its socket or the addon's attempt). */
+  protected abstract dropBackend(): void;
+  /** Closes what the connection still holds of its own, at its end (the addon's side is aborted here). */
+  protected abstract closeSockets(): void;
+
+  get connected(): boolean {
+    return this.phase === 'relaying';
+  }
+
+  get queued(): boolean {
+    return this.phase === 'queued';
+  }
+
+  /** Picks the next candidate (taking its slot) and connects; queues the client or closes it when none is free. */
+  connectNext(): void {
+    const choice = chooseBackend(this.entry, this.host.state, this.clientIp, Date.now(), this.tried);
+    if (choice !== null) {
+      this.connectTo(choice);
+      return;
+    }
+    this.queueOrRefuse();
+  }
+
+  /** No backend is free: a listener without a queue refuses. */
+  protected queueOrRefuse(): void {
+    this.refuse(this.tried === null ? 'no-backend' : 'connect-failed');
+  }
+
+  /** balance compatible: the client sees the accepted connection close. */
+  protected refuse(reason: EndReason): void {
+    this.reason = reason;
+    this.host.state.count('noBackend');
+    this.host.log.log('warn', reason === 'queue-full' || reason === 'queue-timeout' ? reason : 'no-backend', {
+      code: Code.NO_BACKEND,
+      listener: this.entry.name,
+      client: formatHostPort(this.clientIp, this.clientPort),
+      tried: this.tried?.length ?? 0,
+    });
+    this.phase = 'done';
+    this.closeClient();
+    this.finish();
+  }
+
+  connectTo(choice: Choice): void {
+    this.phase = 'connecting';
+    this.choice = choice;
+    choice.state.picked();
+    this.connectStarted = Date.now();
+    this.connectBackend(choice);
+  }
+
+  /** Ends the connect attempt in progress (its socket, its slot); the backend's fate is the caller's. */
+  protected dropAttempt(): Choice {
+    const choice = this.choice!;
+    this.dropBackend();
+    this.choice = null;
+    choice.state.release();
+    this.host.slotFreed();
+    return choice;
+  }
+
+  /** The current backend attempt failed before connecting: eject it and fail over. */
+  connectFailed(reason: string): void {
+    if (this.phase !== 'connecting') return;
+    const choice = this.dropAttempt();
+    const now = Date.now();
+    if (LOCAL_ERRORS.has(reason)) {
+      // Out of file descriptors or memory here: the backend is not to blame, and neither are the others.
+      this.host.localError(reason);
+      this.reason = 'local-error';
+      this.phase = 'done';
+      this.closeClient();
+      this.finish();
+      return;
+    }
+    const st = choice.state;
+    const backoff = st.connectFailed(now, reason, this.entry.autodisable);
+    this.host.log.log('warn', 'connect-failed', {
+      code: Code.CONNECT_FAILED,
+      listener: this.entry.name,
+      group: choice.group,
+      backend: choice.entry.key,
+      reason,
+      ...(this.entry.autodisable ? { action: 'autodisabled until enabled by an operator' } : { retry_ms: backoff }),
+    });
+    this.host.trafficCheck(this, choice, {
+      ok: false,
+      status: reason === 'ETIMEDOUT' ? 'L4TOUT' : 'L4CON',
+      durationMs: now - this.connectStarted,
+      detail: reason,
+    });
+    if (this.clientGone) {
+      this.phase = 'done';
+      this.finish();
+      return;
+    }
+    (this.tried ??= []).push(st.slot);
+    this.connectNext();
+  }
+
+  /** The connect reached its backend: the connection counts as the backend's from now on. */
+  protected connectedTo(choice: Choice): void {
+    const st = choice.state;
+    this.phase = 'relaying';
+    st.connectSucceeded(this.connectStarted);
+    st.live.add(this);
+    this.backendSlot = st.slot;
+  }
+
+  nativeConnected(handle: SpliceHandle): void {
+    if (handle !== this.spliced || this.phase !== 'connecting') return; // dropped meanwhile: its end follows
+    this.connectedTo(this.choice!);
+    this.handedOver();
+  }
+
+  nativeEnded(handle: SpliceHandle, r: SpliceResult): void {
+    if (handle !== this.spliced) return;
+    if (this.phase !== 'connecting') {
+      this.splicedEnd(r);
+      return;
+    }
+    this.spliced = null; // the addon closed its sockets: nothing of this attempt is left to drop
+    if (r.end === 'connect-failed') {
+      this.connectFailed(r.errno ?? 'ECONNREFUSED');
+      return;
+    }
+    if (r.end === 'error' && r.errno !== null && LOCAL_ERRORS.has(r.errno)) {
+      // The addon could not make a backend socket (EMFILE...): this host's limit, never the backend's.
+      this.host.localError(r.errno);
+      this.reason ??= 'local-error';
+    }
+    // The client reset before the backend answered, or the attempt was aborted (shutdown).
+    this.reason ??= r.end === 'aborted' ? 'shutdown' : 'reset';
+    this.end();
+  }
+
+  protected splicedEnd(r: SpliceResult): void {
+    if (this.phase === 'done') return;
+    if (r.end === 'error' && r.errno !== null && LOCAL_ERRORS.has(r.errno)) {
+      // No pipe (EMFILE, ENFILE...): this host's limit, logged as such (once per burst), never the peers'.
+      this.host.localError(r.errno);
+      this.reason ??= 'local-error';
+    }
+    this.reason ??= r.end === 'aborted' ? 'shutdown' : r.end === 'error' ? 'reset' : r.end;
+    this.phase = 'done';
+    this.finish();
+  }
+
+  /** Ends the connection at once (idle timeout, shutdown). */
+  abort(reason: EndReason): void {
+    this.reason ??= reason;
+    if (this.spliced !== null) this.spliced.abort(); // the addon reports the end
+    else this.closeSockets();
+    this.armCloseGrace();
+  }
+
+  /** Whatever a socket does after being destroyed, the connection ends within CLOSE_GRACE_MS. */
+  protected armCloseGrace(): void {
+    if (this.closeTimer !== null || this.phase === 'done') return;
+    this.closeTimer = setTimeout(onCloseGrace, CLOSE_GRACE_MS, this);
+    this.closeTimer.unref();
+  }
+
+  /** Leaves the queue at the end (a Relay's; a connection that never queues has nothing to do). */
+  protected leaveQueue(): void {}
+
+  /** Ends the connection now, whatever its sockets report (shutdown's last resort, the close grace). */
+  end(): void {
+    if (this.phase === 'done') return;
+    if (this.phase === 'queued') this.leaveQueue();
+    if (this.phase === 'connecting') {
+      this.reason ??= 'client-close';
+      this.dropAttempt();
+    }
+    this.phase = 'done';
+    this.spliced?.abort();
+    this.closeSockets();
+    this.finish();
+  }
+
+  /** Clears what a subclass keeps running (timers, deadlines) at the end. */
+  protected finishing(): void {}
+
+  /** The one place a connection's counts and slots are given back: reached once, from phase done. */
+  protected finish(): void {
+    if (this.closeTimer !== null) {
+      clearTimeout(this.closeTimer);
+      this.closeTimer = null;
+    }
+    this.finishing();
+    this.host.state.closed(this);
+    const choice = this.choice;
+    if (choice) {
+      const st = choice.state;
+      st.closed(this);
+      st.release();
+      this.host.slotFreed();
+      if (st.draining && st.cur === 0) {
+        this.host.log.log('info', 'drained', { listener: this.entry.name, group: choice.group, backend: choice.entry.key });
+      }
+    }
+    if (this.host.accessLog) {
+      const ip = this.clientIp;
+      this.host.log.access({
+        id: this.id,
+        listener: this.entry.name,
+        client: ip.includes(':') ? `[${ip}]:${this.clientPort}` : `${ip}:${this.clientPort}`,
+        backend: choice?.entry.key ?? '-',
+        group: choice?.group ?? '-',
+        sent: this.sentBytes(),
+        rcvd: this.rcvdBytes(),
+        ms: Date.now() - this.startedAt,
+        queued_ms: this.queuedAt ? (this.connectStarted || Date.now()) - this.queuedAt : undefined,
+        end: this.reason ?? 'client-close',
+      });
+    }
+    this.host.relayFinished(this);
+  }
+}
+
+function onCloseGrace(flow: Flow): void {
+  flow.end();
+}
