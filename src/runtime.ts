@@ -371,7 +371,7 @@ export class Runtime implements ControlTarget {
   }
 
   listenerPath(entry: ListenerEntry): string {
-    return listenerPath(entry, { splice: this.table.global.splice, spliceOk: this.pool.splice, nativeConnectOk: this.pool.nativeConnect });
+    return listenerPath(entry, { splice: this.table.global.splice, spliceOk: this.pool.splice, nativeConnectOk: this.pool.nativeConnect, nativeAcceptOk: this.pool.nativeAccept });
   }
 
   processInfo(): ProcessInfo {

@@ -212,6 +212,7 @@ class Compiler {
         doc.connect_timeout === undefined ? defaults.connectTimeoutMs : this.duration(doc.connect_timeout, at('connect_timeout')),
       idleTimeoutMs:
         doc.idle_timeout === undefined ? defaults.idleTimeoutMs : this.duration(doc.idle_timeout, at('idle_timeout')),
+      backlog: doc.backlog ?? DEFAULT_BACKLOG,
       queue: doc.queue
         ? { max: doc.queue.max ?? 100, timeoutMs: this.duration(doc.queue.timeout ?? '10s', at('queue', 'timeout')) }
         : null,
@@ -427,6 +428,12 @@ class Compiler {
 }
 
 /** Backend names appear bare in text logs and CSV: no spaces, commas or quotes. */
+/**
+ * listen(2)'s backlog when a listener sets none: what lb always used (Node's own default), kept so
+ * that an upgrade changes nothing; the kernel caps it at net.core.somaxconn.
+ */
+const DEFAULT_BACKLOG = 511;
+
 const NAME = /^[A-Za-z0-9_.:@\[\]-]{1,64}$/;
 
 /** A listener on the wildcard address conflicts with every other listener on the same port. */

@@ -48,6 +48,7 @@ export interface ListenerDoc {
   idle_timeout?: DurationValue;
   accept_proxy?: boolean;
   accept_proxy_timeout?: DurationValue;
+  backlog?: number;
   queue?: { max?: number; timeout?: DurationValue };
   groups: GroupDoc[];
 }

@@ -106,6 +106,8 @@ export interface ListenerEntry {
   readonly packetDumpFile: string | null;
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
+  /** listen(2)'s backlog: clients the kernel holds, connected, until lb accepts them. */
+  readonly backlog: number;
   readonly queue: QueueEntry | null;
   readonly groups: readonly GroupEntry[];
   /** Clients start with a PROXY header, read within `timeoutMs`; absent/null: they do not. */

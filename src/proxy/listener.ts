@@ -1,7 +1,8 @@
 // A listening socket for one configured listener, in one data-plane worker: accepts clients and hands
-// each to a Relay. Every worker binds the same address with SO_REUSEPORT, so the kernel spreads new
-// connections over the workers; what must be global (slots, the queue order, health) is in the shared
-// state, so it does not matter which worker a client lands on.
+// each to a Relay (a net.Server's socket) or, where the addon accepts, to a NativeFlow. Every worker
+// binds the same address with SO_REUSEPORT, so the kernel spreads new connections over the workers;
+// what must be global (slots, the queue order, health) is in the shared state, so it does not matter
+// which worker a client lands on.
 
 import { createWriteStream, type WriteStream } from 'node:fs';
 import net, { type Server, type Socket } from 'node:net';
@@ -14,7 +15,11 @@ import type { CheckResult } from '../health/state.ts';
 import type { Logger } from '../log.ts';
 import type { ListenerSlots } from '../shared/slots.ts';
 import { NO_TICKET, type SharedState } from '../shared/state.ts';
+import { listenAddresses } from './listen-address.ts';
+import type { Flow } from './flow.ts';
+import { NativeFlow } from './native-flow.ts';
 import { Relay, type RelayHost } from './relay.ts';
+import { spliceListen, type AcceptedConn, type AcceptSink, type NativeListening } from './splice.ts';
 
 /** How often a worker with queued clients looks again even without a wake-up (an ejection that ran out). */
 const QUEUE_RECHECK_MS = 250;
@@ -51,19 +56,72 @@ export interface ListenerContext {
   readonly splice: boolean;
 }
 
+/** A listening socket: Node's (a net.Server) or the addon's. */
+export interface Acceptor {
+  /** The addon accepts (NativeFlow) rather than Node (Relay). */
+  readonly native: boolean;
+  address(): { host: string; port: number } | null;
+  close(): Promise<void>;
+}
+
+function bindError(entry: ListenerEntry, port: number, code: string): LbError {
+  const where = formatHostPort(entry.listen.host, port);
+  return new LbError(Code.BIND, `listener ${entry.name}: cannot listen on ${where}: ${code}`, code === 'EACCES' ? Exit.NOPERM : Exit.UNAVAILABLE);
+}
+
+async function bindNode(entry: ListenerEntry, port: number, reusePort: boolean, onConnection: (s: Socket) => void, log: Logger): Promise<Acceptor> {
+  const server = await bindServer(entry, port, reusePort, onConnection, log);
+  return {
+    native: false,
+    address() {
+      const a = server.address();
+      return a && typeof a === 'object' ? { host: a.address, port: a.port } : null;
+    },
+    close: () => closeServer(server),
+  };
+}
+
+/**
+ * Binds and listens in the addon, trying the addresses Node's listen() would; null when the addon cannot
+ * take this address (an IPv6 scope id): Node listens instead. Rejects with LB_BIND as bindServer does.
+ */
+async function bindNative(entry: ListenerEntry, port: number, reusePort: boolean, sink: AcceptSink): Promise<Acceptor | null> {
+  let addresses: string[];
+  try {
+    addresses = await listenAddresses(entry.listen.host);
+  } catch (err) {
+    throw bindError(entry, port, (err as NodeJS.ErrnoException).code ?? (err as Error).message);
+  }
+  let failure = 'EINVAL';
+  for (const address of addresses) {
+    const r = spliceListen(address, port, entry.backlog, reusePort, sink);
+    if (typeof r === 'string') {
+      failure = r;
+      continue;
+    }
+    const l: NativeListening = r;
+    return {
+      native: true,
+      address: () => ({ host: address, port: l.port }),
+      close: () => {
+        l.close();
+        return Promise.resolve();
+      },
+    };
+  }
+  if (failure === 'EINVAL') return null;
+  throw bindError(entry, port, failure);
+}
+
 /** Binds `host:port` (SO_REUSEPORT where `shared`); rejects with LB_BIND when the address cannot be used. */
 export function bindServer(entry: ListenerEntry, port: number, reusePort: boolean, onConnection: (s: Socket) => void, log: Logger): Promise<Server> {
   const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
   server.on('connection', onConnection);
   const { host } = entry.listen;
   return new Promise((resolve, reject) => {
-    const onError = (err: NodeJS.ErrnoException): void => {
-      const where = formatHostPort(host, port);
-      const exit = err.code === 'EACCES' ? Exit.NOPERM : Exit.UNAVAILABLE;
-      reject(new LbError(Code.BIND, `listener ${entry.name}: cannot listen on ${where}: ${err.code ?? err.message}`, exit));
-    };
+    const onError = (err: NodeJS.ErrnoException): void => reject(bindError(entry, port, err.code ?? err.message));
     server.once('error', onError);
-    server.listen({ host: host ?? undefined, port, backlog: 511, reusePort }, () => {
+    server.listen({ host: host ?? undefined, port, backlog: entry.backlog, reusePort }, () => {
       server.removeListener('error', onError);
       inheritSocketOptions(server);
       server.on('error', (err) => log.log('error', 'listener-error', { listener: entry.name, error: err.message }));
@@ -72,7 +130,7 @@ export function bindServer(entry: ListenerEntry, port: number, reusePort: boolea
   });
 }
 
-export class ListenerRuntime implements RelayHost {
+export class ListenerRuntime implements RelayHost, AcceptSink {
   entry: ListenerEntry;
   state: ListenerState;
   readonly ctx: ListenerContext;
@@ -81,9 +139,9 @@ export class ListenerRuntime implements RelayHost {
   dump: ((text: string) => void) | null = null;
   splice = false;
   private dumpFile: WriteStream | null = null;
-  private server: Server | null = null;
-  /** A server bound for a table not yet committed (a reload's staging). */
-  private staged: Server | null = null;
+  private server: Acceptor | null = null;
+  /** A socket bound for a table not yet committed (a reload's staging). */
+  private staged: Acceptor | null = null;
   private onIdle: (() => void) | null = null;
 
   constructor(entry: ListenerEntry, slots: ListenerSlots, ctx: ListenerContext, accessLog: boolean) {
@@ -99,37 +157,53 @@ export class ListenerRuntime implements RelayHost {
     return this.ctx.nextId();
   }
 
-  /** Binds a socket for `entry` on `port` without accepting on it for this listener yet. */
-  async stage(entry: ListenerEntry, port: number, reusePort: boolean): Promise<number> {
+  /**
+   * Binds a socket for `entry` on `port` without routing by it for this listener yet: the addon's when
+   * `native` (and it takes the address), else Node's.
+   */
+  async stage(entry: ListenerEntry, port: number, reusePort: boolean, native: boolean): Promise<number> {
     await this.unstage();
-    this.staged = await bindServer(entry, port, reusePort, (s) => this.accept(s), this.log);
-    const a = this.staged.address();
-    return a && typeof a === 'object' ? a.port : port;
+    this.stagedAsk = native;
+    this.staged = (native ? await bindNative(entry, port, reusePort, this) : null) ?? (await bindNode(entry, port, reusePort, (s) => this.accept(s), this.log));
+    return this.staged.address()?.port ?? port;
   }
+
+  /** Whether the addon was asked to accept this listener's clients (it may have declined the address). */
+  nativeAsked = false;
+  private stagedAsk = false;
 
   /** Makes the staged socket the listening one (closing the old one, if any). */
   async commitStaged(): Promise<void> {
     if (!this.staged) return;
     const old = this.server;
     this.server = this.staged;
+    this.nativeAsked = this.stagedAsk;
     this.staged = null;
-    if (old) await closeServer(old);
+    if (old) await old.close();
   }
 
   async unstage(): Promise<void> {
     const s = this.staged;
     this.staged = null;
-    if (s) await closeServer(s);
+    if (s) await s.close();
   }
 
   /** The address actually bound (port 0 in the config means "any free port"). */
   address(): { host: string; port: number } | null {
-    const a = this.server?.address();
-    return a && typeof a === 'object' ? { host: a.address, port: a.port } : null;
+    return this.server?.address() ?? null;
   }
 
   accept(socket: Socket): void {
     new Relay(socket, this.entry, this);
+  }
+
+  /** A client the addon accepted: JS decides its backend, the addon does the rest. */
+  accepted(conn: AcceptedConn, address: string, port: number): void {
+    new NativeFlow(conn, address, port, this.entry, this);
+  }
+
+  paused(errno: string): void {
+    this.ctx.localError(errno);
   }
 
   // --- Connect deadlines ----------------------------------------------------------------------------
@@ -294,7 +368,7 @@ export class ListenerRuntime implements RelayHost {
 
   // --- Relay host -------------------------------------------------------------------------------------
 
-  trafficCheck(_relay: Relay, choice: Choice, result: CheckResult): void {
+  trafficCheck(_flow: Flow, choice: Choice, result: CheckResult): void {
     this.ctx.trafficCheck(this.entry, choice, result);
   }
 
@@ -317,7 +391,7 @@ export class ListenerRuntime implements RelayHost {
     const server = this.server;
     this.server = null;
     await this.unstage();
-    if (server) await closeServer(server);
+    if (server) await server.close();
   }
 
   get connections(): number {
@@ -333,15 +407,15 @@ export class ListenerRuntime implements RelayHost {
   }
 
   closeAll(): void {
-    for (const flow of [...this.state.live]) (flow as unknown as Relay).abort('shutdown');
+    for (const flow of [...this.state.live]) (flow as unknown as Flow).abort('shutdown');
   }
 
   /** Ends every relay now, whatever its sockets report (shutdown's last resort). */
   endAll(): void {
-    for (const flow of [...this.state.live]) (flow as unknown as Relay).end();
+    for (const flow of [...this.state.live]) (flow as unknown as Flow).end();
   }
 
-  relayFinished(_relay: Relay): void {
+  relayFinished(_flow: Flow): void {
     if (this.onIdle && this.state.live.size === 0) {
       const done = this.onIdle;
       this.onIdle = null;

@@ -23,6 +23,8 @@ export type SpliceEnd = 'client-close' | 'backend-close' | 'reset' | 'idle-timeo
 const END_NAMES: readonly SpliceEnd[] = ['error', 'client-close', 'backend-close', 'reset', 'idle-timeout', 'aborted', 'error', 'connect-failed'];
 /** The addon's event for a connection made by `connect()` that reached its backend (`EV_CONNECTED`). */
 const EV_CONNECTED = 100;
+/** An accepted connection's connect failed; it waits for the next backend (`EV_CONNECT_FAILED`). */
+const EV_CONNECT_FAILED = 101;
 
 export interface SpliceResult {
   /** Bytes read from the client (and passed to the backend). */
@@ -70,8 +72,13 @@ export interface SpliceStats {
   pending: number;
 }
 
+type OnAccept = (listener: number, slot: number, address: string | null, port: number, errno: number) => void;
+
 interface Addon {
-  init(onEnd: (slot: number, sent: number, rcvd: number, end: number, errno: number) => void, pipeBytes: number, poolMax: number): void;
+  init(onEnd: (slot: number, sent: number, rcvd: number, end: number, errno: number) => void, pipeBytes: number, poolMax: number, onAccept?: OnAccept): void;
+  listen?(id: number, address: string, port: number, backlog: number, v6only: boolean, reusePort: boolean): number;
+  unlisten?(id: number): void;
+  connectAccepted?(slot: number, address: string, port: number, source: string, connectMs: number, idleMs: number): number;
   relay(clientFd: number, backendFd: number, idleMs: number): number;
   connect?(clientFd: number, address: string, port: number, source: string, connectMs: number, idleMs: number): number;
   flush?(): void;
@@ -99,14 +106,18 @@ interface Loaded {
   readonly bySlot: (Ending | undefined)[];
   /** Counter slabs, fetched from the addon once each. */
   readonly slabs: Float64Array[];
+  /** The addon's listening sockets in this thread, by the id given to listen(). */
+  readonly listeners: Map<number, AcceptSink>;
 }
 
 /** What the end dispatcher needs of a handle (possibly made by another copy of this module). */
 interface Ending {
   finish(result: SpliceResult): void;
   readonly onEnd: (result: SpliceResult) => void;
-  /** A native connect reached its backend (handles made by spliceConnect only). */
+  /** A native connect reached its backend (handles made by spliceConnect or accepted). */
   connected?(): void;
+  /** An accepted connection's connect failed (it waits for the next one). */
+  connectFailed?(errno: string): void;
 }
 
 // The addon keeps one instance per thread and is initialised once: should this module be evaluated
@@ -132,11 +143,12 @@ function load(): Loaded | { reason: string } {
   const addon = mod.exports as unknown as Addon;
   const refused = addon.probe();
   if (refused !== null) return { reason: `the kernel refuses splice: ${refused}` };
-  const shared: Loaded = { addon, bySlot: [], slabs: [] };
+  const shared: Loaded = { addon, bySlot: [], slabs: [], listeners: new Map() };
   addon.init(
     (slot, sent, rcvd, end, errno) => onEnd(shared, slot, sent, rcvd, end, errno),
     envInt('LB_SPLICE_PIPE_BYTES', PIPE_BYTES),
     envInt('LB_SPLICE_POOL_MAX', POOL_MAX),
+    (listener, slot, address, port, errno) => onAccept(shared, listener, slot, address, port, errno),
   );
   g[SHARED] = shared;
   return shared;
@@ -201,6 +213,10 @@ function onEnd(shared: Loaded, slot: number, sent: number, rcvd: number, end: nu
   try {
     if (end === EV_CONNECTED) {
       h.connected?.();
+      return;
+    }
+    if (end === EV_CONNECT_FAILED) {
+      h.connectFailed?.(errnoName(errno) ?? 'ECONNREFUSED');
       return;
     }
     shared.bySlot[slot] = undefined;
@@ -341,4 +357,110 @@ export function spliceConnect(client: Socket, target: NativeTarget, owner: Nativ
   const h = new ConnectHandle(addon, slot, counts, (slot % addon.slabSlots) * 2, owner);
   shared.bySlot[slot] = h;
   return h;
+}
+
+// --- Native accept: the addon's listening sockets -------------------------------------------------------
+
+/** Where a listener's accepted clients go. */
+export interface AcceptSink {
+  /** A client the addon accepted and holds (pending): the sink decides for it through `conn`. */
+  accepted(conn: AcceptedConn, address: string, port: number): void;
+  /** The listener stopped accepting for a moment (EMFILE, ENFILE, ENOBUFS, ENOMEM); it resumes by itself. */
+  paused(errno: string): void;
+}
+
+/** What an accepted connection tells its owner (the JS side that decides for it). */
+export interface AcceptedOwner extends NativeConnectOwner {
+  /** The connect failed (refused, timed out, unreachable): the client waits for the next backend. */
+  nativeConnectFailed(handle: SpliceHandle, errno: string): void;
+}
+
+/** A client accepted by the addon: connected to a backend with connect(), or closed with abort(). */
+export class AcceptedConn extends Handle {
+  owner: AcceptedOwner | null = null;
+  private readonly connectFn: NonNullable<Addon['connectAccepted']>;
+
+  constructor(addon: Addon, slot: number, counts: Float64Array, at: number) {
+    super(addon, slot, counts, at, (r) => this.owner?.nativeEnded(this, r));
+    this.connectFn = addon.connectAccepted!.bind(addon);
+  }
+
+  /** Connects it to `target` on the addon's thread; an errno name when that cannot start (EINVAL), else null. */
+  connect(target: NativeTarget): string | null {
+    const r = this.connectFn(this.slot, target.address, target.port, target.source ?? '', target.connectTimeoutMs, target.idleTimeoutMs);
+    return r < 0 ? (errnoName(-r) ?? 'EINVAL') : null;
+  }
+
+  connected(): void {
+    this.owner?.nativeConnected(this);
+  }
+
+  connectFailed(errno: string): void {
+    this.owner?.nativeConnectFailed(this, errno);
+  }
+}
+
+function onAccept(shared: Loaded, listener: number, slot: number, address: string | null, port: number, errno: number): void {
+  const sink = shared.listeners.get(listener);
+  try {
+    if (slot < 0) {
+      sink?.paused(errnoName(errno) ?? `errno ${errno}`);
+      return;
+    }
+    const addon = shared.addon;
+    const slab = Math.floor(slot / addon.slabSlots);
+    const counts = (shared.slabs[slab] ??= addon.counters(slab));
+    const conn = new AcceptedConn(addon, slot, counts, (slot % addon.slabSlots) * 2);
+    shared.bySlot[slot] = conn;
+    if (sink === undefined) conn.abort(); // its listener closed meanwhile: accepted just before the close
+    else sink.accepted(conn, address ?? '', port);
+  } catch (err) {
+    process.nextTick(() => {
+      throw err;
+    });
+  }
+}
+
+/** Native accepts can be turned off alone (`LB_NATIVE_ACCEPT=off`), to compare the two paths. */
+const nativeAcceptOff = process.env['LB_NATIVE_ACCEPT'] === 'off';
+
+/** Whether this thread's addon accepts clients itself (listening sockets in the addon), and if not why. */
+export function nativeAcceptAvailable(): SpliceAvailability {
+  const connect = nativeConnectAvailable();
+  if (!connect.ok) return connect;
+  if (nativeAcceptOff) return { ok: false, reason: 'turned off (LB_NATIVE_ACCEPT=off)' };
+  const addon = loadedOrNull()!.addon;
+  if (typeof addon.listen !== 'function' || typeof addon.connectAccepted !== 'function') {
+    return { ok: false, reason: 'the addon is older than this lb: rebuild it with npm run build:native' };
+  }
+  return { ok: true };
+}
+
+let nextListenerId = 1;
+
+/** A listening socket of the addon's, accepting on its thread. */
+export interface NativeListening {
+  readonly port: number;
+  close(): void;
+}
+
+/**
+ * Binds and listens on `address:port` (numeric) in the addon, SO_REUSEPORT when `reusePort`; each
+ * client goes to `sink`. Returns the listening socket, or the errno name when it cannot be had.
+ */
+export function spliceListen(address: string, port: number, backlog: number, reusePort: boolean, sink: AcceptSink): NativeListening | string {
+  const shared = loadedOrNull();
+  if (shared === null || typeof shared.addon.listen !== 'function') return 'ENOTSUP';
+  const id = nextListenerId++;
+  const r = shared.addon.listen(id, address, port, backlog, false, reusePort);
+  if (r < 0) return errnoName(-r) ?? `errno ${-r}`;
+  shared.listeners.set(id, sink);
+  const addon = shared.addon;
+  return {
+    port: r,
+    close(): void {
+      if (!shared.listeners.delete(id)) return;
+      addon.unlisten?.(id);
+    },
+  };
 }

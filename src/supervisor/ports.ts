@@ -12,12 +12,12 @@
 // first worker listens, then served. Without the addon the old probe (listen, then close) still checks
 // the address, and `show info` and a start-up warning say that the port may flicker.
 
-import { lookup } from 'node:dns/promises';
 import net from 'node:net';
 import { loadAddon, errnoName } from '../addon.ts';
 import type { ListenerEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import { Code, Exit, LbError } from '../errors.ts';
+import { listenAddresses } from '../proxy/listen-address.ts';
 
 export interface BoundAddress {
   readonly address: string;
@@ -61,17 +61,11 @@ export async function checkListen(entry: ListenerEntry): Promise<BoundAddress> {
   const fn = bindCheckFn();
   if (typeof fn !== 'function') return listenProbe(entry);
   const { host, port } = entry.listen;
-  // The address the workers' listen() will bind, chosen as Node chooses it: no host is `::` (dual
-  // stack), or 0.0.0.0 when that bind fails for any reason; a name is resolved with dns.lookup.
   let candidates: string[];
-  if (host === null) candidates = ['::', '0.0.0.0'];
-  else if (net.isIP(host) !== 0) candidates = [host];
-  else {
-    try {
-      candidates = [(await lookup(host)).address];
-    } catch (err) {
-      throw bindError(entry, (err as NodeJS.ErrnoException).code ?? (err as Error).message);
-    }
+  try {
+    candidates = await listenAddresses(host);
+  } catch (err) {
+    throw bindError(entry, (err as NodeJS.ErrnoException).code ?? (err as Error).message);
   }
   let result = 0;
   for (const address of candidates) {

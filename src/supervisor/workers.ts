@@ -43,6 +43,7 @@ export class WorkerPool {
   splice: { ok: true } | { ok: false; reason: string } = { ok: false, reason: 'no worker started' };
   /** Whether the workers connect to backends in the addon on the splice path (likewise). */
   nativeConnect: { ok: true } | { ok: false; reason: string } = { ok: false, reason: 'no worker started' };
+  nativeAccept: { ok: true } | { ok: false; reason: string } = { ok: false, reason: 'no worker started' };
   private readonly shared: SharedState;
   private readonly log: Logger;
   private readonly events: PoolEvents;
@@ -95,6 +96,7 @@ export class WorkerPool {
         if (msg.t === 'ready') {
           this.splice = msg.splice;
           this.nativeConnect = msg.nativeConnect;
+          this.nativeAccept = msg.nativeAccept;
           clearTimeout(timer);
           m.ready = true;
           resolve();

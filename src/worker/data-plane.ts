@@ -10,7 +10,8 @@ import { LogBurst } from '../log-burst.ts';
 import { ListenerRuntime, type ListenerContext } from '../proxy/listener.ts';
 import type { SlotMap } from '../shared/slots.ts';
 import type { SharedState } from '../shared/state.ts';
-import { spliceAvailable, spliceFlush } from '../proxy/splice.ts';
+import { acceptsNatively } from '../proxy/path.ts';
+import { nativeAcceptAvailable, spliceAvailable, spliceFlush } from '../proxy/splice.ts';
 
 /** How often open connections' bytes are published to the shared counters. */
 export const PUBLISH_MS = 200;
@@ -101,9 +102,12 @@ export class DataPlane implements ListenerContext {
       for (const [i, entry] of table.listeners.entries()) {
         const port = ports[entry.name] ?? entry.listen.port;
         const have = this.listeners.get(entry.name);
-        if (have && sameEndpoint(have.entry, entry)) continue;
+        // A listener whose clients move between Node and the addon (a queue added, a send_proxy group
+        // removed...) gets a new socket; every other kept address keeps its socket and its backlog.
+        const native = acceptsNatively(entry, table.global.splice, nativeAcceptAvailable());
+        if (have && sameEndpoint(have.entry, entry) && have.nativeAsked === native) continue;
         const lr = have ?? new ListenerRuntime(entry, slots.listeners[i]!, this, table.global.accessLog);
-        await lr.stage(entry, port, this.reusePort);
+        await lr.stage(entry, port, this.reusePort, native);
         if (have) st.moved.add(entry.name);
         else st.fresh.set(entry.name, lr);
       }

@@ -6,7 +6,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { BatchedWriter, createLogger } from '../log.ts';
 import { SharedState } from '../shared/state.ts';
 import { DataPlane } from './data-plane.ts';
-import { nativeConnectAvailable, spliceAvailable } from '../proxy/splice.ts';
+import { nativeAcceptAvailable, nativeConnectAvailable, spliceAvailable } from '../proxy/splice.ts';
 import type { Event, Reply, Request, WorkerInit } from './protocol.ts';
 
 const init = workerData as WorkerInit;
@@ -96,7 +96,7 @@ plane
   .then(
     () => {
       lines.flush();
-      post({ t: 'ready', splice: spliceAvailable(), nativeConnect: nativeConnectAvailable() });
+      post({ t: 'ready', splice: spliceAvailable(), nativeConnect: nativeConnectAvailable(), nativeAccept: nativeAcceptAvailable() });
     },
     (err: Error & { exitCode?: number }) => {
       lines.flush();

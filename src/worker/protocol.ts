@@ -37,7 +37,7 @@ export type Reply =
 
 /** Unsolicited messages from a worker. */
 export type Event =
-  | { t: 'ready'; splice: { ok: true } | { ok: false; reason: string }; nativeConnect: { ok: true } | { ok: false; reason: string } }
+  | { t: 'ready'; splice: { ok: true } | { ok: false; reason: string }; nativeConnect: { ok: true } | { ok: false; reason: string }; nativeAccept: { ok: true } | { ok: false; reason: string } }
   | { t: 'log'; text: string }
   /** Why a backend was last marked bad (the numbers are shared; the text is not). */
   | { t: 'failure'; slot: number; reason: string }

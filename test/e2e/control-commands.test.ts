@@ -173,7 +173,7 @@ describe('read-only commands', () => {
     expect(info.Uptime).toMatch(UPTIME);
     expect(info.Uptime_sec).toMatch(/^\d+$/);
     expect(Object.keys(info).filter((k) => k.startsWith('Path.'))).toEqual(['Path.web', 'Path.imap']);
-    expect(info['Path.web']).toMatch(/^(native connect \+ splice|JS connect \+ (splice|JS relay) \(.+\))$/);
+    expect(info['Path.web']).toMatch(/^(native accept \+ connect \+ splice|JS connect \+ (splice|JS relay) \(.+\))$/);
   });
 
   it('show json parses and carries the same counters', async () => {

@@ -192,7 +192,7 @@ describe.skipIf(skipped)(`native connect${available.ok ? '' : ` (unavailable: ${
       const refused = await refusedPort();
       const toml = webToml({}, [refused, dead.port, echo.port]).replace('policy = "rr"', 'policy = "first"').replace('[listeners.web]\n', '[listeners.web]\nconnect_timeout = "300ms"\n');
       const lbp = await startCliLb([scope.scratch().write('lb.toml', toml)]);
-      expect(await ctl(lbp.controlPort, 'show info')).toMatch(/^Path\.web: native connect \+ splice$/m);
+      expect(await ctl(lbp.controlPort, 'show info')).toMatch(/^Path\.web: native accept \+ connect \+ splice$/m);
       const c = await connectClient(lbp.ports['web']!);
       expect(await c.request('through lb', 5000)).toBe('through lb');
       const errors = await ctl(lbp.controlPort, 'show errors');

@@ -175,6 +175,7 @@ describe('defaults are applied', () => {
         packetDumpFile: null,
         connectTimeoutMs: 5000,
         idleTimeoutMs: 0,
+        backlog: 511,
         queue: null,
         groups: [
           {
