@@ -63,6 +63,10 @@ enum { END_NONE = 0, END_CLIENT_CLOSE, END_BACKEND_CLOSE, END_RESET, END_IDLE, E
 #define ACCEPT_PAUSE_MS 100
 // epoll data: a conn_t pointer with its side in bit 0, a listener with bit 1 set, 0 for the eventfd.
 #define TAG_LISTENER 2
+// While a connection waits for JS (pending), the thread looks for commands at least this often: a
+// connect command comes without a wake-up (the backend socket's own readiness is the wake-up), and its
+// connect timeout starts when the thread takes it.
+#define PENDING_POLL_MS 10
 #define SPLICE_FLAGS (SPLICE_F_NONBLOCK | SPLICE_F_MOVE)
 
 typedef struct {
@@ -93,6 +97,7 @@ typedef struct conn {
   bool accepted;      // accepted here: a failed connect leaves it pending (JS fails over), not ended
   bool pending;       // accepted, no backend yet (fd[1] < 0): waits for connectAccepted() or abort()
   uint32_t lid;       // the listener that accepted it
+  uint32_t early;     // events of a backend socket JS added before the thread took its command
   struct sockaddr_storage peer;
   int64_t connect_ms; // its deadline's class (0 = none); idle_ms takes over once connected
   int64_t last;    // ms of the last byte moved (idle timeout)
@@ -115,6 +120,7 @@ typedef struct lsn {
   int fd;
   uint32_t id;         // JS's name for it
   bool paused;         // out of epoll until resume_at (accept ran out of descriptors or memory)
+  bool closed;         // unlistened this turn: its events left in the batch are skipped; freed at the end
   int64_t resume_at;
   struct lsn *next;    // the thread's list (pause and resume, the final close)
   struct lsn *jnext;   // the JS thread's list (unlisten by id)
@@ -125,9 +131,8 @@ typedef struct cmd {
   int op;
   conn_t *c;
   lsn_t *l;
-  // CMD_CONNECT: where to, from where (fromlen 0: anywhere), the timeouts.
-  struct sockaddr_storage to, from;
-  socklen_t tolen, fromlen;
+  // CMD_CONNECT: the backend socket (connecting, already in the epoll set), the timeouts.
+  int fd;
   int64_t connect_ms, idle_ms;
   struct cmd *next;
 } cmd_t;
@@ -165,8 +170,11 @@ typedef struct {
   pthread_mutex_t mu;
   cmd_t *cmd_head, *cmd_tail;
   bool stop;
+  bool evfd_armed; // an eventfd wake-up is on its way to the thread: another is not needed
+  bool js_armed;   // a threadsafe-function call is on its way to JS: another is not needed
   done_t *done;
   size_t ndone, cap_done;
+  atomic_bool cmds_waiting; // set with a command (under mu), cleared when the thread takes them
 
   // Thread only.
   int ep, evfd;
@@ -176,7 +184,11 @@ typedef struct {
   idle_class_t **classes;
   int nclasses;
   conn_t *all, *ready, *dead;
-  lsn_t *listeners;
+  lsn_t *listeners, *closed_listeners;
+  conn_t **later; // references dropped at the end of the turn (events for them may remain in it)
+  size_t nlater, cap_later;
+  uint32_t npending; // accepted connections waiting for JS
+  uint32_t nearly;   // of those, with backend events seen before the command (see connect_start)
 
   // Read from JS, written by the thread.
   atomic_long pipes_created, pipes_in_use, pipes_pooled, conns_live, pipe_cap_last, splice_calls;
@@ -280,9 +292,9 @@ static idle_class_t *idle_class_for(inst_t *I, int64_t ms) {
 // ---------------------------------------------------------------------------------------------------
 // Ending a connection (thread only)
 
-static void post_raw(inst_t *I, done_t d) {
+// Queues an event for JS; `wake`: call JS now (else it goes with the next wake-up, or a flush()).
+static void post_raw(inst_t *I, done_t d, bool wake) {
   pthread_mutex_lock(&I->mu);
-  bool was_empty = I->ndone == 0;
   if (I->ndone == I->cap_done) {
     size_t cap = I->cap_done ? I->cap_done * 2 : 64;
     done_t *grown = realloc(I->done, cap * sizeof *grown);
@@ -291,12 +303,29 @@ static void post_raw(inst_t *I, done_t d) {
     I->cap_done = cap;
   }
   I->done[I->ndone++] = d;
+  bool call = wake && !I->js_armed;
+  if (call) I->js_armed = true;
   pthread_mutex_unlock(&I->mu);
-  if (was_empty) napi_call_threadsafe_function(I->tsfn, NULL, napi_tsfn_nonblocking);
+  if (call) napi_call_threadsafe_function(I->tsfn, NULL, napi_tsfn_nonblocking);
 }
 
 static void post_event(inst_t *I, conn_t *c, int code) {
-  post_raw(I, (done_t){c, c->lid, code, c->err, (double)c->d[0].moved, (double)c->d[1].moved});
+  // An accepted connection's EV_CONNECTED does not wake JS: what it tells (the connect time, that the
+  // backend took it) goes with the next event, at the latest its end, or a flush() before counters are
+  // read. One JS wake-up per connection saved; the slot was taken before the connect started.
+  bool wake = !(code == EV_CONNECTED && c->accepted);
+  post_raw(I, (done_t){c, c->lid, code, c->err, (double)c->d[0].moved, (double)c->d[1].moved}, wake);
+}
+
+static void unref_later(inst_t *I, conn_t *c) {
+  if (I->nlater == I->cap_later) {
+    size_t cap = I->cap_later ? I->cap_later * 2 : 16;
+    conn_t **grown = realloc(I->later, cap * sizeof *grown);
+    if (!grown) abort(); // out of memory for a pointer list: nothing sensible remains
+    I->later = grown;
+    I->cap_later = cap;
+  }
+  I->later[I->nlater++] = c;
 }
 
 static void post_done(inst_t *I, conn_t *c) { post_event(I, c, c->reason); }
@@ -311,6 +340,8 @@ static void reset_close(int fd) {
 static void conn_end(inst_t *I, conn_t *c, int reason, int err, bool rst0, bool rst1) {
   if (c->dead) return;
   c->dead = true;
+  if (c->pending) I->npending--;
+  if (c->early) I->nearly--;
   if (c->reason == END_NONE) {
     c->reason = reason;
     c->err = err;
@@ -321,8 +352,9 @@ static void conn_end(inst_t *I, conn_t *c, int reason, int err, bool rst0, bool 
   if (c->anext) c->anext->aprev = c->aprev;
   for (int i = 0; i < 2; i++) {
     if (c->fd[i] < 0) continue; // an accepted connection without a backend
-    // Explicit, though closing the last descriptor removes it too: JS may not have closed its copy yet.
-    epoll_ctl(I->ep, EPOLL_CTL_DEL, c->fd[i], NULL);
+    // JS may not have closed its copy of a relay()/connect() client yet; an accepted connection's
+    // descriptors are the only ones, and closing them is enough.
+    if (!c->accepted) epoll_ctl(I->ep, EPOLL_CTL_DEL, c->fd[i], NULL);
     if (i == 0 ? rst0 : rst1) reset_close(c->fd[i]);
     else close(c->fd[i]);
     pipe_give(I, &c->d[i].p, c->d[i].inpipe == 0);
@@ -492,6 +524,7 @@ static void connect_retry(inst_t *I, conn_t *c, int err) {
   c->rd[1] = c->wr[1] = false;
   c->connecting = false;
   c->pending = true;
+  I->npending++;
   (void)set_timeout_class(I, c); // no timeout while pending: cannot fail
   c->err = err;
   post_event(I, c, EV_CONNECT_FAILED);
@@ -504,33 +537,18 @@ static void connect_failed(inst_t *I, conn_t *c, int err) {
   else conn_end(I, c, END_CONNECT_FAILED, err, false, false);
 }
 
-// CMD_CONNECT: the backend socket of an accepted connection, made on this thread (off the JS thread),
-// with the options a backend net.Socket of lb's had (TCP_NODELAY, SO_KEEPALIVE, bound to the source).
+static bool connect_event(inst_t *I, conn_t *c, int side, uint32_t e);
+
+// CMD_CONNECT: the backend socket of an accepted connection, made and connected on the JS thread (see
+// connectAccepted()) and already in the epoll set, which is why the command needs no wake-up of its own.
 static void connect_start(inst_t *I, cmd_t *cmd) {
   conn_t *c = cmd->c;
-  if (c->dead || !c->pending) return; // the client left meanwhile (its end is on its way to JS)
-  int b = socket(cmd->to.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  int err = b < 0 ? errno : 0;
-  if (err == 0) {
-    int on = 1;
-    (void)setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
-    (void)setsockopt(b, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
-    if (cmd->fromlen > 0 && bind(b, (struct sockaddr *)&cmd->from, cmd->fromlen) < 0) err = errno;
-    else if (connect(b, (struct sockaddr *)&cmd->to, cmd->tolen) < 0 && errno != EINPROGRESS) err = errno;
-  }
-  if (err != 0) {
-    if (b >= 0) close(b);
-    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-      // This host's limit, not the backend's: reported as an end JS logs as a local error.
-      conn_end(I, c, END_ERROR, err, true, false);
-      return;
-    }
-    c->err = err;
-    post_event(I, c, EV_CONNECT_FAILED);
-    c->err = 0;
+  if (c->dead || !c->pending) {
+    close(cmd->fd); // the client left meanwhile (its end is on its way to JS); closing drops it from epoll
     return;
   }
-  c->fd[1] = b;
+  I->npending--;
+  c->fd[1] = cmd->fd;
   c->pending = false;
   c->connecting = true;
   c->connect_ms = cmd->connect_ms;
@@ -539,7 +557,13 @@ static void connect_start(inst_t *I, cmd_t *cmd) {
     conn_end(I, c, END_ERROR, ENOMEM, true, true);
     return;
   }
-  if (!watch_side(I, c, 1)) conn_end(I, c, END_ERROR, errno, true, true);
+  if (c->early) {
+    // Its socket's events came before this command (edge-triggered: they will not come again).
+    uint32_t e = c->early;
+    c->early = 0;
+    I->nearly--;
+    if (connect_event(I, c, 1, e)) service(I, c);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -554,7 +578,7 @@ static void listener_pause(inst_t *I, lsn_t *L, int err) {
   epoll_ctl(I->ep, EPOLL_CTL_DEL, L->fd, NULL);
   L->paused = true;
   L->resume_at = I->now + ACCEPT_PAUSE_MS;
-  post_raw(I, (done_t){NULL, L->id, EV_ACCEPT_PAUSED, err, 0, 0});
+  post_raw(I, (done_t){NULL, L->id, EV_ACCEPT_PAUSED, err, 0, 0}, true);
 }
 
 static void listeners_resume(inst_t *I) {
@@ -590,6 +614,7 @@ static void accept_batch(inst_t *I, lsn_t *L) {
     c->fd[1] = -1;
     for (int s = 0; s < 2; s++) c->d[s].p.r = c->d[s].p.w = -1;
     c->accepted = c->pending = true;
+    I->npending++;
     c->lid = L->id;
     c->peer = peer;
     atomic_init(&c->refs, 2); // the thread's and JS's (from EV_ACCEPTED on)
@@ -608,15 +633,22 @@ static void listener_close(inst_t *I, lsn_t *L) {
   }
   if (!L->paused) epoll_ctl(I->ep, EPOLL_CTL_DEL, L->fd, NULL);
   close(L->fd); // clients still in its backlog are reset by the kernel, as with any closed listener
-  free(L);
+  L->closed = true;
+  L->next = I->closed_listeners; // its events may remain in this turn's batch
+  I->closed_listeners = L;
 }
 
-static void run_commands(inst_t *I, bool *stop) {
-  uint64_t junk;
-  (void)!read(I->evfd, &junk, sizeof junk);
+// Runs the commands sent so far. `woken`: the eventfd said so (its count is consumed here).
+static void run_commands(inst_t *I, bool *stop, bool woken) {
+  if (woken) {
+    uint64_t junk;
+    (void)!read(I->evfd, &junk, sizeof junk);
+  }
   pthread_mutex_lock(&I->mu);
   cmd_t *list = I->cmd_head;
   I->cmd_head = I->cmd_tail = NULL;
+  if (woken) I->evfd_armed = false;
+  atomic_store_explicit(&I->cmds_waiting, false, memory_order_relaxed);
   *stop = I->stop;
   pthread_mutex_unlock(&I->mu);
   while (list) {
@@ -631,7 +663,7 @@ static void run_commands(inst_t *I, bool *stop) {
       break;
     case CMD_CONNECT:
       connect_start(I, list);
-      conn_unref(list->c);
+      unref_later(I, list->c); // a dead one's events may be in this turn's batch
       break;
     case CMD_LISTEN:
       list->l->next = I->listeners;
@@ -649,7 +681,9 @@ static void run_commands(inst_t *I, bool *stop) {
 
 static int next_timeout(inst_t *I) {
   if (I->ready) return 0;
-  int64_t best = -1;
+  // A command known to be on its way (events kept for it) is looked for at once.
+  if (I->nearly > 0) return 0;
+  int64_t best = I->npending > 0 ? PENDING_POLL_MS : -1;
   for (lsn_t *L = I->listeners; L; L = L->next) {
     if (!L->paused) continue;
     int64_t left = L->resume_at > I->now ? L->resume_at - I->now : 0;
@@ -723,14 +757,15 @@ static void *thread_main(void *arg) {
   while (!stop) {
     int n = epoll_wait(I->ep, evs, MAX_EVENTS, next_timeout(I));
     I->now = now_ms();
+    if (atomic_load_explicit(&I->cmds_waiting, memory_order_acquire)) run_commands(I, &stop, false);
     for (int i = 0; i < n; i++) {
       if (evs[i].data.u64 == 0) {
-        run_commands(I, &stop);
+        run_commands(I, &stop, true);
         continue;
       }
       if (evs[i].data.u64 & TAG_LISTENER) {
-        // Its close comes only as a command, after this batch: the pointer is still valid.
-        accept_batch(I, (lsn_t *)(uintptr_t)(evs[i].data.u64 & ~(uint64_t)TAG_LISTENER));
+        lsn_t *L = (lsn_t *)(uintptr_t)(evs[i].data.u64 & ~(uint64_t)TAG_LISTENER);
+        if (!L->closed) accept_batch(I, L); // a closed one is freed only at the end of the turn
         continue;
       }
       conn_t *c = (conn_t *)(uintptr_t)(evs[i].data.u64 & ~(uint64_t)1);
@@ -739,9 +774,19 @@ static void *thread_main(void *arg) {
       uint32_t e = evs[i].events;
       if (c->pending) {
         // Waiting for JS to choose: only the client is there, and only its error counts (as connecting).
-        // A side-1 event here is left from a backend that failed earlier in this batch.
-        if (side == 0) (void)connect_event(I, c, side, e);
-        continue;
+        if (side == 0) {
+          (void)connect_event(I, c, side, e);
+          continue;
+        }
+        // A backend socket JS added, whose command this turn has not taken yet (JS adds the socket,
+        // then queues the command): take the commands; if it is not there yet, keep the event for it.
+        if (atomic_load_explicit(&I->cmds_waiting, memory_order_acquire)) run_commands(I, &stop, false);
+        if (c->dead) continue;
+        if (c->pending) {
+          if (!c->early) I->nearly++;
+          c->early |= e;
+          continue;
+        }
       }
       if (c->connecting) {
         if (connect_event(I, c, side, e)) service(I, c);
@@ -779,6 +824,13 @@ static void *thread_main(void *arg) {
       conn_unref(I->dead);
       I->dead = next;
     }
+    for (size_t k = 0; k < I->nlater; k++) conn_unref(I->later[k]);
+    I->nlater = 0;
+    while (I->closed_listeners) {
+      lsn_t *next = I->closed_listeners->next;
+      free(I->closed_listeners);
+      I->closed_listeners = next;
+    }
   }
   // The environment is going away: close what is left, no completions (nobody would receive them).
   // The JS side's references are dropped by cleanup().
@@ -811,14 +863,15 @@ static void *thread_main(void *arg) {
 static void send_cmd(inst_t *I, cmd_t *cmd) {
   cmd->next = NULL;
   pthread_mutex_lock(&I->mu);
-  bool was_empty = I->cmd_head == NULL;
   if (I->cmd_tail) I->cmd_tail->next = cmd;
   else I->cmd_head = cmd;
   I->cmd_tail = cmd;
+  atomic_store_explicit(&I->cmds_waiting, true, memory_order_release);
+  // One wake-up until the thread takes the list: commands added before it does are seen with it.
+  bool wake = !I->evfd_armed;
+  I->evfd_armed = true;
   pthread_mutex_unlock(&I->mu);
-  // One wake-up per batch: the thread reads the eventfd before it takes the list, so commands added to
-  // a list it has not taken yet are seen with it.
-  if (!was_empty) return;
+  if (!wake) return;
   uint64_t one = 1;
   (void)!write(I->evfd, &one, sizeof one);
 }
@@ -938,6 +991,7 @@ static void deliver(napi_env env, inst_t *I) {
   size_t n = I->ndone;
   I->done = NULL;
   I->ndone = I->cap_done = 0;
+  I->js_armed = false;
   pthread_mutex_unlock(&I->mu);
   napi_value cb, global;
   napi_get_reference_value(env, I->on_end, &cb);
@@ -1191,6 +1245,26 @@ static bool parse_addr(const char *text, uint32_t port, struct sockaddr_storage 
   return false;
 }
 
+// A non-blocking TCP socket connecting to `addr`:`port` (numeric), from `src` (numeric) unless NULL, with
+// the options a backend net.Socket of lb's had: TCP_NODELAY and SO_KEEPALIVE (net.connect({ noDelay:
+// true, keepAlive: true }); a refusal of either is not fatal there either). The descriptor, or -errno.
+static int backend_socket(const char *addr, uint32_t port, const char *src) {
+  struct sockaddr_storage to, from;
+  socklen_t tolen, fromlen;
+  if (port > 65535 || !parse_addr(addr, port, &to, &tolen) || (src && !parse_addr(src, 0, &from, &fromlen))) return -EINVAL;
+  int b = socket(to.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (b < 0) return -errno;
+  int on = 1;
+  (void)setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+  (void)setsockopt(b, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+  if ((src && bind(b, (struct sockaddr *)&from, fromlen) < 0) || (connect(b, (struct sockaddr *)&to, tolen) < 0 && errno != EINPROGRESS)) {
+    int err = errno;
+    close(b);
+    return -err;
+  }
+  return b;
+}
+
 // connect(clientFd, address, port, source, connectMs, idleMs) -> slot, or -errno when the connect failed
 // at once (nothing is kept then). The backend socket is made here, non-blocking, with the options a
 // backend net.Socket of lb's had (TCP_NODELAY, SO_KEEPALIVE, bound to `source` unless it is ""); the
@@ -1216,22 +1290,9 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_double(env, argv[4], &connect_ms));
   CHECK(napi_get_value_double(env, argv[5], &idle_ms));
   if (!ensure_thread(env, I)) return NULL;
-  struct sockaddr_storage to, from;
-  socklen_t tolen, fromlen;
-  int result = 0;
-  if (port > 65535 || !parse_addr(addr, port, &to, &tolen) || (slen > 0 && !parse_addr(src, 0, &from, &fromlen))) result = -EINVAL;
-  int b = result < 0 ? -1 : socket(to.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (result == 0 && b < 0) result = -errno;
-  if (result == 0) {
-    int on = 1;
-    // As net.connect({ noDelay: true, keepAlive: true }) did; a refusal of either is not fatal there either.
-    (void)setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
-    (void)setsockopt(b, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
-    if (slen > 0 && bind(b, (struct sockaddr *)&from, fromlen) < 0) result = -errno;
-    else if (connect(b, (struct sockaddr *)&to, tolen) < 0 && errno != EINPROGRESS) result = -errno;
-  }
-  int c = result < 0 ? -1 : dup_socket(cfd);
-  if (result == 0 && c < 0) result = -errno;
+  int b = backend_socket(addr, port, slen > 0 ? src : NULL);
+  int c = b < 0 ? -1 : dup_socket(cfd);
+  int result = b < 0 ? b : c < 0 ? -errno : 0;
   if (result < 0) {
     if (b >= 0) close(b);
     napi_value out;
@@ -1242,10 +1303,15 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   return start_conn(env, I, c, b, idle_ms, true, connect_ms);
 }
 
-// connectAccepted(slot, address, port, source, connectMs, idleMs) -> 0, or -EINVAL for an address that is
-// not numeric. The accepted connection in `slot` (pending) connects to its backend on the thread, which
-// reports EV_CONNECTED and relays, or EV_CONNECT_FAILED with the errno (it is pending again: JS tries the
-// next backend or aborts it), or its end when the client went first.
+// connectAccepted(slot, address, port, source, connectMs, idleMs) -> 0, or -errno when the connect
+// failed at once (nothing changed: JS tries the next backend). The backend socket is made here, with the
+// options a backend net.Socket of lb's had (TCP_NODELAY, SO_KEEPALIVE, bound to `source` unless ""), and
+// connects; the thread then reports EV_CONNECTED and relays, or EV_CONNECT_FAILED with the errno (the
+// connection is pending again), or its end when the client went first.
+//
+// No eventfd wake-up: the socket goes into the thread's epoll set here, then its command is queued, so
+// the connect's completion is what wakes the thread, which takes the command before it looks at that
+// socket's events (or keeps them for it, when it is not queued yet).
 static napi_value js_connect_accepted(napi_env env, napi_callback_info info) {
   size_t argc = 6;
   napi_value argv[6];
@@ -1266,24 +1332,44 @@ static napi_value js_connect_accepted(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "LB_SPLICE", "no accepted connection in that slot");
     return NULL;
   }
-  cmd_t *cmd = calloc(1, sizeof *cmd);
-  if (!cmd) return throw_errno(env, "calloc", ENOMEM);
-  int result = 0;
-  if (port > 65535 || !parse_addr(addr, port, &cmd->to, &cmd->tolen) || (slen > 0 && !parse_addr(src, 0, &cmd->from, &cmd->fromlen))) result = -EINVAL;
+  conn_t *c = I->by_slot[slot];
+  int b = backend_socket(addr, port, slen > 0 ? src : NULL);
+  cmd_t *cmd = b >= 0 ? calloc(1, sizeof *cmd) : NULL;
   napi_value out;
-  if (result < 0) {
-    free(cmd);
-    CHECK(napi_create_int32(env, result, &out));
+  if (b >= 0 && !cmd) {
+    close(b);
+    b = -ENOMEM;
+  }
+  if (b < 0) {
+    CHECK(napi_create_int32(env, b, &out));
     return out;
   }
   cmd->op = CMD_CONNECT;
-  cmd->c = I->by_slot[slot];
+  cmd->c = c;
+  cmd->fd = b;
   cmd->connect_ms = connect_ms > 0 ? (int64_t)connect_ms : 0;
   cmd->idle_ms = idle_ms > 0 ? (int64_t)idle_ms : 0;
-  atomic_fetch_add(&cmd->c->refs, 1);
-  I->connects++;
-  send_cmd(I, cmd);
-  CHECK(napi_create_int32(env, 0, &out));
+  atomic_fetch_add(&c->refs, 1);
+  // Added before its command is queued: once queued, the thread may take it and (the client gone) close
+  // the socket at any time. Its events seen before the command are kept for it (connect_start).
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = (uintptr_t)c | 1};
+  int result = epoll_ctl(I->ep, EPOLL_CTL_ADD, b, &ev) < 0 ? -errno : 0;
+  pthread_mutex_lock(&I->mu);
+  if (result == 0) {
+    if (I->cmd_tail) I->cmd_tail->next = cmd;
+    else I->cmd_head = cmd;
+    I->cmd_tail = cmd;
+    atomic_store_explicit(&I->cmds_waiting, true, memory_order_release);
+  }
+  pthread_mutex_unlock(&I->mu);
+  if (result < 0) {
+    close(b);
+    free(cmd);
+    conn_unref(c); // JS still holds its own: never the last
+  } else {
+    I->connects++;
+  }
+  CHECK(napi_create_int32(env, result, &out));
   return out;
 }
 
