@@ -400,6 +400,38 @@ describe('workers = 2: a worker that dies', () => {
     expect(end.bTotal).toBeGreaterThanOrEqual(before.bTotal + 20);
   }, 40_000);
 
+  it('killed mid-load, it loses only its own connections: four tight connect loops lose at most the one each had in flight there', async () => {
+    const e = await namedEcho('e');
+    const lb = await startLb(webDoc([{ backends: [at(e.port)] }], {}, W));
+    let stop = false;
+    let ok = 0;
+    const failures: string[] = [];
+    const okAfter: number[] = [0, 0, 0, 0];
+    let crashed = false;
+    const loop = async (id: number): Promise<void> => {
+      for (let i = 0; i < 5000 && !stop; i++) {
+        try {
+          expect(backendOf(await ask(lb.port(), `${id}.${i}`, 3000))).toBe('e');
+          ok++;
+          if (crashed) okAfter[id]!++;
+        } catch (err) {
+          failures.push(`${id}.${i}: ${(err as Error).message}`);
+        }
+      }
+    };
+    const loops = [0, 1, 2, 3].map(loop);
+    await until(() => ok >= 100, 10_000, '100 answers before the crash');
+    await lb.rt.crashWorker(0);
+    crashed = true;
+    await lb.logs.waitFor('worker-restart', { ms: 5000 });
+    await until(() => okAfter.every((n) => n >= 50), 20_000, 'every loop to be answered 50 times after the crash');
+    stop = true;
+    await within(Promise.all(loops), 10_000, 'the loops to stop');
+    // A connection in flight on the dying worker (accepted, or in its listening socket's backlog) is
+    // lost; each loop has one connection at a time, so at most one per loop.
+    expect(failures.length, failures.join('; ')).toBeLessThanOrEqual(4);
+  }, 60_000);
+
   it('connection ids stay unique after a worker is replaced', async () => {
     const e = await namedEcho('e');
     const lb = await startLb(webDoc([{ backends: [at(e.port)] }], {}, W));
