@@ -1265,6 +1265,21 @@ static int backend_socket(const char *addr, uint32_t port, const char *src) {
   return b;
 }
 
+// The (address, port, source, connectMs, idleMs) arguments of connect() and connectAccepted().
+typedef struct {
+  char addr[INET6_ADDRSTRLEN + 1], src[INET6_ADDRSTRLEN + 1];
+  uint32_t port;
+  double connect_ms, idle_ms;
+} target_t;
+
+static bool read_target(napi_env env, napi_value *argv, target_t *t) {
+  size_t alen = 0, slen = 0;
+  return napi_get_value_string_utf8(env, argv[0], t->addr, sizeof t->addr, &alen) == napi_ok &&
+         napi_get_value_uint32(env, argv[1], &t->port) == napi_ok &&
+         napi_get_value_string_utf8(env, argv[2], t->src, sizeof t->src, &slen) == napi_ok &&
+         napi_get_value_double(env, argv[3], &t->connect_ms) == napi_ok && napi_get_value_double(env, argv[4], &t->idle_ms) == napi_ok;
+}
+
 // connect(clientFd, address, port, source, connectMs, idleMs) -> slot, or -errno when the connect failed
 // at once (nothing is kept then). The backend socket is made here, non-blocking, with the options a
 // backend net.Socket of lb's had (TCP_NODELAY, SO_KEEPALIVE, bound to `source` unless it is ""); the
@@ -1279,18 +1294,11 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   inst_t *I = inited(env);
   if (!I) return NULL;
   int32_t cfd;
-  uint32_t port;
-  double connect_ms, idle_ms;
-  char addr[INET6_ADDRSTRLEN + 1], src[INET6_ADDRSTRLEN + 1];
-  size_t alen = 0, slen = 0;
+  target_t t;
   CHECK(napi_get_value_int32(env, argv[0], &cfd));
-  CHECK(napi_get_value_string_utf8(env, argv[1], addr, sizeof addr, &alen));
-  CHECK(napi_get_value_uint32(env, argv[2], &port));
-  CHECK(napi_get_value_string_utf8(env, argv[3], src, sizeof src, &slen));
-  CHECK(napi_get_value_double(env, argv[4], &connect_ms));
-  CHECK(napi_get_value_double(env, argv[5], &idle_ms));
+  CHECK(read_target(env, argv + 1, &t) ? napi_ok : napi_invalid_arg);
   if (!ensure_thread(env, I)) return NULL;
-  int b = backend_socket(addr, port, slen > 0 ? src : NULL);
+  int b = backend_socket(t.addr, t.port, t.src[0] ? t.src : NULL);
   int c = b < 0 ? -1 : dup_socket(cfd);
   int result = b < 0 ? b : c < 0 ? -errno : 0;
   if (result < 0) {
@@ -1300,7 +1308,7 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
     return out;
   }
   I->connects++;
-  return start_conn(env, I, c, b, idle_ms, true, connect_ms);
+  return start_conn(env, I, c, b, t.idle_ms, true, t.connect_ms);
 }
 
 // connectAccepted(slot, address, port, source, connectMs, idleMs) -> 0, or -errno when the connect
@@ -1318,22 +1326,16 @@ static napi_value js_connect_accepted(napi_env env, napi_callback_info info) {
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   inst_t *I = inited(env);
   if (!I) return NULL;
-  uint32_t slot, port;
-  double connect_ms, idle_ms;
-  char addr[INET6_ADDRSTRLEN + 1], src[INET6_ADDRSTRLEN + 1];
-  size_t alen = 0, slen = 0;
+  uint32_t slot;
+  target_t t;
   CHECK(napi_get_value_uint32(env, argv[0], &slot));
-  CHECK(napi_get_value_string_utf8(env, argv[1], addr, sizeof addr, &alen));
-  CHECK(napi_get_value_uint32(env, argv[2], &port));
-  CHECK(napi_get_value_string_utf8(env, argv[3], src, sizeof src, &slen));
-  CHECK(napi_get_value_double(env, argv[4], &connect_ms));
-  CHECK(napi_get_value_double(env, argv[5], &idle_ms));
+  CHECK(read_target(env, argv + 1, &t) ? napi_ok : napi_invalid_arg);
   if (slot >= I->nslabs * SLAB_SLOTS || I->by_slot[slot] == NULL || !I->by_slot[slot]->accepted) {
     napi_throw_range_error(env, "LB_SPLICE", "no accepted connection in that slot");
     return NULL;
   }
   conn_t *c = I->by_slot[slot];
-  int b = backend_socket(addr, port, slen > 0 ? src : NULL);
+  int b = backend_socket(t.addr, t.port, t.src[0] ? t.src : NULL);
   cmd_t *cmd = b >= 0 ? calloc(1, sizeof *cmd) : NULL;
   napi_value out;
   if (b >= 0 && !cmd) {
@@ -1347,8 +1349,8 @@ static napi_value js_connect_accepted(napi_env env, napi_callback_info info) {
   cmd->op = CMD_CONNECT;
   cmd->c = c;
   cmd->fd = b;
-  cmd->connect_ms = connect_ms > 0 ? (int64_t)connect_ms : 0;
-  cmd->idle_ms = idle_ms > 0 ? (int64_t)idle_ms : 0;
+  cmd->connect_ms = t.connect_ms > 0 ? (int64_t)t.connect_ms : 0;
+  cmd->idle_ms = t.idle_ms > 0 ? (int64_t)t.idle_ms : 0;
   atomic_fetch_add(&c->refs, 1);
   // Added before its command is queued: once queued, the thread may take it and (the client gone) close
   // the socket at any time. Its events seen before the command are kept for it (connect_start).

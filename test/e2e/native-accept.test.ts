@@ -5,11 +5,10 @@
 // tests through a real lb below: the path `show info` names, a listener Node keeps, a reload that moves
 // a listener between the two paths. Descriptor exhaustion at accept runs in a child under prlimit.
 
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import {
   nativeAcceptAvailable,
   spliceListen,
@@ -23,16 +22,11 @@ import { ctl, run, startCliLb, useControlScope, webToml } from '../helpers/contr
 import { cleanup } from '../helpers/lb.ts';
 
 const scope = useControlScope();
-let dir = '';
 const held: net.Socket[] = [];
-beforeEach(() => {
-  dir = mkdtempSync(path.join(tmpdir(), 'lb-accept-'));
-});
 afterEach(async () => {
   for (const s of held.splice(0)) s.destroy();
   await cleanup();
   await closeAllBackends();
-  rmSync(dir, { recursive: true, force: true });
 });
 
 // Skipped only where the native accept cannot run and that is expected: no addon outside CI (no
