@@ -599,10 +599,11 @@ static void accept_batch(inst_t *I, lsn_t *L) {
     // SOCK_NONBLOCK: no fcntl; TCP_NODELAY and SO_KEEPALIVE come from the listening socket.
     int fd = accept4(L->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) listener_pause(I, L, errno);
-      if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue; // that client went before accept
-      return;
+      int err = errno;
+      if (err == EINTR || err == ECONNABORTED || err == EPROTO) continue; // that client went before accept
+      // Out of descriptors or memory: those clients wait in the backlog (the pause is logged once).
+      if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) listener_pause(I, L, err);
+      return; // EAGAIN: the backlog is empty
     }
     conn_t *c = calloc(1, sizeof *c);
     if (!c) {
@@ -1072,6 +1073,7 @@ static void cleanup(void *arg) {
       close(I->cmd_head->l->fd);
       free(I->cmd_head->l);
     }
+    if (I->cmd_head->op == CMD_CONNECT) close(I->cmd_head->fd);
     if (I->cmd_head->c) conn_unref(I->cmd_head->c);
     free(I->cmd_head);
     I->cmd_head = next;
