@@ -98,6 +98,7 @@ typedef struct conn {
   bool pending;       // accepted, no backend yet (fd[1] < 0): waits for connectAccepted() or abort()
   uint32_t lid;       // the listener that accepted it
   uint32_t early;     // events of a backend socket JS added before the thread took its command
+  atomic_bool want_cmd; // the thread keeps such events and may sleep: the command must wake it
   struct sockaddr_storage peer;
   int64_t connect_ms; // its deadline's class (0 = none); idle_ms takes over once connected
   int64_t last;    // ms of the last byte moved (idle timeout)
@@ -188,7 +189,6 @@ typedef struct {
   conn_t **later; // references dropped at the end of the turn (events for them may remain in it)
   size_t nlater, cap_later;
   uint32_t npending; // accepted connections waiting for JS
-  uint32_t nearly;   // of those, with backend events seen before the command (see connect_start)
 
   // Read from JS, written by the thread.
   atomic_long pipes_created, pipes_in_use, pipes_pooled, conns_live, pipe_cap_last, splice_calls;
@@ -341,7 +341,6 @@ static void conn_end(inst_t *I, conn_t *c, int reason, int err, bool rst0, bool 
   if (c->dead) return;
   c->dead = true;
   if (c->pending) I->npending--;
-  if (c->early) I->nearly--;
   if (c->reason == END_NONE) {
     c->reason = reason;
     c->err = err;
@@ -557,11 +556,11 @@ static void connect_start(inst_t *I, cmd_t *cmd) {
     conn_end(I, c, END_ERROR, ENOMEM, true, true);
     return;
   }
+  atomic_store_explicit(&c->want_cmd, false, memory_order_relaxed);
   if (c->early) {
     // Its socket's events came before this command (edge-triggered: they will not come again).
     uint32_t e = c->early;
     c->early = 0;
-    I->nearly--;
     if (connect_event(I, c, 1, e)) service(I, c);
   }
 }
@@ -682,8 +681,6 @@ static void run_commands(inst_t *I, bool *stop, bool woken) {
 
 static int next_timeout(inst_t *I) {
   if (I->ready) return 0;
-  // A command known to be on its way (events kept for it) is looked for at once.
-  if (I->nearly > 0) return 0;
   int64_t best = I->npending > 0 ? PENDING_POLL_MS : -1;
   for (lsn_t *L = I->listeners; L; L = L->next) {
     if (!L->paused) continue;
@@ -784,8 +781,12 @@ static void *thread_main(void *arg) {
         if (atomic_load_explicit(&I->cmds_waiting, memory_order_acquire)) run_commands(I, &stop, false);
         if (c->dead) continue;
         if (c->pending) {
-          if (!c->early) I->nearly++;
+          // Kept, and said so before looking once more (JS sets cmds_waiting, then reads want_cmd; the
+          // thread sets want_cmd, then reads cmds_waiting: one of the two sees the other), so that the
+          // thread either takes the command now or is woken for it.
           c->early |= e;
+          atomic_store(&c->want_cmd, true);
+          if (atomic_load(&I->cmds_waiting)) run_commands(I, &stop, false);
           continue;
         }
       }
@@ -1358,14 +1359,22 @@ static napi_value js_connect_accepted(napi_env env, napi_callback_info info) {
   // the socket at any time. Its events seen before the command are kept for it (connect_start).
   struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = (uintptr_t)c | 1};
   int result = epoll_ctl(I->ep, EPOLL_CTL_ADD, b, &ev) < 0 ? -errno : 0;
+  bool wake = false;
   pthread_mutex_lock(&I->mu);
   if (result == 0) {
     if (I->cmd_tail) I->cmd_tail->next = cmd;
     else I->cmd_head = cmd;
     I->cmd_tail = cmd;
-    atomic_store_explicit(&I->cmds_waiting, true, memory_order_release);
+    atomic_store(&I->cmds_waiting, true);
+    // The thread saw the socket's events before this command and may be asleep (see thread_main).
+    wake = atomic_load(&c->want_cmd) && !I->evfd_armed;
+    if (wake) I->evfd_armed = true;
   }
   pthread_mutex_unlock(&I->mu);
+  if (wake) {
+    uint64_t one = 1;
+    (void)!write(I->evfd, &one, sizeof one);
+  }
   if (result < 0) {
     close(b);
     free(cmd);
