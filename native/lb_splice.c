@@ -913,6 +913,14 @@ static inst_t *inited(napi_env env) {
   return I;
 }
 
+// The start of an entry point that needs init(): its `n` arguments in argv, the instance in I.
+#define ENTRY(n)                                                                                              \
+  size_t argc = (n);                                                                                          \
+  napi_value argv[(n)];                                                                                       \
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));                                                \
+  inst_t *I = inited(env);                                                                                    \
+  if (!I) return NULL
+
 static bool grow_slots(napi_env env, inst_t *I);
 static void send_cmd(inst_t *I, cmd_t *cmd);
 
@@ -922,6 +930,16 @@ static void call_back(napi_env env, napi_value global, napi_value cb, size_t arg
     napi_get_and_clear_last_exception(env, &exc);
     napi_fatal_exception(env, exc);
   }
+}
+
+// The instance keeps the event loop (the worker) alive while it has a connection or an open listener
+// (as a listening net.Server does), and only then.
+static void keep_alive(napi_env env, inst_t *I) {
+  bool want = I->active > 0 || I->nlisteners > 0;
+  if (want == I->tsfn_refd) return;
+  if (want) napi_ref_threadsafe_function(env, I->tsfn);
+  else napi_unref_threadsafe_function(env, I->tsfn);
+  I->tsfn_refd = want;
 }
 
 // Takes a slot for `c` (and its counters); false when none can be had (out of memory).
@@ -934,10 +952,7 @@ static bool take_slot(napi_env env, inst_t *I, conn_t *c) {
   for (int i = 0; i < 2; i++) c->d[i].count = &count[i];
   I->by_slot[slot] = c;
   I->active++;
-  if (!I->tsfn_refd) {
-    napi_ref_threadsafe_function(env, I->tsfn);
-    I->tsfn_refd = true;
-  }
+  keep_alive(env, I);
   return true;
 }
 
@@ -1028,11 +1043,7 @@ static void deliver(napi_env env, inst_t *I) {
     call_back(env, global, cb, 5, argv);
   }
   free(list);
-  // No connection and no listener left: this instance must not keep the event loop (or the worker) alive.
-  if (I->active == 0 && I->nlisteners == 0 && I->tsfn_refd) {
-    napi_unref_threadsafe_function(env, I->tsfn);
-    I->tsfn_refd = false;
-  }
+  keep_alive(env, I);
 }
 
 static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
@@ -1207,11 +1218,7 @@ static napi_value start_conn(napi_env env, inst_t *I, int cfd, int bfd, double i
 
 // relay(clientFd, backendFd, idleMs) -> slot. The fds are duplicated; the caller closes its own.
 static napi_value js_relay(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  inst_t *I = inited(env);
-  if (!I) return NULL;
+  ENTRY(3);
   int32_t cfd, bfd;
   double idle_ms;
   CHECK(napi_get_value_int32(env, argv[0], &cfd));
@@ -1291,11 +1298,7 @@ static bool read_target(napi_env env, napi_value *argv, target_t *t) {
 // the client resets first. The client fd is duplicated; the caller keeps its own until EV_CONNECTED
 // (on a failed connect it still has the client to try the next backend with).
 static napi_value js_connect(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  inst_t *I = inited(env);
-  if (!I) return NULL;
+  ENTRY(6);
   int32_t cfd;
   target_t t;
   CHECK(napi_get_value_int32(env, argv[0], &cfd));
@@ -1324,11 +1327,7 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
 // the connect's completion is what wakes the thread, which takes the command before it looks at that
 // socket's events (or keeps them for it, when it is not queued yet).
 static napi_value js_connect_accepted(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  inst_t *I = inited(env);
-  if (!I) return NULL;
+  ENTRY(6);
   uint32_t slot;
   target_t t;
   CHECK(napi_get_value_uint32(env, argv[0], &slot));
@@ -1386,16 +1385,38 @@ static napi_value js_connect_accepted(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// A TCP socket bound to `addr`:`port` (numeric) as libuv binds one for listen(): SO_REUSEADDR,
+// IPV6_V6ONLY as asked, SO_REUSEPORT only when `reuseport` (the workers' sockets; never the supervisor's
+// check). With `backlog` > 0 it also listens. The descriptor, the port bound in *bound (the kernel's
+// choice for 0); or -errno (-EINVAL: not a numeric address), nothing left open.
+static int bound_socket(const char *addr, uint32_t port, bool v6only, bool reuseport, int backlog, int *bound) {
+  struct sockaddr_storage ss;
+  socklen_t sslen = 0;
+  if (port > 65535 || !parse_addr(addr, port, &ss, &sslen)) return -EINVAL;
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  int on = 1, v6 = v6only ? 1 : 0;
+  struct sockaddr_storage got;
+  socklen_t gotlen = sizeof got;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
+      (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0) ||
+      (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, sizeof v6) < 0) ||
+      bind(fd, (struct sockaddr *)&ss, sslen) < 0 || (backlog > 0 && listen(fd, backlog) < 0) ||
+      getsockname(fd, (struct sockaddr *)&got, &gotlen) < 0) {
+    int err = errno;
+    close(fd);
+    return -err;
+  }
+  *bound = ntohs(got.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&got)->sin6_port : ((struct sockaddr_in *)&got)->sin_port);
+  return fd;
+}
+
 // listen(id, address, port, backlog, v6only, reusePort) -> the port bound (the kernel's choice for 0),
 // or -errno. A listening socket of the addon's: its clients are accepted on the thread and reported to
 // init's onAccept with `id`. TCP_NODELAY and SO_KEEPALIVE are set on it once: Linux copies both to every
 // socket accepted from it. `address` is numeric (JS resolves names as Node's listen() would).
 static napi_value js_listen(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  inst_t *I = inited(env);
-  if (!I) return NULL;
+  ENTRY(6);
   uint32_t id, port;
   int32_t backlog;
   bool v6only, reuse;
@@ -1408,28 +1429,14 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_bool(env, argv[4], &v6only));
   CHECK(napi_get_value_bool(env, argv[5], &reuse));
   if (!ensure_thread(env, I)) return NULL;
-  struct sockaddr_storage ss;
-  socklen_t sslen = 0;
   napi_value out;
-  if (port > 65535 || !parse_addr(addr, port, &ss, &sslen)) {
-    CHECK(napi_create_int32(env, -EINVAL, &out));
-    return out;
-  }
-  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  int on = 1, v6 = v6only ? 1 : 0, result = fd < 0 ? -errno : 0;
-  if (result == 0 &&
-      (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
-       (reuse && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0) ||
-       (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, sizeof v6) < 0) ||
-       bind(fd, (struct sockaddr *)&ss, sslen) < 0 || listen(fd, backlog) < 0))
-    result = -errno;
-  if (result == 0) {
+  int bound = 0;
+  int fd = bound_socket(addr, port, v6only, reuse, backlog > 0 ? backlog : 1, &bound);
+  int result = fd < 0 ? fd : bound;
+  if (fd >= 0) {
+    int on = 1;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
     (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
-    struct sockaddr_storage got;
-    socklen_t gotlen = sizeof got;
-    if (getsockname(fd, (struct sockaddr *)&got, &gotlen) < 0) result = -errno;
-    else result = ntohs(got.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&got)->sin6_port : ((struct sockaddr_in *)&got)->sin_port);
   }
   lsn_t *L = result > 0 ? calloc(1, sizeof *L) : NULL;
   cmd_t *cmd = L ? calloc(1, sizeof *cmd) : NULL;
@@ -1445,11 +1452,7 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   L->jnext = I->jlisteners;
   I->jlisteners = L;
   I->nlisteners++;
-  // An open listener keeps the event loop (the worker) alive, as a listening net.Server does.
-  if (!I->tsfn_refd) {
-    napi_ref_threadsafe_function(env, I->tsfn);
-    I->tsfn_refd = true;
-  }
+  keep_alive(env, I);
   cmd->op = CMD_LISTEN;
   cmd->l = L;
   send_cmd(I, cmd);
@@ -1474,10 +1477,7 @@ static napi_value js_unlisten(napi_env env, napi_callback_info info) {
     if (!cmd) return throw_errno(env, "calloc", ENOMEM);
     *at = L->jnext;
     I->nlisteners--;
-    if (I->active == 0 && I->nlisteners == 0 && I->tsfn_refd) {
-      napi_unref_threadsafe_function(env, I->tsfn);
-      I->tsfn_refd = false;
-    }
+    keep_alive(env, I);
     cmd->op = CMD_UNLISTEN;
     cmd->l = L; // freed by the thread
     send_cmd(I, cmd);
@@ -1596,28 +1596,10 @@ static napi_value js_bind_check(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_string_utf8(env, argv[0], addr, sizeof addr, &len));
   CHECK(napi_get_value_uint32(env, argv[1], &port));
   CHECK(napi_get_value_bool(env, argv[2], &v6only));
-  struct sockaddr_storage ss;
-  socklen_t sslen = 0;
-  int result = port > 65535 || !parse_addr(addr, port, &ss, &sslen) ? -EINVAL : 0;
-  if (result == 0) {
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int on = 1, v6 = v6only ? 1 : 0;
-    if (fd < 0) {
-      result = -errno;
-    } else {
-      if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
-          (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, sizeof v6) < 0) ||
-          bind(fd, (struct sockaddr *)&ss, sslen) < 0) {
-        result = -errno;
-      } else {
-        struct sockaddr_storage got;
-        socklen_t gotlen = sizeof got;
-        if (getsockname(fd, (struct sockaddr *)&got, &gotlen) < 0) result = -errno;
-        else result = ntohs(got.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&got)->sin6_port : ((struct sockaddr_in *)&got)->sin_port);
-      }
-      close(fd);
-    }
-  }
+  int bound = 0;
+  int fd = bound_socket(addr, port, v6only, false, 0, &bound); // never listens: see above
+  if (fd >= 0) close(fd);
+  int result = fd < 0 ? fd : bound;
   napi_value out;
   CHECK(napi_create_int32(env, result, &out));
   return out;

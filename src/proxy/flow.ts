@@ -18,7 +18,7 @@ import { formatHostPort } from '../config/values.ts';
 import { Code, LOCAL_ERRORS } from '../errors.ts';
 import type { CheckResult } from '../health/state.ts';
 import type { Logger } from '../log.ts';
-import type { NativeConnectOwner, SpliceHandle, SpliceResult } from './splice.ts';
+import type { NativeConnectOwner, NativeTarget, SpliceHandle, SpliceResult } from './splice.ts';
 
 export type EndReason =
   | 'client-close'
@@ -152,6 +152,12 @@ export abstract class Flow implements LiveFlow, NativeConnectOwner {
     choice.state.picked();
     this.connectStarted = Date.now();
     this.connectBackend(choice);
+  }
+
+  /** Where the addon connects for `choice`, with this listener's source and timeouts. */
+  protected nativeTarget(choice: Choice): NativeTarget {
+    const { address, port } = choice.entry;
+    return { address, port, source: this.entry.source, connectTimeoutMs: this.entry.connectTimeoutMs, idleTimeoutMs: this.entry.idleTimeoutMs };
   }
 
   /** Ends the connect attempt in progress (its socket, its slot); the backend's fate is the caller's. */

@@ -60,6 +60,8 @@ export interface ListenerContext {
 export interface Acceptor {
   /** The addon accepts (NativeFlow) rather than Node (Relay). */
   readonly native: boolean;
+  /** The addon was asked to (it may have declined the address: then Node accepts). */
+  readonly asked: boolean;
   address(): { host: string; port: number } | null;
   close(): Promise<void>;
 }
@@ -69,10 +71,11 @@ function bindError(entry: ListenerEntry, port: number, code: string): LbError {
   return new LbError(Code.BIND, `listener ${entry.name}: cannot listen on ${where}: ${code}`, code === 'EACCES' ? Exit.NOPERM : Exit.UNAVAILABLE);
 }
 
-async function bindNode(entry: ListenerEntry, port: number, reusePort: boolean, onConnection: (s: Socket) => void, log: Logger): Promise<Acceptor> {
+async function bindNode(entry: ListenerEntry, port: number, reusePort: boolean, onConnection: (s: Socket) => void, log: Logger, asked: boolean): Promise<Acceptor> {
   const server = await bindServer(entry, port, reusePort, onConnection, log);
   return {
     native: false,
+    asked,
     address() {
       const a = server.address();
       return a && typeof a === 'object' ? { host: a.address, port: a.port } : null;
@@ -102,6 +105,7 @@ async function bindNative(entry: ListenerEntry, port: number, reusePort: boolean
     const l: NativeListening = r;
     return {
       native: true,
+      asked: true,
       address: () => ({ host: address, port: l.port }),
       close: () => {
         l.close();
@@ -163,21 +167,21 @@ export class ListenerRuntime implements RelayHost, AcceptSink {
    */
   async stage(entry: ListenerEntry, port: number, reusePort: boolean, native: boolean): Promise<number> {
     await this.unstage();
-    this.stagedAsk = native;
-    this.staged = (native ? await bindNative(entry, port, reusePort, this) : null) ?? (await bindNode(entry, port, reusePort, (s) => this.accept(s), this.log));
+    this.staged =
+      (native ? await bindNative(entry, port, reusePort, this) : null) ?? (await bindNode(entry, port, reusePort, (s) => this.accept(s), this.log, native));
     return this.staged.address()?.port ?? port;
   }
 
   /** Whether the addon was asked to accept this listener's clients (it may have declined the address). */
-  nativeAsked = false;
-  private stagedAsk = false;
+  get nativeAsked(): boolean {
+    return this.server?.asked ?? false;
+  }
 
   /** Makes the staged socket the listening one (closing the old one, if any). */
   async commitStaged(): Promise<void> {
     if (!this.staged) return;
     const old = this.server;
     this.server = this.staged;
-    this.nativeAsked = this.stagedAsk;
     this.staged = null;
     if (old) await old.close();
   }

@@ -30,13 +30,7 @@ export class NativeFlow extends Flow implements AcceptedOwner {
   }
 
   protected connectBackend(choice: Choice): void {
-    const failed = this.conn.connect({
-      address: choice.entry.address,
-      port: choice.entry.port,
-      source: this.entry.source,
-      connectTimeoutMs: this.entry.connectTimeoutMs,
-      idleTimeoutMs: this.entry.idleTimeoutMs,
-    });
+    const failed = this.conn.connect(this.nativeTarget(choice));
     if (failed !== null) this.connectFailed(failed);
   }
 

@@ -282,17 +282,7 @@ export class Relay extends Flow implements Waiter {
    */
   private connectNatively(choice: Choice): boolean {
     if (this.readingQueued || this.early !== null || this.clientEnded || sendProxyOf(this.entry.groups[choice.group]!, choice.entry) !== null) return false;
-    const r = spliceConnect(
-      this.client,
-      {
-        address: choice.entry.address,
-        port: choice.entry.port,
-        source: this.entry.source,
-        connectTimeoutMs: this.entry.connectTimeoutMs,
-        idleTimeoutMs: this.entry.idleTimeoutMs,
-      },
-      this,
-    );
+    const r = spliceConnect(this.client, this.nativeTarget(choice), this);
     if (r === null) return false;
     if (typeof r === 'string') this.connectFailed(r);
     else this.spliced = r;

@@ -11,7 +11,7 @@ import { once } from 'node:events';
 import net, { type AddressInfo, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { nativeConnectAvailable, spliceConnect, spliceStats, type NativeTarget, type SpliceHandle, type SpliceResult } from '../../src/proxy/splice.ts';
-import { closeAllBackends, connectClient, deadHost, echoServer, HOST, refusedPort, track, until, within } from '../helpers/backends.ts';
+import { closeAllBackends, connectClient, deadHost, echoServer, HOST, refusedPort, track, until, within, type TestClient } from '../helpers/backends.ts';
 import { ctl, startCliLb, useControlScope, webToml } from '../helpers/control.ts';
 import { cleanup } from '../helpers/lb.ts';
 
@@ -121,29 +121,23 @@ describe.skipIf(skipped)(`native connect${available.ok ? '' : ` (unavailable: ${
     }
   });
 
-  it('a client that resets while its backend is connecting ends it at once as a reset', async () => {
+  // A connect in flight (to a host that never answers) ended from either side: the client's reset, or abort().
+  it.each([
+    {
+      what: 'a client that resets while its backend is connecting ends it at once as a reset',
+      end: (c: TestClient): void => void c.socket.resetAndDestroy(),
+      result: { end: 'reset', errno: 'ECONNRESET' },
+    },
+    { what: 'abort() while connecting ends it as aborted', end: (_c: TestClient, h: SpliceHandle): void => h.abort(), result: { end: 'aborted' } },
+  ])('$what', async ({ end, result }) => {
     const dead = await deadHost();
     try {
       const h = await harness([{ port: dead.port, connectTimeoutMs: 30_000 }]);
       const c = await connectClient(h.port);
       await until(() => h.attempts.length === 1, 3000, 'the connect to start');
-      c.socket.resetAndDestroy();
+      end(c, h.handles[0]!);
       await until(() => h.attempts[0]!.result !== null, 3000, 'the attempt to end');
-      expect(h.attempts[0]!.result).toMatchObject({ end: 'reset', errno: 'ECONNRESET' });
-    } finally {
-      await dead.close();
-    }
-  });
-
-  it('abort() while connecting ends it as aborted', async () => {
-    const dead = await deadHost();
-    try {
-      const h = await harness([{ port: dead.port, connectTimeoutMs: 30_000 }]);
-      const c = await connectClient(h.port);
-      await until(() => h.attempts.length === 1, 3000, 'the connect to start');
-      h.handles[0]!.abort();
-      await until(() => h.attempts[0]!.result !== null, 3000, 'the attempt to end');
-      expect(h.attempts[0]!.result).toMatchObject({ end: 'aborted' });
+      expect(h.attempts[0]!.result).toMatchObject(result);
       await c.close();
     } finally {
       await dead.close();
