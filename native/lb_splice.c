@@ -96,6 +96,7 @@ typedef struct conn {
   bool connecting;    // connect(): the backend side is not connected yet; nothing is relayed
   bool accepted;      // accepted here: a failed connect leaves it pending (JS fails over), not ended
   bool pending;       // accepted, no backend yet (fd[1] < 0): waits for connectAccepted() or abort()
+  bool waiting;       // in JS's queue (wait()): while pending, a client that closes having sent nothing has left
   uint32_t lid;       // the listener that accepted it
   uint32_t early;     // events of a backend socket JS added before the thread took its command
   atomic_bool want_cmd; // the thread keeps such events and may sleep: the command must wake it
@@ -127,7 +128,7 @@ typedef struct lsn {
   struct lsn *jnext;   // the JS thread's list (unlisten by id)
 } lsn_t;
 
-enum { CMD_ADD, CMD_ABORT, CMD_CONNECT, CMD_LISTEN, CMD_UNLISTEN };
+enum { CMD_ADD, CMD_ABORT, CMD_CONNECT, CMD_LISTEN, CMD_UNLISTEN, CMD_WAIT };
 typedef struct cmd {
   int op;
   conn_t *c;
@@ -538,6 +539,18 @@ static void connect_failed(inst_t *I, conn_t *c, int err) {
 
 static bool connect_event(inst_t *I, conn_t *c, int side, uint32_t e);
 
+// A waiting client's side closed (or may have: readiness was seen before wait()): it has left if nothing
+// it sent is waiting to be read (it gave up; closing its socket sent a FIN), and stays if its request is
+// there (it half-closed after sending it, and is served as any other client, as in relay.ts). MSG_PEEK
+// reads nothing: the bytes stay for the backend.
+static void waiter_check(inst_t *I, conn_t *c) {
+  if (c->dead || !c->pending || !c->waiting) return;
+  char b;
+  ssize_t n = recv(c->fd[0], &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 0) conn_end(I, c, END_CLIENT_CLOSE, 0, false, false);
+  else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) conn_end(I, c, END_RESET, errno, false, false);
+}
+
 // CMD_CONNECT: the backend socket of an accepted connection, made and connected on the JS thread (see
 // connectAccepted()) and already in the epoll set, which is why the command needs no wake-up of its own.
 static void connect_start(inst_t *I, cmd_t *cmd) {
@@ -673,6 +686,11 @@ static void run_commands(inst_t *I, bool *stop, bool woken) {
     case CMD_UNLISTEN:
       listener_close(I, list->l);
       break;
+    case CMD_WAIT:
+      list->c->waiting = true;
+      if (list->c->rd[0]) waiter_check(I, list->c); // it may have closed before this command came
+      conn_unref(list->c); // the thread's own reference outlives this turn
+      break;
     }
     free(list);
     list = next;
@@ -771,9 +789,11 @@ static void *thread_main(void *arg) {
       if (c->dead) continue;
       uint32_t e = evs[i].events;
       if (c->pending) {
-        // Waiting for JS to choose: only the client is there, and only its error counts (as connecting).
+        // Waiting for JS to choose: only the client is there, and only its error counts (as connecting),
+        // or, for a client waiting in the queue, its close.
         if (side == 0) {
           (void)connect_event(I, c, side, e);
+          if (e & (EPOLLRDHUP | EPOLLHUP)) waiter_check(I, c);
           continue;
         }
         // A backend socket JS added, whose command this turn has not taken yet (JS adds the socket,
@@ -923,6 +943,7 @@ static inst_t *inited(napi_env env) {
 
 static bool grow_slots(napi_env env, inst_t *I);
 static void send_cmd(inst_t *I, cmd_t *cmd);
+static conn_t *accepted_at(napi_env env, inst_t *I, uint32_t slot);
 
 static void call_back(napi_env env, napi_value global, napi_value cb, size_t argc, napi_value *argv) {
   if (napi_call_function(env, global, cb, argc, argv, NULL) == napi_pending_exception) {
@@ -1332,11 +1353,8 @@ static napi_value js_connect_accepted(napi_env env, napi_callback_info info) {
   target_t t;
   CHECK(napi_get_value_uint32(env, argv[0], &slot));
   CHECK(read_target(env, argv + 1, &t) ? napi_ok : napi_invalid_arg);
-  if (slot >= I->nslabs * SLAB_SLOTS || I->by_slot[slot] == NULL || !I->by_slot[slot]->accepted) {
-    napi_throw_range_error(env, "LB_SPLICE", "no accepted connection in that slot");
-    return NULL;
-  }
-  conn_t *c = I->by_slot[slot];
+  conn_t *c = accepted_at(env, I, slot);
+  if (!c) return NULL;
   int b = backend_socket(t.addr, t.port, t.src[0] ? t.src : NULL);
   cmd_t *cmd = b >= 0 ? calloc(1, sizeof *cmd) : NULL;
   napi_value out;
@@ -1486,6 +1504,26 @@ static napi_value js_unlisten(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// A command about connection `c` (which it keeps alive until the thread has taken it).
+static napi_value conn_cmd(napi_env env, inst_t *I, int op, conn_t *c) {
+  cmd_t *cmd = calloc(1, sizeof *cmd);
+  if (!cmd) return throw_errno(env, "calloc", ENOMEM);
+  cmd->op = op;
+  cmd->c = c;
+  atomic_fetch_add(&c->refs, 1);
+  send_cmd(I, cmd);
+  return NULL;
+}
+
+// The accepted connection in `slot`, or NULL with a RangeError pending.
+static conn_t *accepted_at(napi_env env, inst_t *I, uint32_t slot) {
+  if (slot >= I->nslabs * SLAB_SLOTS || I->by_slot[slot] == NULL || !I->by_slot[slot]->accepted) {
+    napi_throw_range_error(env, "LB_SPLICE", "no accepted connection in that slot");
+    return NULL;
+  }
+  return I->by_slot[slot];
+}
+
 // abort(slot): ends the connection as 'aborted' unless it already ended.
 static napi_value js_abort(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -1495,13 +1533,18 @@ static napi_value js_abort(napi_env env, napi_callback_info info) {
   uint32_t slot;
   CHECK(napi_get_value_uint32(env, argv[0], &slot));
   if (!I || slot >= I->nslabs * SLAB_SLOTS || I->by_slot[slot] == NULL) return NULL;
-  cmd_t *cmd = calloc(1, sizeof *cmd);
-  if (!cmd) return throw_errno(env, "calloc", ENOMEM);
-  cmd->op = CMD_ABORT;
-  cmd->c = I->by_slot[slot];
-  atomic_fetch_add(&cmd->c->refs, 1);
-  send_cmd(I, cmd);
-  return NULL;
+  return conn_cmd(env, I, CMD_ABORT, I->by_slot[slot]);
+}
+
+// wait(slot): the accepted connection waits in JS's queue for a backend slot. While it is pending, the
+// thread ends it as 'client-close' if the client closes having sent nothing (it gave up); a client that
+// sent its request and half-closed stays, and a reset ends it whether it waits or not.
+static napi_value js_wait(napi_env env, napi_callback_info info) {
+  ENTRY(1);
+  uint32_t slot;
+  CHECK(napi_get_value_uint32(env, argv[0], &slot));
+  conn_t *c = accepted_at(env, I, slot);
+  return c ? conn_cmd(env, I, CMD_WAIT, c) : NULL;
 }
 
 // counters(slab) -> Float64Array of 2 * SLAB_SLOTS: [sent, rcvd] per slot.
@@ -1611,6 +1654,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"relay", NULL, js_relay, NULL, NULL, NULL, napi_default, NULL},
       {"connect", NULL, js_connect, NULL, NULL, NULL, napi_default, NULL},
       {"connectAccepted", NULL, js_connect_accepted, NULL, NULL, NULL, napi_default, NULL},
+      {"wait", NULL, js_wait, NULL, NULL, NULL, napi_default, NULL},
       {"listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL},
       {"unlisten", NULL, js_unlisten, NULL, NULL, NULL, napi_default, NULL},
       {"flush", NULL, js_flush, NULL, NULL, NULL, napi_default, NULL},

@@ -3,16 +3,17 @@
 //
 // Two kinds of connection share it:
 // - Relay (relay.ts): the client is a net.Socket (accepted by Node); the backend is connected in JS or by
-//   the addon; bytes move in JS or by splice. Queues, PROXY headers and packet dumps live there.
-// - NativeFlow (native-flow.ts): the addon accepted the client and holds it; JS only decides (backend,
-//   failover, refusal) and accounts. No net.Socket exists for it.
+//   the addon; bytes move in JS or by splice. PROXY headers and packet dumps live there.
+// - NativeFlow (native-flow.ts): the addon accepted the client and holds it, queued or not; JS only
+//   decides (backend, queue, failover, refusal) and accounts. No net.Socket exists for it.
+// The queue (its order, timeouts, counts) is the same for both: only how a waiter is watched differs.
 //
 // Phases are entered once each: new → (queued ↔ connecting)* → relaying → done. Every event checks the
 // phase it belongs to, so a late event cannot run a transition twice: slots are released once, a backend
 // is ejected only for a connect that really failed, and `done` is reached whatever the sockets do.
 
-import { chooseBackend, type Choice } from '../balance/select.ts';
-import type { LiveFlow, ListenerState } from '../balance/state.ts';
+import { chooseBackend, someBackendFull, type Choice } from '../balance/select.ts';
+import type { LiveFlow, ListenerState, Waiter } from '../balance/state.ts';
 import type { ListenerEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import { Code, LOCAL_ERRORS } from '../errors.ts';
@@ -49,12 +50,16 @@ export interface FlowHost {
   slotFreed(): void;
   /** A local resource error (EMFILE...): not the backend's fault; logged once per burst. */
   localError(code: string): void;
+  /** The queue: a shared ticket order across workers, one deadline sweep per listener. */
+  enqueue(flow: Flow): boolean;
+  requeue(flow: Flow): void;
+  leaveQueue(flow: Flow): void;
 }
 
 /** After a reset or an abort, the longest a connection may take to report its close before it is forced. */
 const CLOSE_GRACE_MS = 2000;
 
-export abstract class Flow implements LiveFlow, NativeConnectOwner {
+export abstract class Flow implements Waiter, NativeConnectOwner {
   readonly id: number;
   readonly entry: ListenerEntry;
   readonly host: FlowHost;
@@ -68,6 +73,10 @@ export abstract class Flow implements LiveFlow, NativeConnectOwner {
   tried: number[] | null = null;
   reason: EndReason | null = null;
   queuedAt = 0;
+  /** Queue order across workers (lower = waited longer). */
+  ticket = -1;
+  /** When the queue wait ends (ms since epoch), for the listener's sweep. */
+  queueDeadline = 0;
   pubSent = 0;
   pubRcvd = 0;
   backendSlot = -1;
@@ -107,6 +116,8 @@ export abstract class Flow implements LiveFlow, NativeConnectOwner {
   protected abstract dropBackend(): void;
   /** Closes what the connection still holds of its own, at its end (the addon's side is aborted here). */
   protected abstract closeSockets(): void;
+  /** The client entered the queue: watch it, so that one that gives up is noticed and leaves. */
+  protected abstract watchWhileQueued(): void;
 
   get connected(): boolean {
     return this.phase === 'relaying';
@@ -114,6 +125,13 @@ export abstract class Flow implements LiveFlow, NativeConnectOwner {
 
   get queued(): boolean {
     return this.phase === 'queued';
+  }
+
+  /** The client is known: queue it behind earlier waiters, or choose a backend. */
+  protected route(): void {
+    // Someone queued before this client keeps their place: newcomers queue behind them.
+    if (this.entry.queue && this.host.state.queued > 0 && someBackendFull(this.entry, this.host.state, Date.now())) this.queueOrRefuse();
+    else this.connectNext();
   }
 
   /** Picks the next candidate (taking its slot) and connects; queues the client or closes it when none is free. */
@@ -126,9 +144,45 @@ export abstract class Flow implements LiveFlow, NativeConnectOwner {
     this.queueOrRefuse();
   }
 
-  /** No backend is free: a listener without a queue refuses. */
+  /**
+   * No backend is free: the client waits in the listener's queue, if it has one and some backend is
+   * only full (not down); else it is refused.
+   */
   protected queueOrRefuse(): void {
+    if (this.entry.queue && someBackendFull(this.entry, this.host.state, Date.now())) {
+      if (this.queuedAt !== 0) {
+        this.phase = 'queued';
+        this.host.requeue(this); // served, but its connect failed: back to its place, never "queue-full"
+        return;
+      }
+      if (this.host.enqueue(this)) {
+        this.phase = 'queued';
+        this.watchWhileQueued();
+        return;
+      }
+      this.host.state.count('queueRejected');
+      this.refuse('queue-full');
+      return;
+    }
     this.refuse(this.tried === null ? 'no-backend' : 'connect-failed');
+  }
+
+  /** The listener's sweep: the wait is over. */
+  queueTimedOut(): void {
+    if (this.phase !== 'queued') return;
+    this.host.leaveQueue(this);
+    this.host.state.count('queueTimeouts');
+    this.refuse('queue-timeout');
+  }
+
+  /** Served from the queue with a slot already taken. */
+  serve(choice: Choice): void {
+    if (this.phase !== 'queued') {
+      choice.state.release();
+      return;
+    }
+    this.host.leaveQueue(this);
+    this.connectTo(choice);
   }
 
   /** balance compatible: the client sees the accepted connection close. */
@@ -247,6 +301,7 @@ export abstract class Flow implements LiveFlow, NativeConnectOwner {
 
   protected splicedEnd(r: SpliceResult): void {
     if (this.phase === 'done') return;
+    if (this.phase === 'queued') this.leaveQueue(); // a waiter the addon held: it reset, or left before sending anything
     if (r.end === 'error' && r.errno !== null && LOCAL_ERRORS.has(r.errno)) {
       // No pipe (EMFILE, ENFILE...): this host's limit, logged as such (once per burst), never the peers'.
       this.host.localError(r.errno);
@@ -272,8 +327,11 @@ export abstract class Flow implements LiveFlow, NativeConnectOwner {
     this.closeTimer.unref();
   }
 
-  /** Leaves the queue at the end (a Relay's; a connection that never queues has nothing to do). */
-  protected leaveQueue(): void {}
+  /** Leaves the queue before being served: the client gave up. */
+  protected leaveQueue(): void {
+    this.host.leaveQueue(this);
+    this.host.state.count('queueAbandoned');
+  }
 
   /** Ends the connection now, whatever its sockets report (shutdown's last resort, the close grace). */
   end(): void {

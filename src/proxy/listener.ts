@@ -255,41 +255,41 @@ export class ListenerRuntime implements RelayHost, AcceptSink {
    * hash without failover, or one that already failed somewhere) is served whenever one of those has a
    * slot, so it never blocks the others, and it may go before older unpinned waiters.
    */
-  private pinned(r: Relay): boolean {
+  private pinned(r: Flow): boolean {
     return r.tried !== null || (!this.entry.hashFailover && this.entry.groups.some((g) => g.policy === 'hash'));
   }
 
-  enqueue(relay: Relay): boolean {
-    const q = relay.entry.queue!;
+  enqueue(flow: Flow): boolean {
+    const q = flow.entry.queue!;
     const ticket = this.ctx.shared.enqueue(this.state.slot, q.max, this.ctx.region);
     if (ticket < 0) return false;
     const now = Date.now();
-    relay.ticket = ticket;
-    relay.queuedAt = now;
-    relay.queueDeadline = now + q.timeoutMs;
-    this.state.queue.add(relay);
+    flow.ticket = ticket;
+    flow.queuedAt = now;
+    flow.queueDeadline = now + q.timeoutMs;
+    this.state.queue.add(flow);
     this.queueChanged();
-    // A slot may be free already (its wake-up went to an older waiter that left): look once the relay
+    // A slot may be free already (its wake-up went to an older waiter that left): look once the client
     // has settled into its queued phase.
     setImmediate(() => this.serveQueue());
     return true;
   }
 
-  requeue(relay: Relay): void {
+  requeue(flow: Flow): void {
     this.ctx.shared.requeue(this.state.slot, this.ctx.region);
-    this.state.queue.unshift(relay);
+    this.state.queue.unshift(flow);
     this.queueChanged();
   }
 
-  leaveQueue(relay: Relay): void {
-    if (!this.state.queue.delete(relay)) return;
+  leaveQueue(flow: Flow): void {
+    if (!this.state.queue.delete(flow)) return;
     this.ctx.shared.dequeue(this.state.slot, this.ctx.region);
     this.publishOldest();
   }
 
   private queueChanged(): void {
     this.publishOldest();
-    const first = this.state.queue.first() as Relay | null;
+    const first = this.state.queue.first() as Flow | null;
     if (first) this.armQueueTimer(first.queueDeadline);
     this.armWake();
   }
@@ -297,7 +297,7 @@ export class ListenerRuntime implements RelayHost, AcceptSink {
   private publishOldest(): void {
     let ticket = NO_TICKET;
     for (const w of this.state.queue) {
-      const r = w as Relay;
+      const r = w as Flow;
       if (!this.pinned(r) && r.ticket < ticket) ticket = r.ticket;
     }
     this.ctx.shared.publishOldest(this.state.slot, this.ctx.region, ticket);
@@ -316,7 +316,7 @@ export class ListenerRuntime implements RelayHost, AcceptSink {
     const now = Date.now();
     let next = Infinity;
     for (const w of this.state.queue) {
-      const r = w as Relay;
+      const r = w as Flow;
       if (r.queueDeadline <= now) r.queueTimedOut(); // removes it
       else if (r.queueDeadline < next) next = r.queueDeadline;
     }
@@ -353,8 +353,8 @@ export class ListenerRuntime implements RelayHost, AcceptSink {
     const now = Date.now();
     let served = false;
     let unpinnedBlocked = false;
-    for (let w = queue.first() as Relay | null; w !== null; ) {
-      const next = queue.nextOf(w) as Relay | null;
+    for (let w = queue.first() as Flow | null; w !== null; ) {
+      const next = queue.nextOf(w) as Flow | null;
       const pinned = this.pinned(w);
       if (!pinned && (unpinnedBlocked || w.ticket > shared.oldestTicketOf(slot))) {
         unpinnedBlocked = true; // an older waiter (maybe in another worker) goes first

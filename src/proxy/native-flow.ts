@@ -18,7 +18,7 @@ export class NativeFlow extends Flow implements AcceptedOwner {
     this.conn = conn;
     this.spliced = conn;
     conn.owner = this;
-    this.connectNext();
+    this.route();
   }
 
   sentBytes(): number {
@@ -43,6 +43,12 @@ export class NativeFlow extends Flow implements AcceptedOwner {
   protected dropBackend(): void {}
 
   protected handedOver(): void {}
+
+  // The addon keeps holding the client, unread (what it sends waits in its socket's buffer, so a waiter
+  // costs no memory here), and ends it if it resets or closes before sending anything.
+  protected watchWhileQueued(): void {
+    this.conn.wait();
+  }
 
   protected closeClient(): void {
     this.gone = true;

@@ -22,7 +22,6 @@ export interface PathInputs {
 export function jsAcceptReason(entry: ListenerEntry): string | null {
   if (entry.packetDump !== 'off') return 'packet_dump';
   if (entry.acceptProxy) return 'accept_proxy';
-  if (entry.queue) return 'queue';
   if (entry.groups.some((g) => g.backends.some((b) => sendProxyOf(g, b) !== null))) return 'send_proxy backends';
   if (entry.groups.some((g) => g.backends.some((b) => isIP(b.address) === 0))) return 'a backend address that is not an IP literal';
   return null;

@@ -14,8 +14,7 @@
 // connection); each socket points back at its relay.
 
 import net, { type Socket } from 'node:net';
-import { normaliseClientIp, someBackendFull, type Choice } from '../balance/select.ts';
-import type { Waiter } from '../balance/state.ts';
+import { normaliseClientIp, type Choice } from '../balance/select.ts';
 import { sendProxyOf, type ListenerEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import { Code } from '../errors.ts';
@@ -36,10 +35,6 @@ export interface RelayHost extends FlowHost {
   /** Connect deadlines: one timer per listener sweeps them, instead of a timer per connection. */
   connectStarted(relay: Relay): void;
   connectEnded(relay: Relay): void;
-  /** The queue: a shared ticket order across workers, one deadline sweep per listener. */
-  enqueue(relay: Relay): boolean;
-  requeue(relay: Relay): void;
-  leaveQueue(relay: Relay): void;
 }
 
 interface RelaySocket extends Socket {
@@ -50,14 +45,10 @@ interface RelaySocket extends Socket {
 const QUEUED_BYTES_MAX = 64 * 1024;
 
 
-export class Relay extends Flow implements Waiter {
+export class Relay extends Flow {
   readonly client: RelaySocket;
   declare readonly host: RelayHost;
   backend: RelaySocket | null = null;
-  /** Queue order across workers (lower = waited longer). */
-  ticket = -1;
-  /** When the queue wait ends (ms since epoch), for the listener's sweep. */
-  queueDeadline = 0;
   /** When the connect in progress times out (ms since epoch), for the listener's sweep. */
   connectDeadline = 0;
   /** Set once backpressure happened: from then on 'drain' resumes the paused side. */
@@ -84,13 +75,6 @@ export class Relay extends Flow implements Waiter {
     client.on('close', onClientClose);
     if (entry.acceptProxy) this.readProxyHeader(entry.acceptProxy.timeoutMs);
     else this.route();
-  }
-
-  /** The client is known: queue it behind earlier waiters, or choose a backend. */
-  private route(): void {
-    // Someone queued before this client keeps their place: newcomers queue behind them.
-    if (this.entry.queue && this.host.state.queued > 0 && someBackendFull(this.entry, this.host.state, Date.now())) this.queueOrRefuse();
-    else this.connectNext();
   }
 
   // --- accept_proxy: the PROXY header, before anything else ------------------------------------------
@@ -186,27 +170,8 @@ export class Relay extends Flow implements Waiter {
     return this.spliced !== null ? this.spliced.rcvd() : (this.backend?.bytesRead ?? 0);
   }
 
-  protected override queueOrRefuse(): void {
-    if (this.entry.queue && someBackendFull(this.entry, this.host.state, Date.now())) {
-      if (this.queuedAt !== 0) {
-        this.phase = 'queued';
-        this.host.requeue(this); // served, but its connect failed: back to its place, never "queue-full"
-        return;
-      }
-      if (this.host.enqueue(this)) {
-        this.phase = 'queued';
-        this.readWhileQueued();
-        return;
-      }
-      this.host.state.count('queueRejected');
-      this.refuse('queue-full');
-      return;
-    }
-    super.queueOrRefuse();
-  }
-
   /** Read while waiting (bounded) so that a client that gives up is noticed and leaves the queue. */
-  private readWhileQueued(): void {
+  protected watchWhileQueued(): void {
     if (this.readingQueued) return;
     this.readingQueued = true;
     this.early ??= [];
@@ -219,24 +184,6 @@ export class Relay extends Flow implements Waiter {
     if (this.endWatched) return;
     this.endWatched = true;
     this.client.on('end', onEndWhileQueued);
-  }
-
-  /** The listener's sweep: the wait is over. */
-  queueTimedOut(): void {
-    if (this.phase !== 'queued') return;
-    this.host.leaveQueue(this);
-    this.host.state.count('queueTimeouts');
-    this.refuse('queue-timeout');
-  }
-
-  /** Served from the queue with a slot already taken. */
-  serve(choice: Choice): void {
-    if (this.phase !== 'queued') {
-      choice.state.release();
-      return;
-    }
-    this.host.leaveQueue(this);
-    this.connectTo(choice);
   }
 
   protected connectBackend(choice: Choice): void {
@@ -319,11 +266,6 @@ export class Relay extends Flow implements Waiter {
   protected closeSockets(): void {
     this.client.destroy();
     this.backend?.destroy();
-  }
-
-  protected override leaveQueue(): void {
-    this.host.leaveQueue(this);
-    this.host.state.count('queueAbandoned');
   }
 
   connectSucceeded(): void {

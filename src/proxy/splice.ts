@@ -79,6 +79,7 @@ interface Addon {
   listen?(id: number, address: string, port: number, backlog: number, v6only: boolean, reusePort: boolean): number;
   unlisten?(id: number): void;
   connectAccepted?(slot: number, address: string, port: number, source: string, connectMs: number, idleMs: number): number;
+  wait?(slot: number): void;
   relay(clientFd: number, backendFd: number, idleMs: number): number;
   connect?(clientFd: number, address: string, port: number, source: string, connectMs: number, idleMs: number): number;
   flush?(): void;
@@ -172,7 +173,7 @@ export function spliceStats(): SpliceStats | null {
 
 class Handle implements SpliceHandle, Ending {
   readonly slot: number;
-  private readonly addon: Addon;
+  protected readonly addon: Addon;
   private readonly counts: Float64Array;
   private readonly at: number;
   private final: SpliceResult | null = null;
@@ -391,6 +392,14 @@ export class AcceptedConn extends Handle {
     return r < 0 ? (errnoName(-r) ?? 'EINVAL') : null;
   }
 
+  /**
+   * It waits in the listener's queue: the addon keeps it unread and ends it ('client-close') if the
+   * client closes having sent nothing, or ('reset') if it resets. A request sent then half-closed stays.
+   */
+  wait(): void {
+    if (!this.ended) this.addon.wait!(this.slot);
+  }
+
   connected(): void {
     this.owner?.nativeConnected(this);
   }
@@ -430,7 +439,7 @@ export function nativeAcceptAvailable(): SpliceAvailability {
   if (!connect.ok) return connect;
   if (nativeAcceptOff) return { ok: false, reason: 'turned off (LB_NATIVE_ACCEPT=off)' };
   const addon = loadedOrNull()!.addon;
-  if (typeof addon.listen !== 'function' || typeof addon.connectAccepted !== 'function') {
+  if (typeof addon.listen !== 'function' || typeof addon.connectAccepted !== 'function' || typeof addon.wait !== 'function') {
     return { ok: false, reason: 'the addon is older than this lb: rebuild it with npm run build:native' };
   }
   return { ok: true };

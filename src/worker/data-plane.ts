@@ -102,8 +102,8 @@ export class DataPlane implements ListenerContext {
       for (const [i, entry] of table.listeners.entries()) {
         const port = ports[entry.name] ?? entry.listen.port;
         const have = this.listeners.get(entry.name);
-        // A listener whose clients move between Node and the addon (a queue added, a send_proxy group
-        // removed...) gets a new socket; every other kept address keeps its socket and its backlog.
+        // A listener whose clients move between Node and the addon (a packet dump turned on, a send_proxy
+        // group removed...) gets a new socket; every other kept address keeps its socket and its backlog.
         const native = acceptsNatively(entry, table.global.splice, nativeAcceptAvailable());
         if (have && sameEndpoint(have.entry, entry) && have.nativeAsked === native) continue;
         const lr = have ?? new ListenerRuntime(entry, slots.listeners[i]!, this, table.global.accessLog);

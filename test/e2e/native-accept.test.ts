@@ -217,28 +217,30 @@ describe.skipIf(skipped)(`native accept${available.ok ? '' : ` (unavailable: ${a
 });
 
 describe.skipIf(skipped)('native accept through lb', () => {
-  it('show info names each listener\'s path: the addon accepts for one, Node for the one with a queue', async () => {
+  it('show info names each listener\'s path: the addon accepts for one with a queue, Node for one with a packet dump', async () => {
     const echo = await echoServer();
-    const toml = `${webToml({}, [echo.port])}\n[listeners.q]\nlisten = "127.0.0.1:0"\nqueue = { max = 5 }\nbacklog = 64\n[[listeners.q.groups]]\nbackends = ["127.0.0.1:${echo.port}"]\n`;
+    const dumpFile = scope.scratch().write('dump.txt', '');
+    const toml = `${webToml({}, [echo.port]).replace('[listeners.web]\n', '[listeners.web]\nqueue = { max = 5 }\n')}\n[listeners.d]\nlisten = "127.0.0.1:0"\npacket_dump = "hex"\npacket_dump_file = "${dumpFile}"\nbacklog = 64\n[[listeners.d.groups]]\nbackends = ["127.0.0.1:${echo.port}"]\n`;
     const lbp = await startCliLb([scope.scratch().write('lb.toml', toml)]);
     const info = await ctl(lbp.controlPort, 'show info');
     expect(info).toMatch(/^Path\.web: native accept \+ connect \+ splice$/m);
-    expect(info).toMatch(/^Path\.q: JS accept \(queue\) \+ native connect \+ splice; JS connect for queued clients$/m);
+    expect(info).toMatch(/^Path\.d: JS connect \+ JS relay \(packet_dump\)$/m);
     expect(await ask(lbp.ports['web']!, 'native')).toBe('native');
-    expect(await ask(lbp.ports['q']!, 'node')).toBe('node');
+    expect(await ask(lbp.ports['d']!, 'node')).toBe('node');
   });
 
-  it('a reload that gives a listener a queue moves it to Node and back; it serves throughout', async () => {
+  it('a reload that gives a listener a packet dump moves it to Node and back; it serves throughout', async () => {
     const echo = await echoServer();
     const base = webToml({}, [echo.port]);
-    const withQueue = base.replace('[listeners.web]\n', '[listeners.web]\nqueue = { max = 5 }\n');
-    expect(withQueue).not.toBe(base);
+    const dumpFile = scope.scratch().write('dump.txt', '');
+    const withDump = base.replace('[listeners.web]\n', `[listeners.web]\npacket_dump = "hex"\npacket_dump_file = "${dumpFile}"\n`);
+    expect(withDump).not.toBe(base);
     const file = scope.scratch().write('lb.toml', base);
     const lbp = await startCliLb([file]);
     const port = lbp.ports['web']!;
     let reloads = 0;
     for (const [toml, want] of [
-      [withQueue, /^Path\.web: JS accept \(queue\)/m],
+      [withDump, /^Path\.web: JS connect \+ JS relay \(packet_dump\)$/m],
       [base, /^Path\.web: native accept \+ connect \+ splice$/m],
     ] as const) {
       writeFileSync(file, toml);

@@ -25,9 +25,13 @@ describe('listenerPath', () => {
     expect(listenerPath(await listener([{ backends: ['127.0.0.1:1'] }], { packet_dump: 'hex' }), all)).toBe('JS connect + JS relay (packet_dump)');
   });
 
-  it('what still connects in JS on a native listener: send_proxy backends, queued clients', async () => {
+  it('what still connects in JS on a listener Node accepts for: send_proxy backends, queued clients', async () => {
     const l = await listener([{ backends: ['127.0.0.1:1'], send_proxy: 'v2' }], { queue: { max: 10 } });
-    expect(listenerPath(l, all)).toBe('JS accept (queue) + native connect + splice; JS connect for send_proxy backends, queued clients');
+    expect(listenerPath(l, all)).toBe('JS accept (send_proxy backends) + native connect + splice; JS connect for send_proxy backends, queued clients');
+  });
+
+  it('a queue alone keeps the native path: the addon holds the waiters', async () => {
+    expect(listenerPath(await listener([{ backends: ['127.0.0.1:1'] }], { queue: { max: 10 } }), all)).toBe('native accept + connect + splice');
   });
 
   it('what Node still accepts for: each reason, and an addon that cannot accept', async () => {
