@@ -97,6 +97,7 @@ typedef struct conn {
   bool accepted;      // accepted here: a failed connect leaves it pending (JS fails over), not ended
   bool pending;       // accepted, no backend yet (fd[1] < 0): waits for connectAccepted() or abort()
   bool waiting;       // in JS's queue (wait()): while pending, a client that closes having sent nothing has left
+  bool parked;        // JS thread only: wait() was called, so its connect command must wake the thread
   uint32_t lid;       // the listener that accepted it
   uint32_t early;     // events of a backend socket JS added before the thread took its command
   atomic_bool want_cmd; // the thread keeps such events and may sleep: the command must wake it
@@ -189,7 +190,10 @@ typedef struct {
   lsn_t *listeners, *closed_listeners;
   conn_t **later; // references dropped at the end of the turn (events for them may remain in it)
   size_t nlater, cap_later;
-  uint32_t npending; // accepted connections waiting for JS
+  // Accepted connections waiting for JS to choose, not counting those in JS's queue: while there are
+  // any, the thread polls for commands (see PENDING_POLL_MS). A waiter may wait for minutes, and its
+  // connect command, when it is served, wakes the thread.
+  uint32_t npending;
 
   // Read from JS, written by the thread.
   atomic_long pipes_created, pipes_in_use, pipes_pooled, conns_live, pipe_cap_last, splice_calls;
@@ -341,7 +345,7 @@ static void reset_close(int fd) {
 static void conn_end(inst_t *I, conn_t *c, int reason, int err, bool rst0, bool rst1) {
   if (c->dead) return;
   c->dead = true;
-  if (c->pending) I->npending--;
+  if (c->pending && !c->waiting) I->npending--;
   if (c->reason == END_NONE) {
     c->reason = reason;
     c->err = err;
@@ -515,6 +519,15 @@ static void add_conn(inst_t *I, conn_t *c) {
   }
 }
 
+// Enters or leaves the pending state, keeping npending (the connections the thread polls for) right.
+static void pending_set(inst_t *I, conn_t *c, bool on) {
+  if (c->pending == on) return;
+  c->pending = on;
+  if (c->waiting) return;
+  if (on) I->npending++;
+  else I->npending--;
+}
+
 // An accepted connection's connect failed (at once, refused, timed out): its backend socket goes, and
 // it is pending again, for JS to try the next backend or close it.
 static void connect_retry(inst_t *I, conn_t *c, int err) {
@@ -523,8 +536,7 @@ static void connect_retry(inst_t *I, conn_t *c, int err) {
   c->fd[1] = -1;
   c->rd[1] = c->wr[1] = false;
   c->connecting = false;
-  c->pending = true;
-  I->npending++;
+  pending_set(I, c, true);
   (void)set_timeout_class(I, c); // no timeout while pending: cannot fail
   c->err = err;
   post_event(I, c, EV_CONNECT_FAILED);
@@ -559,9 +571,8 @@ static void connect_start(inst_t *I, cmd_t *cmd) {
     close(cmd->fd); // the client left meanwhile (its end is on its way to JS); closing drops it from epoll
     return;
   }
-  I->npending--;
+  pending_set(I, c, false);
   c->fd[1] = cmd->fd;
-  c->pending = false;
   c->connecting = true;
   c->connect_ms = cmd->connect_ms;
   c->idle_ms = cmd->idle_ms;
@@ -626,8 +637,8 @@ static void accept_batch(inst_t *I, lsn_t *L) {
     c->fd[0] = fd;
     c->fd[1] = -1;
     for (int s = 0; s < 2; s++) c->d[s].p.r = c->d[s].p.w = -1;
-    c->accepted = c->pending = true;
-    I->npending++;
+    c->accepted = true;
+    pending_set(I, c, true);
     c->lid = L->id;
     c->peer = peer;
     atomic_init(&c->refs, 2); // the thread's and JS's (from EV_ACCEPTED on)
@@ -687,8 +698,11 @@ static void run_commands(inst_t *I, bool *stop, bool woken) {
       listener_close(I, list->l);
       break;
     case CMD_WAIT:
-      list->c->waiting = true;
-      if (list->c->rd[0]) waiter_check(I, list->c); // it may have closed before this command came
+      if (!list->c->dead && !list->c->waiting) {
+        if (list->c->pending) I->npending--; // no polling for it: its connect command wakes the thread
+        list->c->waiting = true;
+        if (list->c->rd[0]) waiter_check(I, list->c); // it may have closed before this command came
+      }
       conn_unref(list->c); // the thread's own reference outlives this turn
       break;
     }
@@ -1383,8 +1397,10 @@ static napi_value js_connect_accepted(napi_env env, napi_callback_info info) {
     else I->cmd_head = cmd;
     I->cmd_tail = cmd;
     atomic_store(&I->cmds_waiting, true);
-    // The thread saw the socket's events before this command and may be asleep (see thread_main).
-    wake = atomic_load(&c->want_cmd) && !I->evfd_armed;
+    // The thread saw the socket's events before this command and may be asleep (see thread_main), or
+    // this is a waiter from the queue, for which the thread does not poll (npending): a connect that
+    // never completes would otherwise start its timeout only at the next unrelated wake-up.
+    wake = (c->parked || atomic_load(&c->want_cmd)) && !I->evfd_armed;
     if (wake) I->evfd_armed = true;
   }
   pthread_mutex_unlock(&I->mu);
@@ -1544,7 +1560,9 @@ static napi_value js_wait(napi_env env, napi_callback_info info) {
   uint32_t slot;
   CHECK(napi_get_value_uint32(env, argv[0], &slot));
   conn_t *c = accepted_at(env, I, slot);
-  return c ? conn_cmd(env, I, CMD_WAIT, c) : NULL;
+  if (!c) return NULL;
+  c->parked = true;
+  return conn_cmd(env, I, CMD_WAIT, c);
 }
 
 // counters(slab) -> Float64Array of 2 * SLAB_SLOTS: [sent, rcvd] per slot.

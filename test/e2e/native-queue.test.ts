@@ -9,7 +9,7 @@
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { nativeAcceptAvailable } from '../../src/proxy/splice.ts';
-import { connectClient, until, within, type TestClient } from '../helpers/backends.ts';
+import { connectClient, deadHost, until, within, type TestClient } from '../helpers/backends.ts';
 import { closeHealthServers, serve, type Backend } from '../helpers/health.ts';
 import { cleanup, startLb, webDoc, type InProcessLb } from '../helpers/lb.ts';
 
@@ -113,5 +113,32 @@ describe.skipIf(skipped)('queued clients held by the addon', () => {
     await w.waitFor((r) => r.toString() === 'served request', 3000, 'the half-closed waiter to be served');
     await within(w.ended, 3000, 'the backend\'s FIN to reach the waiter');
     expect(rec.order).toEqual(['holder', 'request']);
+  });
+
+  it('a waiter served to a backend that never answers times out on time and goes back to its place, then is served', async () => {
+    // The addon does not poll for commands on behalf of waiters (they may wait for minutes): the connect
+    // command of a served waiter wakes its thread, else this connect's timeout would start only at the
+    // next unrelated wake-up.
+    const rec = await recorder();
+    const dead = await deadHost();
+    const { lb, holder } = await full(rec, 1);
+    const w = await waiter(lb, 1, 'w');
+    const failed = lb.logs.waitFor((l) => l.event === 'connect-failed', { ms: 5000 });
+    const startedAt = performance.now();
+    // A second backend with a free slot: the waiter is served to it, and its SYN is never answered.
+    await lb.apply(
+      webDoc([{ backends: [{ host: '127.0.0.1', port: rec.port, maxc: 1 }, { host: '127.0.0.1', port: dead.port, maxc: 1 }] }], {
+        queue: { max: 100, timeout: '20s' },
+        connect_timeout: '300ms',
+      }),
+    );
+    const line = await failed;
+    expect(line.fields).toMatchObject({ reason: 'ETIMEDOUT', backend: `127.0.0.1:${dead.port}` });
+    expect(performance.now() - startedAt).toBeLessThan(3000); // 300 ms, generously
+    await until(() => queued(lb) === 1, 3000, 'the waiter to be back in the queue');
+    expect(queueFigures(lb)).toMatchObject({ abandoned: 0, timeouts: 0, rejected: 0 });
+    await holder.close();
+    await w.waitFor((r) => r.toString() === 'served w', 3000, 'the waiter to be served by the live backend');
+    await w.close();
   });
 });
