@@ -98,6 +98,7 @@ typedef struct conn {
   bool pending;       // accepted, no backend yet (fd[1] < 0): waits for connectAccepted() or abort()
   bool waiting;       // in JS's queue (wait()): while pending, a client that closes having sent nothing has left
   bool parked;        // JS thread only: wait() was called, so its connect command must wake the thread
+  bool counted;       // holds a place under the connection limit (given back at its end)
   uint32_t lid;       // the listener that accepted it
   uint32_t early;     // events of a backend socket JS added before the thread took its command
   atomic_bool want_cmd; // the thread keeps such events and may sleep: the command must wake it
@@ -147,7 +148,7 @@ typedef struct {
   double sent, rcvd;
 } done_t;
 
-typedef struct {
+typedef struct inst {
   napi_env env;
   napi_threadsafe_function tsfn;
   napi_ref on_end;
@@ -194,6 +195,13 @@ typedef struct {
   // any, the thread polls for commands (see PENDING_POLL_MS). A waiter may wait for minutes, and its
   // connect command, when it is served, wakes the thread.
   uint32_t npending;
+  bool at_limit; // at [global] maxconn: the listeners are out of the epoll set (limit_stop)
+
+  // The connection limit (attachLimit), or NULL: no limit. Set by JS before its first listen().
+  _Atomic int32_t *lim;
+  napi_ref lim_ref; // keeps the shared memory it points into alive
+  uint32_t region;  // this worker's index into the limit's per-worker counts
+  struct inst *lim_next; // in g_limited while at_limit
 
   // Read from JS, written by the thread.
   atomic_long pipes_created, pipes_in_use, pipes_pooled, conns_live, pipe_cap_last, splice_calls;
@@ -342,6 +350,8 @@ static void reset_close(int fd) {
 }
 
 // rst[i]: close side i with a reset instead of an orderly close.
+static void limit_give(inst_t *I);
+
 static void conn_end(inst_t *I, conn_t *c, int reason, int err, bool rst0, bool rst1) {
   if (c->dead) return;
   c->dead = true;
@@ -364,6 +374,7 @@ static void conn_end(inst_t *I, conn_t *c, int reason, int err, bool rst0, bool 
     pipe_give(I, &c->d[i].p, c->d[i].inpipe == 0);
   }
   atomic_fetch_sub(&I->conns_live, 1);
+  if (c->counted) limit_give(I); // its descriptors are closed: the place is free
   post_done(I, c);
   // Events for it may still sit in this turn's batch: the thread's reference goes at the end of the turn.
   c->dnext = I->dead;
@@ -590,6 +601,96 @@ static void connect_start(inst_t *I, cmd_t *cmd) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// The connection limit ([global] maxconn), one per lb, shared by all its workers: Int32 fields in lb's
+// shared memory (src/shared/state.ts, G_*), changed by JS with Atomics and here with C11 atomics on the
+// same words. A thread takes a place before each accept4(); at the limit its listeners leave the epoll
+// set (clients wait in the kernel's backlog, as with HAProxy's maxconn) until a place is given back.
+
+#define G_CUR 0
+#define G_MAX 1
+#define G_REACHED 2
+#define G_LIMITED 4
+#define G_HELD 8
+
+// Threads at their limit (any lb in this process), for a release to wake. Under g_limited_mu.
+static pthread_mutex_t g_limited_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct inst *g_limited;
+
+// A place for one more connection, or false at the limit. A compare-and-swap: exact across workers.
+static bool limit_take(inst_t *I) {
+  _Atomic int32_t *g = I->lim;
+  if (!g) return true;
+  int32_t cur = atomic_load(&g[G_CUR]);
+  for (;;) {
+    int32_t max = atomic_load(&g[G_MAX]);
+    if (max > 0 && cur >= max) return false;
+    if (atomic_compare_exchange_weak(&g[G_CUR], &cur, cur + 1)) break;
+  }
+  atomic_fetch_add(&g[G_HELD + I->region], 1);
+  return true;
+}
+
+// Wakes every thread paused at limit `g` (each looks again at the end of its turn: limit_check).
+static void limit_wake(_Atomic int32_t *g) {
+  pthread_mutex_lock(&g_limited_mu);
+  for (inst_t *o = g_limited; o; o = o->lim_next) {
+    if (o->lim != g) continue;
+    uint64_t one = 1;
+    (void)!write(o->evfd, &one, sizeof one);
+  }
+  pthread_mutex_unlock(&g_limited_mu);
+}
+
+static void limit_give(inst_t *I) {
+  _Atomic int32_t *g = I->lim;
+  atomic_fetch_sub(&g[G_HELD + I->region], 1);
+  atomic_fetch_sub(&g[G_CUR], 1);
+  // Read after the release: a thread that paused before it is listed, one that pauses after it sees it.
+  if (atomic_load(&g[G_LIMITED]) > 0) limit_wake(g);
+}
+
+static void limited_unlist(inst_t *I) {
+  pthread_mutex_lock(&g_limited_mu);
+  for (inst_t **at = &g_limited; *at; at = &(*at)->lim_next) {
+    if (*at == I) {
+      *at = I->lim_next;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&g_limited_mu);
+}
+
+// At the limit: this thread's listeners leave the epoll set until a release wakes it.
+static void limit_stop(inst_t *I) {
+  if (I->at_limit) return;
+  I->at_limit = true;
+  for (lsn_t *L = I->listeners; L; L = L->next)
+    if (!L->paused) epoll_ctl(I->ep, EPOLL_CTL_DEL, L->fd, NULL);
+  pthread_mutex_lock(&g_limited_mu);
+  I->lim_next = g_limited;
+  g_limited = I;
+  pthread_mutex_unlock(&g_limited_mu);
+  atomic_fetch_add(&I->lim[G_REACHED], 1);
+  atomic_fetch_add(&I->lim[G_LIMITED], 1); // after listing, so that a releaser who sees it finds this thread
+}
+
+static bool listener_watch(inst_t *I, lsn_t *L);
+static void listener_pause(inst_t *I, lsn_t *L, int err);
+
+// End of each turn: below the limit again (a release, or a higher maxconn), the listeners come back.
+// It looks after limit_stop counted this thread in G_LIMITED, so a release in between is never missed.
+static void limit_check(inst_t *I) {
+  if (!I->at_limit) return;
+  int32_t max = atomic_load(&I->lim[G_MAX]);
+  if (max > 0 && atomic_load(&I->lim[G_CUR]) >= max) return;
+  I->at_limit = false;
+  atomic_fetch_sub(&I->lim[G_LIMITED], 1);
+  limited_unlist(I);
+  for (lsn_t *L = I->listeners; L; L = L->next)
+    if (!L->paused && !listener_watch(I, L)) listener_pause(I, L, errno);
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Listening sockets (thread only)
 
 static bool listener_watch(inst_t *I, lsn_t *L) {
@@ -608,7 +709,7 @@ static void listeners_resume(inst_t *I) {
   for (lsn_t *L = I->listeners; L; L = L->next) {
     if (L->paused && L->resume_at <= I->now) {
       L->paused = false;
-      if (!listener_watch(I, L)) listener_pause(I, L, errno);
+      if (!I->at_limit && !listener_watch(I, L)) listener_pause(I, L, errno); // else limit_check adds it
     }
   }
 }
@@ -617,12 +718,17 @@ static void listeners_resume(inst_t *I) {
 // while JS chooses is seen), and is posted to JS (EV_ACCEPTED) in the batch of this turn.
 static void accept_batch(inst_t *I, lsn_t *L) {
   for (int i = 0; i < MAX_ACCEPT; i++) {
+    if (!limit_take(I)) {
+      limit_stop(I);
+      return;
+    }
     struct sockaddr_storage peer;
     socklen_t len = sizeof peer;
     // SOCK_NONBLOCK: no fcntl; TCP_NODELAY and SO_KEEPALIVE come from the listening socket.
     int fd = accept4(L->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       int err = errno;
+      if (I->lim) limit_give(I); // the place taken for it
       if (err == EINTR || err == ECONNABORTED || err == EPROTO) continue; // that client went before accept
       // Out of descriptors or memory: those clients wait in the backlog (the pause is logged once).
       if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) listener_pause(I, L, err);
@@ -631,9 +737,11 @@ static void accept_batch(inst_t *I, lsn_t *L) {
     conn_t *c = calloc(1, sizeof *c);
     if (!c) {
       close(fd);
+      if (I->lim) limit_give(I);
       listener_pause(I, L, ENOMEM);
       return;
     }
+    c->counted = I->lim != NULL;
     c->fd[0] = fd;
     c->fd[1] = -1;
     for (int s = 0; s < 2; s++) c->d[s].p.r = c->d[s].p.w = -1;
@@ -692,7 +800,7 @@ static void run_commands(inst_t *I, bool *stop, bool woken) {
     case CMD_LISTEN:
       list->l->next = I->listeners;
       I->listeners = list->l;
-      if (!listener_watch(I, list->l)) listener_pause(I, list->l, errno);
+      if (!I->at_limit && !listener_watch(I, list->l)) listener_pause(I, list->l, errno); // else limit_check adds it
       break;
     case CMD_UNLISTEN:
       listener_close(I, list->l);
@@ -848,6 +956,7 @@ static void *thread_main(void *arg) {
     }
     expire_idle(I);
     listeners_resume(I);
+    limit_check(I);
     atomic_store_explicit(&I->splice_calls, (long)I->splices, memory_order_relaxed);
     // A connection that ended after it was put on the ready list leaves the list before its memory
     // may go (JS may drop the last reference as soon as it hears of the end).
@@ -876,6 +985,12 @@ static void *thread_main(void *arg) {
     close(L->fd);
     free(L);
   }
+  if (I->at_limit) {
+    // Before cleanup() closes the eventfd a releaser would write to.
+    I->at_limit = false;
+    atomic_fetch_sub(&I->lim[G_LIMITED], 1);
+    limited_unlist(I);
+  }
   while (I->all) {
     conn_t *c = I->all;
     I->all = c->anext;
@@ -886,6 +1001,7 @@ static void *thread_main(void *arg) {
         close(c->d[i].p.w);
       }
     }
+    if (c->counted) limit_give(I);
     conn_unref(c);
   }
   for (int i = 0; i < I->npool; i++) {
@@ -1565,6 +1681,48 @@ static napi_value js_wait(napi_env env, napi_callback_info info) {
   return conn_cmd(env, I, CMD_WAIT, c);
 }
 
+// The Int32 words of a typed array over lb's shared memory (the limit's fields, src/shared/state.ts),
+// or NULL with an exception pending. `min` words at least.
+static _Atomic int32_t *limit_words(napi_env env, napi_value v, size_t min) {
+  napi_typedarray_type type;
+  size_t len;
+  void *data;
+  if (napi_get_typedarray_info(env, v, &type, &len, &data, NULL, NULL) != napi_ok || type != napi_int32_array || len < min) {
+    napi_throw_type_error(env, "LB_SPLICE", "expected the connection limit's Int32Array");
+    return NULL;
+  }
+  return (_Atomic int32_t *)data;
+}
+
+// attachLimit(int32array, region): this worker's accepts count against the connection limit in
+// `int32array` (G_* fields, then one count per worker), as worker `region`. Before the first listen().
+static napi_value js_attach_limit(napi_env env, napi_callback_info info) {
+  ENTRY(2);
+  uint32_t region;
+  CHECK(napi_get_value_uint32(env, argv[1], &region));
+  _Atomic int32_t *g = limit_words(env, argv[0], G_HELD + (size_t)region + 1);
+  if (!g) return NULL;
+  if (I->lim || I->nlisteners > 0) {
+    napi_throw_error(env, "LB_SPLICE", "attachLimit: once, before the first listen()");
+    return NULL;
+  }
+  CHECK(napi_create_reference(env, argv[0], 1, &I->lim_ref));
+  I->region = region;
+  I->lim = g; // published to the thread by the first listen command (under mu)
+  return NULL;
+}
+
+// limitWake(int32array): a place was given back by JS (or maxconn raised): the threads of any worker
+// paused at this limit look again. No init() needed: the supervisor calls it too.
+static napi_value js_limit_wake(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  _Atomic int32_t *g = limit_words(env, argv[0], G_HELD);
+  if (g) limit_wake(g);
+  return NULL;
+}
+
 // counters(slab) -> Float64Array of 2 * SLAB_SLOTS: [sent, rcvd] per slot.
 static napi_value js_counters(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -1673,6 +1831,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"connect", NULL, js_connect, NULL, NULL, NULL, napi_default, NULL},
       {"connectAccepted", NULL, js_connect_accepted, NULL, NULL, NULL, napi_default, NULL},
       {"wait", NULL, js_wait, NULL, NULL, NULL, napi_default, NULL},
+      {"attachLimit", NULL, js_attach_limit, NULL, NULL, NULL, napi_default, NULL},
+      {"limitWake", NULL, js_limit_wake, NULL, NULL, NULL, napi_default, NULL},
       {"listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL},
       {"unlisten", NULL, js_unlisten, NULL, NULL, NULL, napi_default, NULL},
       {"flush", NULL, js_flush, NULL, NULL, NULL, napi_default, NULL},

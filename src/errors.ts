@@ -45,6 +45,8 @@ export const Code = {
   CONNECT_FAILED: 'LB_CONNECT_FAILED',
   /** accept_proxy: a client sent no valid PROXY header within the timeout (malformed, truncated, too slow). */
   PROXY_HEADER: 'LB_PROXY_HEADER',
+  /** `[global] maxconn` reached on a listener Node accepts for (it cannot pause): clients closed at once. */
+  MAXCONN: 'LB_MAXCONN',
   CONTROL_UNKNOWN_COMMAND: 'LB_CONTROL_UNKNOWN_COMMAND',
   CONTROL_BAD_ARGS: 'LB_CONTROL_BAD_ARGS',
   CONTROL_NOT_ADMIN: 'LB_CONTROL_NOT_ADMIN',

@@ -44,6 +44,7 @@ import { takeSnapshot, type ProcessInfo, type Snapshot } from './stats/snapshot.
 import { FailureLog, RateMeter, type FailureRecord } from './stats/rates.ts';
 import { checkListen, describePortCheck, portCheck } from './supervisor/ports.ts';
 import { listenerPath } from './proxy/path.ts';
+import { defaultMaxconn, effectiveMaxconn, openFileLimit, wakeLimited } from './proxy/conn-limit.ts';
 import { WorkerPool } from './supervisor/workers.ts';
 import { sameEndpoint } from './worker/data-plane.ts';
 import { VERSION } from './version.ts';
@@ -149,6 +150,8 @@ export class Runtime implements ControlTarget {
     }
     this.shared = new SharedState(undefined, { ...DEFAULT_CAPACITY, regions: this.workers });
     this.slots = new SlotAllocator(this.shared);
+    this.setMaxconn(table); // before any worker accepts
+    this.warnMaxconn(table.global.maxconn);
     this.health = new HealthMonitor(this.log, () => this.serveQueues());
     this.health.onFailure = (listener, group, entry, r) =>
       this.failures.add({ at: Date.now(), listener, group, backend: entry.name, by: 'check', reason: `${r.status} ${r.detail}`.trim() });
@@ -167,6 +170,23 @@ export class Runtime implements ControlTarget {
         },
         healthChanged: () => this.serveQueues(),
       },
+    });
+  }
+
+  /** `[global] maxconn` (or the default from the descriptor limit) in force; raised: paused workers look again. */
+  private setMaxconn(table: RoutingTable): void {
+    if (this.shared.setMaxconn(effectiveMaxconn(table.global.maxconn))) wakeLimited(this.shared);
+  }
+
+  /** A configured maxconn that the descriptor limit cannot hold: lb would meet EMFILE before it. */
+  private warnMaxconn(configured: number | null): void {
+    const nofile = openFileLimit();
+    if (configured === null || nofile === null || configured <= defaultMaxconn(nofile)) return;
+    this.log.log('warn', 'maxconn', {
+      code: Code.MAXCONN,
+      maxconn: configured,
+      nofile,
+      detail: `above what the descriptor limit holds (${defaultMaxconn(nofile)} connections): lb may run out of descriptors first; raise LimitNOFILE (ulimit -n)`,
     });
   }
 
@@ -338,6 +358,7 @@ export class Runtime implements ControlTarget {
     for (const [k, v] of next) this.listeners.set(k, v);
     this.table = table;
     this.slotMap = map;
+    this.setMaxconn(table);
     this.log.format = table.global.logFormat;
     this.log.level = table.global.logLevel;
   }
@@ -393,7 +414,7 @@ export class Runtime implements ControlTarget {
   processInfo(): ProcessInfo {
     const s = this.pool.splice;
     const splice = this.table.global.splice === 'off' ? 'off (splice = "off")' : s.ok ? 'on' : `off (${s.reason})`;
-    return { workers: this.pool.threadIds().length, restarts: this.pool.restarts, splice, portCheck: describePortCheck(portCheck()) };
+    return { workers: this.pool.threadIds().length, restarts: this.pool.restarts, splice, portCheck: describePortCheck(portCheck()), conns: this.shared.connFigures() };
   }
 
   snapshot(): Snapshot {

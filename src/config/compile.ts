@@ -23,6 +23,7 @@ import type {
   RoutingTable,
 } from './table.ts';
 import { defaultStateFile } from './operator-state.ts';
+import { jsAcceptReason, NAME_REASON } from '../proxy/path.ts';
 import type { Level } from '../control/access.ts';
 import { formatHostPort, parseBackendString, parseDuration, parseListenAddress, parsePort } from './values.ts';
 
@@ -60,6 +61,7 @@ class Compiler {
       logLevel: (doc.global?.log_level ?? 'info') as LogLevel,
       accessLog: doc.global?.access_log ?? true,
       workers: doc.global?.workers ?? 'auto',
+      maxconn: doc.global?.maxconn ?? null,
       splice: (doc.global?.splice ?? 'auto') as 'auto' | 'off',
       // "" turns the state file off even where systemd gives a state directory.
       stateFile: doc.global?.state_file === undefined ? defaultStateFile(process.env) : doc.global.state_file || null,
@@ -68,9 +70,27 @@ class Compiler {
     const control = doc.control ? this.control(doc.control) : null;
     const listeners = Object.entries(doc.listeners).map(([name, l]) => this.listener(name, l, defaults));
     this.checkAddressClashes(listeners, control);
+    if (global.maxconn !== null) this.checkMaxconnPaths(listeners, global.splice);
     const table: RoutingTable = { global, control, defaults, listeners };
     const failed = this.diags.some((d) => d.severity === 'error');
     return { table: failed ? null : table, diagnostics: this.diags };
+  }
+
+  /**
+   * At maxconn, only the addon can stop accepting; a listener Node accepts for closes the clients beyond
+   * it instead. Said for what the config itself decides (a backend name's resolution, or an addon missing
+   * on this machine, is the running lb's to say: `show info`).
+   */
+  private checkMaxconnPaths(listeners: readonly ListenerEntry[], splice: 'auto' | 'off'): void {
+    for (const l of listeners) {
+      const why = splice === 'off' ? 'splice = "off"' : jsAcceptReason(l);
+      if (why === null || why === NAME_REASON) continue;
+      this.warn(
+        ['global', 'maxconn'],
+        `listener "${l.name}" is accepted by Node (${why}), which cannot stop accepting: at maxconn its new clients are closed at once (counted) instead of waiting in the backlog`,
+        Code.MAXCONN,
+      );
+    }
   }
 
   private dns(doc: NonNullable<NonNullable<ConfigDoc['global']>['dns']>): NonNullable<RoutingTable['global']['dns']> {

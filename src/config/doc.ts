@@ -59,6 +59,7 @@ export interface ConfigDoc {
     log_format?: string;
     access_log?: boolean;
     workers?: number | 'auto';
+    maxconn?: number;
     splice?: string;
     log_level?: string;
     state_file?: string;

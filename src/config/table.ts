@@ -140,6 +140,8 @@ export interface GlobalEntry {
   readonly workers: number | 'auto';
   /** "auto": the splice(2) relay where the addon loads; "off": the JS relay always. */
   readonly splice: 'auto' | 'off';
+  /** Connections lb holds at most (all workers); null: derived from the descriptor limit at start (src/proxy/conn-limit.ts). */
+  readonly maxconn: number | null;
   /** Where operator state (disable, maxc, drain, create, ...) is kept across reloads and restarts; null: nowhere. */
   readonly stateFile: string | null;
   /** DNS discovery (`[global.dns]`): backends given by name follow their records; null: resolved once. */

@@ -18,6 +18,7 @@ export function tableToDoc(running: RoutingTable): ConfigDoc {
       log_level: table.global.logLevel,
       access_log: table.global.accessLog,
       workers: table.global.workers,
+      ...(table.global.maxconn !== null ? { maxconn: table.global.maxconn } : {}),
       splice: table.global.splice,
       // Written only when it is not what this environment would default to, so a saved file stays portable.
       ...(table.global.stateFile !== defaultStateFile(process.env) ? { state_file: table.global.stateFile ?? '' } : {}),

@@ -54,6 +54,9 @@ export interface ListenerContext {
   localError(code: string): void;
   /** The splice(2) relay is on for this worker (`[global] splice` and the addon). */
   readonly splice: boolean;
+  /** A client Node accepted takes a place under `[global] maxconn` (the addon's take theirs in C). */
+  admitClient(listener: ListenerEntry): boolean;
+  clientReleased(): void;
 }
 
 /** A listening socket: Node's (a net.Server) or the addon's. */
@@ -198,7 +201,16 @@ export class ListenerRuntime implements RelayHost, AcceptSink {
   }
 
   accept(socket: Socket): void {
+    // Node cannot stop accepting at maxconn: the client beyond it is closed at once (and counted).
+    if (!this.ctx.admitClient(this.entry)) {
+      socket.destroy();
+      return;
+    }
     new Relay(socket, this.entry, this);
+  }
+
+  clientReleased(): void {
+    this.ctx.clientReleased();
   }
 
   /** A client the addon accepted: JS decides its backend, the addon does the rest. */

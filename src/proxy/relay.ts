@@ -32,6 +32,8 @@ export interface RelayHost extends FlowHost {
   readonly dump: ((text: string) => void) | null;
   /** Relay connected pairs with splice(2) (never with a packet dump). */
   readonly splice: boolean;
+  /** The client's place under maxconn is free (it was admitted at accept). */
+  clientReleased(): void;
   /** Connect deadlines: one timer per listener sweeps them, instead of a timer per connection. */
   connectStarted(relay: Relay): void;
   connectEnded(relay: Relay): void;
@@ -424,6 +426,7 @@ export class Relay extends Flow {
   }
 
   protected override finishing(): void {
+    this.host.clientReleased();
     if (this.proxyTimer !== null) {
       clearTimeout(this.proxyTimer);
       this.proxyTimer = null;

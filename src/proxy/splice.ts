@@ -80,6 +80,7 @@ interface Addon {
   unlisten?(id: number): void;
   connectAccepted?(slot: number, address: string, port: number, source: string, connectMs: number, idleMs: number): number;
   wait?(slot: number): void;
+  attachLimit?(limit: Int32Array, region: number): void;
   relay(clientFd: number, backendFd: number, idleMs: number): number;
   connect?(clientFd: number, address: string, port: number, source: string, connectMs: number, idleMs: number): number;
   flush?(): void;
@@ -439,10 +440,18 @@ export function nativeAcceptAvailable(): SpliceAvailability {
   if (!connect.ok) return connect;
   if (nativeAcceptOff) return { ok: false, reason: 'turned off (LB_NATIVE_ACCEPT=off)' };
   const addon = loadedOrNull()!.addon;
-  if (typeof addon.listen !== 'function' || typeof addon.connectAccepted !== 'function' || typeof addon.wait !== 'function') {
+  if (typeof addon.listen !== 'function' || typeof addon.connectAccepted !== 'function' || typeof addon.wait !== 'function' || typeof addon.attachLimit !== 'function') {
     return { ok: false, reason: 'the addon is older than this lb: rebuild it with npm run build:native' };
   }
   return { ok: true };
+}
+
+/**
+ * This worker's native accepts count against lb's connection limit (`[global] maxconn`): `limit` is
+ * the shared state's view of it (SharedState.conns), `region` this worker's. Before the first listen.
+ */
+export function spliceAttachLimit(limit: Int32Array, region: number): void {
+  loadedOrNull()?.addon.attachLimit?.(limit, region);
 }
 
 let nextListenerId = 1;

@@ -80,6 +80,18 @@ const WL_QUEUED = 10; // this worker's waiting clients
 export const WL_PROXY_REJECTED = 11; // accept_proxy: closed without a valid PROXY header in time
 const WL_F64 = 12;
 
+/**
+ * The connection limit (`[global] maxconn`), Int32, changed with Atomics by JS and by the addon's threads
+ * (C11 atomics on the same memory: the addon maps it with napi_get_typedarray_info, see
+ * native/lb_splice.c `attachLimit`). Keep in step with the C side's G_* constants.
+ */
+const G_CUR = 0; // connections lb holds now: accepted (natively or by Node) and not yet closed
+const G_MAX = 1; // the limit; 0 = none
+const G_REACHED = 2; // times it was reached: a worker's listeners paused at it, or a client closed at it
+const G_REFUSED = 3; // clients Node accepted beyond it, closed at once (listeners that cannot pause)
+const G_LIMITED = 4; // addon threads paused at the limit now (a release wakes them)
+const G_HELD = 8; // then, per region: the connections that worker holds (given back if it dies)
+
 /** Ticket value meaning "this worker has no waiter that any backend would do for". */
 export const NO_TICKET = 0x7fffffff;
 
@@ -112,8 +124,9 @@ function layout(c: Capacity) {
   const li32 = c.listeners * L_I32;
   const gi32 = c.groups;
   const oldest = c.regions * c.listeners;
-  const i32 = bi32 + li32 + gi32 + oldest;
-  return { bf64, wb, wl, seq, f64, bi32, li32, gi32, oldest, i32, bytes: f64 * 8 + i32 * 4 };
+  const conns = G_HELD + c.regions;
+  const i32 = bi32 + li32 + gi32 + oldest + conns;
+  return { bf64, wb, wl, seq, f64, bi32, li32, gi32, oldest, conns, i32, bytes: f64 * 8 + i32 * 4 };
 }
 
 export class SharedState {
@@ -127,6 +140,8 @@ export class SharedState {
   private readonly li: Int32Array;
   private readonly gi: Int32Array;
   private readonly oldestTicket: Int32Array;
+  /** The connection limit's fields (G_*), also the addon's view of them. */
+  readonly conns: Int32Array;
 
   constructor(init?: SharedInit, capacity: Capacity = DEFAULT_CAPACITY) {
     this.capacity = init?.capacity ?? capacity;
@@ -151,6 +166,7 @@ export class SharedState {
     this.li = i32(l.li32);
     this.gi = i32(l.gi32);
     this.oldestTicket = i32(l.oldest);
+    this.conns = i32(l.conns);
     if (!init) this.oldestTicket.fill(NO_TICKET);
   }
 
@@ -639,6 +655,49 @@ export class SharedState {
       Atomics.store(this.oldestTicket, region * this.capacity.listeners + l, NO_TICKET);
       this.wake(l);
     }
+    // Its connections (those the addon accepted too) closed with it.
+    const held = Atomics.exchange(this.conns, G_HELD + region, 0);
+    if (held !== 0) Atomics.sub(this.conns, G_CUR, held);
+  }
+
+  // --- The connection limit ----------------------------------------------------------------------------
+
+  /**
+   * Takes a place for a connection Node accepted (the addon takes its own the same way, in C): false
+   * when lb holds `maxconn` already. A compare-and-swap, so the limit holds exactly across workers.
+   */
+  admitConn(region: number): boolean {
+    const g = this.conns;
+    for (;;) {
+      const cur = Atomics.load(g, G_CUR);
+      const max = Atomics.load(g, G_MAX);
+      if (max > 0 && cur >= max) {
+        Atomics.add(g, G_REACHED, 1);
+        Atomics.add(g, G_REFUSED, 1);
+        return false;
+      }
+      if (Atomics.compareExchange(g, G_CUR, cur, cur + 1) === cur) break;
+    }
+    Atomics.add(g, G_HELD + region, 1);
+    return true;
+  }
+
+  /** Gives back a place admitConn() took. True when addon threads wait for one (wake them: limitWake). */
+  releaseConn(region: number): boolean {
+    Atomics.sub(this.conns, G_HELD + region, 1);
+    Atomics.sub(this.conns, G_CUR, 1);
+    return Atomics.load(this.conns, G_LIMITED) > 0;
+  }
+
+  /** Sets the limit (0 = none). True when addon threads wait at the old one (wake them: limitWake). */
+  setMaxconn(max: number): boolean {
+    Atomics.store(this.conns, G_MAX, max);
+    return Atomics.load(this.conns, G_LIMITED) > 0;
+  }
+
+  connFigures(): { max: number; cur: number; reached: number; refused: number } {
+    const g = this.conns;
+    return { max: Atomics.load(g, G_MAX), cur: Atomics.load(g, G_CUR), reached: Atomics.load(g, G_REACHED), refused: Atomics.load(g, G_REFUSED) };
   }
 
   /** A listener slot given to a new listener starts from nothing. */

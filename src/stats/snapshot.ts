@@ -80,7 +80,20 @@ export interface Snapshot {
   splice: string;
   /** How new listen addresses are checked before the workers bind them (ports.ts). */
   portCheck: string;
+  /** `[global] maxconn` in force (0: none) and what it counts (src/proxy/conn-limit.ts). */
+  conns: ConnFigures;
   listeners: ListenerSnap[];
+}
+
+export interface ConnFigures {
+  /** The limit (0: none). */
+  readonly max: number;
+  /** Connections lb holds now: accepted, queued ones included, not yet closed. */
+  readonly cur: number;
+  /** Times the limit was reached: a worker's listeners paused at it, or a client closed at it. */
+  readonly reached: number;
+  /** Clients Node accepted beyond the limit, closed at once (listeners that cannot pause). */
+  readonly refused: number;
 }
 
 /** What the process as a whole runs with. */
@@ -89,6 +102,7 @@ export interface ProcessInfo {
   readonly restarts: number;
   readonly splice: string;
   readonly portCheck: string;
+  readonly conns: ConnFigures;
 }
 
 export interface SnapshotSource {
@@ -135,7 +149,7 @@ export function takeSnapshot(src: SnapshotSource, version: string, now = Date.no
     pid: process.pid,
     now,
     uptimeSec: Math.floor((now - src.startedAt) / 1000),
-    ...((w) => ({ workers: w.workers, workerRestarts: w.restarts, splice: w.splice, portCheck: w.portCheck }))(src.processInfo()),
+    ...((w) => ({ workers: w.workers, workerRestarts: w.restarts, splice: w.splice, portCheck: w.portCheck, conns: w.conns }))(src.processInfo()),
     listeners: src.listenerViews().map(({ entry, state, address }) => ({
       name: entry.name,
       address,

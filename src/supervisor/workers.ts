@@ -14,6 +14,7 @@ import { LbError, Code, Exit } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { SlotMap } from '../shared/slots.ts';
 import type { SharedState } from '../shared/state.ts';
+import { wakeLimited } from '../proxy/conn-limit.ts';
 import type { Event, Reply, Request, WorkerInit } from '../worker/protocol.ts';
 
 type Body = Request extends infer R ? (R extends { seq: number } ? Omit<R, 'seq'> : never) : never;
@@ -134,6 +135,7 @@ export class WorkerPool {
     const listeners = cur.slots.listeners.map((l) => l.slot);
     const backends = cur.slots.listeners.flatMap((l) => l.groups.flatMap((g) => g.backends));
     this.shared.workerGone(dead.region, listeners, backends);
+    wakeLimited(this.shared); // its connections' places are free: workers paused at maxconn take them
     this.log.log('warn', 'worker-restart', { worker: dead.region, exit: code, restarts: this.restarts });
     this.spawn(dead.region).catch((err: Error) => {
       this.log.log('error', 'worker-restart-failed', { worker: dead.region, error: err.message });

@@ -11,7 +11,9 @@ import { ListenerRuntime, type ListenerContext } from '../proxy/listener.ts';
 import type { SlotMap } from '../shared/slots.ts';
 import type { SharedState } from '../shared/state.ts';
 import { acceptsNatively } from '../proxy/path.ts';
-import { nativeAcceptAvailable, spliceAvailable, spliceFlush } from '../proxy/splice.ts';
+import { nativeAcceptAvailable, spliceAttachLimit, spliceAvailable, spliceFlush } from '../proxy/splice.ts';
+import { wakeLimited } from '../proxy/conn-limit.ts';
+import { Code } from '../errors.ts';
 
 /** How often open connections' bytes are published to the shared counters. */
 export const PUBLISH_MS = 200;
@@ -45,6 +47,7 @@ export class DataPlane implements ListenerContext {
   private staging: Staging | null = null;
   private publishTimer: NodeJS.Timeout | null = null;
   private readonly localErrors = new LogBurst(LOCAL_ERROR_LOG_MS);
+  private readonly maxconnRefusals = new LogBurst(LOCAL_ERROR_LOG_MS);
   /** Whether this worker relays with splice(2): `[global] splice` and whether the addon loads here. */
   splice = false;
 
@@ -56,6 +59,29 @@ export class DataPlane implements ListenerContext {
     this.log = opts.log;
     this.table = opts.table;
     this.hooks = opts.hooks;
+    // The addon's accepts count against maxconn (and pause at it) from its first listener on.
+    if (nativeAcceptAvailable().ok) spliceAttachLimit(this.shared.conns, this.region);
+  }
+
+  /** A client Node accepted takes a place under maxconn; false: lb is at it, and the client is closed. */
+  admitClient(listener: ListenerEntry): boolean {
+    if (this.shared.admitConn(this.region)) return true;
+    const count = this.maxconnRefusals.hit();
+    if (count > 0) {
+      this.log.log('warn', 'maxconn', {
+        code: Code.MAXCONN,
+        listener: listener.name,
+        maxconn: this.shared.connFigures().max,
+        count,
+        detail: 'clients closed at once: this listener is accepted by Node, which cannot stop accepting (see show info Path)',
+      });
+    }
+    return false;
+  }
+
+  /** A client admitClient() let in has ended: its place is free (workers paused at maxconn take it). */
+  clientReleased(): void {
+    if (this.shared.releaseConn(this.region)) wakeLimited(this.shared);
   }
 
   /** Unique across workers and their replacements: ids interleave by region (n × workers + region + 1). */

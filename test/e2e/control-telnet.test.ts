@@ -362,7 +362,9 @@ describe('many sessions', () => {
     const refused = sessions.filter((s) => /too many control sessions/.test(s.raw().toString('latin1')));
     expect(timedOut.length + refused.length).toBe(300);
     expect(timedOut.length).toBeGreaterThan(0);
-    expect(timedOut.length).toBeLessThanOrEqual(128);
+    // Not "at most 128 timed out": the 300 connect over some time, and on a loaded machine that can be
+    // longer than the 300 ms after which the first ones are closed, freeing slots for later ones. The
+    // bound on sessions at once is the test above (without an idle timeout).
     // The clients keep their side open (a careless script): lb must free the slots anyway.
     expectAlive(lbp);
     const burst = await openMany(port, 100);

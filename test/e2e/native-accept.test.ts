@@ -10,7 +10,6 @@ import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  nativeAcceptAvailable,
   spliceListen,
   type AcceptedConn,
   type NativeListening,
@@ -20,6 +19,7 @@ import {
 import { ask, closeAllBackends, connectClient, deadHost, echoServer, HOST, refusedPort, track, until, within } from '../helpers/backends.ts';
 import { ctl, run, startCliLb, useControlScope, webToml } from '../helpers/control.ts';
 import { cleanup } from '../helpers/lb.ts';
+import { nativeAccept, nativeAcceptSkipped } from '../helpers/native.ts';
 
 const scope = useControlScope();
 const held: net.Socket[] = [];
@@ -28,13 +28,6 @@ afterEach(async () => {
   await cleanup();
   await closeAllBackends();
 });
-
-// Skipped only where the native accept cannot run and that is expected: no addon outside CI (no
-// compiler at install), or a run that turns it off (LB_SPLICE=off, the JS relay's pass of CI;
-// LB_NATIVE_CONNECT=off or LB_NATIVE_ACCEPT=off). Under CI without those a missing addon fails instead.
-const available = nativeAcceptAvailable();
-const off = ['LB_SPLICE', 'LB_NATIVE_CONNECT', 'LB_NATIVE_ACCEPT'].some((k) => process.env[k] === 'off');
-const skipped = !available.ok && (!process.env['CI'] || off);
 
 interface Accepted {
   readonly address: string;
@@ -104,7 +97,7 @@ function harness(targets: readonly Partial<NativeTarget>[], opts: { decide?: boo
   });
 }
 
-describe.skipIf(skipped)(`native accept${available.ok ? '' : ` (unavailable: ${available.reason})`}`, () => {
+describe.skipIf(nativeAcceptSkipped)(`native accept${nativeAccept.ok ? '' : ` (unavailable: ${nativeAccept.reason})`}`, () => {
   it('accepts, gives JS the peer address, connects and relays both ways; the end has the bytes', async () => {
     const echo = await echoServer();
     const h = harness([{ port: echo.port }]);
@@ -216,7 +209,7 @@ describe.skipIf(skipped)(`native accept${available.ok ? '' : ` (unavailable: ${a
   });
 });
 
-describe.skipIf(skipped)('native accept through lb', () => {
+describe.skipIf(nativeAcceptSkipped)('native accept through lb', () => {
   it('show info names each listener\'s path: the addon accepts for one with a queue, Node for one with a packet dump', async () => {
     const echo = await echoServer();
     const dumpFile = scope.scratch().write('dump.txt', '');

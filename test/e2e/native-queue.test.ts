@@ -8,21 +8,15 @@
 
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { nativeAcceptAvailable } from '../../src/proxy/splice.ts';
 import { connectClient, deadHost, until, within, type TestClient } from '../helpers/backends.ts';
 import { closeHealthServers, serve, type Backend } from '../helpers/health.ts';
 import { cleanup, startLb, webDoc, type InProcessLb } from '../helpers/lb.ts';
+import { nativeAcceptSkipped } from '../helpers/native.ts';
 
 afterEach(async () => {
   await cleanup();
   await closeHealthServers();
 });
-
-// As in native-accept.test.ts: skipped only where the native accept is expectedly unavailable (no addon
-// outside CI, or a run that turns it off); under CI otherwise a missing addon fails the path check.
-const available = nativeAcceptAvailable();
-const off = ['LB_SPLICE', 'LB_NATIVE_CONNECT', 'LB_NATIVE_ACCEPT'].some((k) => process.env[k] === 'off');
-const skipped = !available.ok && (!process.env['CI'] || off);
 
 /** A backend that answers each connection's first chunk with `served <chunk>` and records it. */
 async function recorder(): Promise<Backend & { order: string[] }> {
@@ -58,7 +52,7 @@ async function waiter(lb: InProcessLb, n: number, first: string | null, half = f
   return c;
 }
 
-describe.skipIf(skipped)('queued clients held by the addon', () => {
+describe.skipIf(nativeAcceptSkipped)('queued clients held by the addon', () => {
   it('a waiter that resets leaves the queue at once, counted once; the one behind it is served', async () => {
     const rec = await recorder();
     const { lb, holder } = await full(rec, 1);

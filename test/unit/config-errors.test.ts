@@ -489,3 +489,30 @@ describe('unresolvable host names', () => {
     expect(stderr).toMatch(/cannot resolve host "backend\.lb-test\.invalid"/);
   });
 });
+
+describe('maxconn with a listener Node accepts for', () => {
+  it('is a warning for --check naming the listener and why it cannot pause; a listener the addon may accept for gets none', async () => {
+    const file = dir.write(
+      'maxconn.toml',
+      toml(
+        '[global]',
+        'maxconn = 1000',
+        '[listeners.dump]',
+        'listen = 18011',
+        'packet_dump = "hex"',
+        '[[listeners.dump.groups]]',
+        'backends = ["127.0.0.1:18012"]',
+        '[listeners.plain]',
+        'listen = 18013',
+        '[[listeners.plain.groups]]',
+        'backends = ["127.0.0.1:18012"]',
+      ),
+    );
+    const { code, stderr } = await runLb(['--check', file]);
+    expect(code).toBe(0);
+    const lines = stderr.trimEnd().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(located(file, 2, 'global.maxconn'));
+    expect(lines[0]).toMatch(/warning: listener "dump" is accepted by Node \(packet_dump\), which cannot stop accepting: at maxconn its new clients are closed at once/);
+  });
+});
