@@ -156,6 +156,7 @@ describe('/metrics', () => {
       'lb_backend_max_connections', 'lb_backend_up', 'lb_backend_connect_failures_total', 'lb_backend_check_failures_total',
       'lb_listener_connections_total', 'lb_listener_current_connections', 'lb_listener_bytes_sent_total', 'lb_listener_bytes_received_total',
       'lb_listener_no_backend_total', 'lb_queue_length', 'lb_queue_timeouts_total', 'lb_build_info', 'lb_start_time_seconds',
+      'lb_maxconn', 'lb_current_connections', 'lb_maxconn_reached_total', 'lb_maxconn_refused_total',
       'process_resident_memory_bytes', 'process_cpu_seconds_total',
     ]) {
       expect(r.text, name).toMatch(new RegExp(`^# HELP ${name} .+\\n# TYPE ${name} (counter|gauge)$`, 'm'));
@@ -166,6 +167,10 @@ describe('/metrics', () => {
     expect(metric(m, 'lb_backend_up', labels)).toBe(1);
     expect(metric(m, 'lb_build_info', { version: h.lb.rt.version, node: process.version })).toBe(1);
     expect(metric(m, 'lb_start_time_seconds')).toBe(h.lb.rt.startedAt / 1000);
+    const conns = h.lb.rt.snapshot().conns; // no maxconn configured: the default from the descriptor limit
+    expect(metric(m, 'lb_maxconn')).toBe(conns.max);
+    expect(conns.max).toBeGreaterThan(0);
+    expect(metric(m, 'lb_maxconn_reached_total')).toBe(0);
     if (!hasTool('promtool')) return ctx.skip('promtool (Debian prometheus) is not installed');
     // promtool reads the exposition on stdin and exits non-zero on a malformed line.
     execFileSync('promtool', ['check', 'metrics'], { input: r.text, timeout: 10_000 });
