@@ -1064,10 +1064,14 @@ static inst_t *inited(napi_env env) {
 }
 
 // The start of an entry point that needs init(): its `n` arguments in argv, the instance in I.
-#define ENTRY(n)                                                                                              \
+// An entry point's `n` arguments (missing ones undefined).
+#define ARGS(n)                                                                                               \
   size_t argc = (n);                                                                                          \
   napi_value argv[(n)];                                                                                       \
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));                                                \
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL))
+
+#define ENTRY(n)                                                                                              \
+  ARGS(n);                                                                                                    \
   inst_t *I = inited(env);                                                                                    \
   if (!I) return NULL
 
@@ -1259,9 +1263,7 @@ static void cleanup(void *arg) {
 
 // init(onEnd, pipeBytes, poolMax[, onAccept]): once per environment, before the first relay.
 static napi_value js_init(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(4);
   if (get_inst(env) != NULL) {
     napi_throw_error(env, "LB_SPLICE", "init called twice");
     return NULL;
@@ -1613,9 +1615,7 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
 // unlisten(id): the thread stops accepting on that listener and closes it (clients still in its backlog
 // are reset, as for any listener closed). Connections it accepted go on.
 static napi_value js_unlisten(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   inst_t *I = get_inst(env);
   uint32_t id;
   CHECK(napi_get_value_uint32(env, argv[0], &id));
@@ -1658,9 +1658,7 @@ static conn_t *accepted_at(napi_env env, inst_t *I, uint32_t slot) {
 
 // abort(slot): ends the connection as 'aborted' unless it already ended.
 static napi_value js_abort(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   inst_t *I = get_inst(env);
   uint32_t slot;
   CHECK(napi_get_value_uint32(env, argv[0], &slot));
@@ -1715,9 +1713,7 @@ static napi_value js_attach_limit(napi_env env, napi_callback_info info) {
 // limitWake(int32array): a place was given back by JS (or maxconn raised): the threads of any worker
 // paused at this limit look again. No init() needed: the supervisor calls it too.
 static napi_value js_limit_wake(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   _Atomic int32_t *g = limit_words(env, argv[0], G_HELD);
   if (g) limit_wake(g);
   return NULL;
@@ -1725,9 +1721,7 @@ static napi_value js_limit_wake(napi_env env, napi_callback_info info) {
 
 // counters(slab) -> Float64Array of 2 * SLAB_SLOTS: [sent, rcvd] per slot.
 static napi_value js_counters(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   inst_t *I = get_inst(env);
   uint32_t slab;
   CHECK(napi_get_value_uint32(env, argv[0], &slab));
@@ -1805,9 +1799,7 @@ static napi_value js_probe(napi_env env, napi_callback_info info) {
 // `address` is a numeric IPv4 or IPv6 address (JS resolves names first); a scope id is not handled
 // here (-EINVAL: the caller falls back to a listen probe).
 static napi_value js_bind_check(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(3);
   char addr[INET6_ADDRSTRLEN + 1];
   size_t len = 0;
   uint32_t port = 0;

@@ -114,6 +114,8 @@ export class Runtime implements ControlTarget {
   readonly listeners = new Map<string, ListenerView>();
   readonly workers: number;
   private readonly shared: SharedState;
+  /** The soft descriptor limit, read once at start: maxconn's default (src/proxy/conn-limit.ts). */
+  private readonly nofile: number | null;
   private readonly slots: SlotAllocator;
   private slotMap: SlotMap = { listeners: [] };
   private readonly pool: WorkerPool;
@@ -150,6 +152,7 @@ export class Runtime implements ControlTarget {
     }
     this.shared = new SharedState(undefined, { ...DEFAULT_CAPACITY, regions: this.workers });
     this.slots = new SlotAllocator(this.shared);
+    this.nofile = openFileLimit();
     this.setMaxconn(table); // before any worker accepts
     this.warnMaxconn(table.global.maxconn);
     this.health = new HealthMonitor(this.log, () => this.serveQueues());
@@ -175,12 +178,12 @@ export class Runtime implements ControlTarget {
 
   /** `[global] maxconn` (or the default from the descriptor limit) in force; raised: paused workers look again. */
   private setMaxconn(table: RoutingTable): void {
-    if (this.shared.setMaxconn(effectiveMaxconn(table.global.maxconn))) wakeLimited(this.shared);
+    if (this.shared.setMaxconn(effectiveMaxconn(table.global.maxconn, this.nofile))) wakeLimited(this.shared);
   }
 
   /** A configured maxconn that the descriptor limit cannot hold: lb would meet EMFILE before it. */
   private warnMaxconn(configured: number | null): void {
-    const nofile = openFileLimit();
+    const nofile = this.nofile;
     if (configured === null || nofile === null || configured <= defaultMaxconn(nofile)) return;
     this.log.log('warn', 'maxconn', {
       code: Code.MAXCONN,

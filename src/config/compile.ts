@@ -447,13 +447,13 @@ class Compiler {
   }
 }
 
-/** Backend names appear bare in text logs and CSV: no spaces, commas or quotes. */
 /**
  * listen(2)'s backlog when a listener sets none: what lb always used (Node's own default), kept so
  * that an upgrade changes nothing; the kernel caps it at net.core.somaxconn.
  */
 const DEFAULT_BACKLOG = 511;
 
+/** Backend names appear bare in text logs and CSV: no spaces, commas or quotes. */
 const NAME = /^[A-Za-z0-9_.:@\[\]-]{1,64}$/;
 
 /** A listener on the wildcard address conflicts with every other listener on the same port. */

@@ -138,23 +138,15 @@ export class MetricsExporter {
     listenerMetric('counter', 'lb_queue_abandoned_total', 'Queued clients that left before a slot was free.', (l) => l.queue?.abandoned ?? 0);
     listenerMetric('counter', 'lb_queue_rejected_total', 'Clients closed because the queue was full.', (l) => l.queue?.rejected ?? 0);
 
-    const processGauge = (name: string, help: string, value: (s: Snapshot) => number): void => {
-      new Gauge({ name, help, registers, collect() { if (self.snap) this.set(value(self.snap)); } });
+    // Of the process as a whole (no labels).
+    const processMetric = (type: 'counter' | 'gauge', name: string, help: string, value: (s: Snapshot) => number): void => {
+      if (type === 'counter') new Counter({ name, help, registers, collect() { this.reset(); if (self.snap) this.inc(value(self.snap)); } });
+      else new Gauge({ name, help, registers, collect() { if (self.snap) this.set(value(self.snap)); } });
     };
-    processGauge('lb_maxconn', 'The [global] maxconn in force: connections lb holds at most (0: no limit).', (s) => s.conns.max);
-    processGauge('lb_current_connections', 'Connections lb holds now, all listeners, queued clients included (show info CurrConns).', (s) => s.conns.cur);
-    new Counter({
-      name: 'lb_maxconn_reached_total',
-      help: 'Times lb reached maxconn: a worker stopped accepting at it, or a client was closed at it (show info MaxconnReached).',
-      registers,
-      collect() { this.reset(); if (self.snap) this.inc(self.snap.conns.reached); },
-    });
-    new Counter({
-      name: 'lb_maxconn_refused_total',
-      help: 'Clients closed at once because lb was at maxconn, on listeners that cannot stop accepting (show info MaxconnRefused).',
-      registers,
-      collect() { this.reset(); if (self.snap) this.inc(self.snap.conns.refused); },
-    });
+    processMetric('gauge', 'lb_maxconn', 'The [global] maxconn in force: connections lb holds at most (0: no limit).', (s) => s.conns.max);
+    processMetric('gauge', 'lb_current_connections', 'Connections lb holds now, all listeners, queued clients included (show info CurrConns).', (s) => s.conns.cur);
+    processMetric('counter', 'lb_maxconn_reached_total', 'Times lb reached maxconn: a worker stopped accepting at it, or a client was closed at it (show info MaxconnReached).', (s) => s.conns.reached);
+    processMetric('counter', 'lb_maxconn_refused_total', 'Clients closed at once because lb was at maxconn, on listeners that cannot stop accepting (show info MaxconnRefused).', (s) => s.conns.refused);
     new Gauge({
       name: 'lb_build_info',
       help: 'Always 1; the labels say which lb and which Node run.',

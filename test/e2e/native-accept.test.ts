@@ -97,6 +97,8 @@ function harness(targets: readonly Partial<NativeTarget>[], opts: { decide?: boo
   });
 }
 
+// Skipped only where the addon cannot accept and that is expected (test/helpers/native.ts): no addon
+// outside CI, or a run that turns it off (CI's JS-relay pass). Under CI otherwise it fails instead.
 describe.skipIf(nativeAcceptSkipped)(`native accept${nativeAccept.ok ? '' : ` (unavailable: ${nativeAccept.reason})`}`, () => {
   it('accepts, gives JS the peer address, connects and relays both ways; the end has the bytes', async () => {
     const echo = await echoServer();
@@ -209,6 +211,8 @@ describe.skipIf(nativeAcceptSkipped)(`native accept${nativeAccept.ok ? '' : ` (u
   });
 });
 
+// Skipped only where the addon cannot accept and that is expected (test/helpers/native.ts): no addon
+// outside CI, or a run that turns it off (CI's JS-relay pass). Under CI otherwise it fails instead.
 describe.skipIf(nativeAcceptSkipped)('native accept through lb', () => {
   it('show info names each listener\'s path: the addon accepts for one with a queue, Node for one with a packet dump', async () => {
     const echo = await echoServer();
