@@ -732,7 +732,7 @@ static void accept_batch(inst_t *I, lsn_t *L) {
       if (err == EINTR || err == ECONNABORTED || err == EPROTO) continue; // that client went before accept
       // Out of descriptors or memory: those clients wait in the backlog (the pause is logged once).
       if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) listener_pause(I, L, err);
-      return; // EAGAIN: the backlog is empty
+      return; // EAGAIN: the backlog is empty (EINVAL: unlistened, closed when its command runs)
     }
     conn_t *c = calloc(1, sizeof *c);
     if (!c) {
@@ -1612,8 +1612,10 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   return out;
 }
 
-// unlisten(id): the thread stops accepting on that listener and closes it (clients still in its backlog
-// are reset, as for any listener closed). Connections it accepted go on.
+// unlisten(id): the listener stops listening now, as Node's server.close() does, and the thread closes it
+// on its next turn. Connections it accepted go on. shutdown(SHUT_RD) on a listening socket takes it out of
+// LISTEN (new clients are refused, those in its backlog reset) while the descriptor stays valid for the
+// thread, which may be in accept4() on it (EINVAL) until it runs the command.
 static napi_value js_unlisten(napi_env env, napi_callback_info info) {
   ARGS(1);
   inst_t *I = get_inst(env);
@@ -1626,6 +1628,7 @@ static napi_value js_unlisten(napi_env env, napi_callback_info info) {
     cmd_t *cmd = calloc(1, sizeof *cmd);
     if (!cmd) return throw_errno(env, "calloc", ENOMEM);
     *at = L->jnext;
+    (void)shutdown(L->fd, SHUT_RD);
     I->nlisteners--;
     keep_alive(env, I);
     cmd->op = CMD_UNLISTEN;
