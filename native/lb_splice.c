@@ -50,6 +50,10 @@ enum { END_NONE = 0, END_CLIENT_CLOSE, END_BACKEND_CLOSE, END_RESET, END_IDLE, E
 #define EV_CONNECT_FAILED 101
 #define EV_ACCEPTED 102
 #define EV_ACCEPT_PAUSED 103
+// accept_proxy: what a pending client sent so far, peeked (peek()), for JS's PROXY header parser.
+#define EV_PEEKED 104
+// Most bytes peek() looks at: JS asks for its parser's longest header (2064 bytes for PROXY v2).
+#define PEEK_MAX 4096
 
 #define SLAB_SLOTS 4096 // connections per counters slab (2 doubles each: 64 KiB)
 #define BUDGET 16       // splice rounds per direction before other connections get a turn
@@ -97,6 +101,11 @@ typedef struct conn {
   bool accepted;      // accepted here: a failed connect leaves it pending (JS fails over), not ended
   bool pending;       // accepted, no backend yet (fd[1] < 0): waits for connectAccepted() or abort()
   bool waiting;       // in JS's queue (wait()): while pending, a client that closes having sent nothing has left
+  bool peeking;       // JS reads its PROXY header (peek()): each time more came, the bytes are posted
+  bool rdhup;         // the client's FIN was seen while pending (no more bytes will come)
+  uint32_t peek_max, peeked; // peek(): bytes looked at most, and posted so far
+  uint8_t *pre;       // send_proxy: bytes for the backend before any of the client's (the PROXY header)
+  uint32_t pre_len, pre_off;
   bool parked;        // JS thread only: wait() was called, so its connect command must wake the thread
   bool counted;       // holds a place under the connection limit (given back at its end)
   uint32_t lid;       // the listener that accepted it
@@ -125,19 +134,24 @@ typedef struct lsn {
   uint32_t id;         // JS's name for it
   bool paused;         // out of epoll until resume_at (accept ran out of descriptors or memory)
   bool closed;         // unlistened this turn: its events left in the batch are skipped; freed at the end
+  uint32_t peek_max;   // accept_proxy: its clients are peeked at from their accept on (0: not)
   int64_t resume_at;
   struct lsn *next;    // the thread's list (pause and resume, the final close)
   struct lsn *jnext;   // the JS thread's list (unlisten by id)
 } lsn_t;
 
-enum { CMD_ADD, CMD_ABORT, CMD_CONNECT, CMD_LISTEN, CMD_UNLISTEN, CMD_WAIT };
+enum { CMD_ADD, CMD_ABORT, CMD_CONNECT, CMD_LISTEN, CMD_UNLISTEN, CMD_WAIT, CMD_PEEK, CMD_SKIP, CMD_LISTEN_PEEK };
 typedef struct cmd {
   int op;
   conn_t *c;
   lsn_t *l;
-  // CMD_CONNECT: the backend socket (connecting, already in the epoll set), the timeouts.
+  // CMD_CONNECT: the backend socket (connecting, already in the epoll set), the timeouts, and the bytes
+  // to write to it first (malloc'ed; owned by the command, then by the connection).
   int fd;
   int64_t connect_ms, idle_ms;
+  uint8_t *pre;
+  uint32_t pre_len;
+  uint32_t n; // CMD_PEEK, CMD_LISTEN_PEEK: bytes to look at most; CMD_SKIP: bytes to drop
   struct cmd *next;
 } cmd_t;
 
@@ -146,6 +160,8 @@ typedef struct {
   uint32_t lid;
   int reason, err;
   double sent, rcvd;
+  uint8_t *data; // EV_PEEKED: the bytes (malloc'ed, freed once delivered)
+  uint32_t len;
 } done_t;
 
 typedef struct inst {
@@ -191,9 +207,10 @@ typedef struct inst {
   lsn_t *listeners, *closed_listeners;
   conn_t **later; // references dropped at the end of the turn (events for them may remain in it)
   size_t nlater, cap_later;
-  // Accepted connections waiting for JS to choose, not counting those in JS's queue: while there are
-  // any, the thread polls for commands (see PENDING_POLL_MS). A waiter may wait for minutes, and its
-  // connect command, when it is served, wakes the thread.
+  // Accepted connections waiting for JS to choose (POLLED): while there are any, the thread polls for
+  // commands (see PENDING_POLL_MS). Not counted: those in JS's queue (a waiter may wait for minutes, and
+  // its connect command, when it is served, wakes the thread) and those whose PROXY header JS is reading
+  // (a slow client may take accept_proxy_timeout; the command that ends the reading wakes the thread).
   uint32_t npending;
   bool at_limit; // at [global] maxconn: the listeners are out of the epoll set (limit_stop)
 
@@ -327,7 +344,7 @@ static void post_event(inst_t *I, conn_t *c, int code) {
   // backend took it) goes with the next event, at the latest its end, or a flush() before counters are
   // read. One JS wake-up per connection saved; the slot was taken before the connect started.
   bool wake = !(code == EV_CONNECTED && c->accepted);
-  post_raw(I, (done_t){c, c->lid, code, c->err, (double)c->d[0].moved, (double)c->d[1].moved}, wake);
+  post_raw(I, (done_t){c, c->lid, code, c->err, (double)c->d[0].moved, (double)c->d[1].moved, NULL, 0}, wake);
 }
 
 static void unref_later(inst_t *I, conn_t *c) {
@@ -352,10 +369,23 @@ static void reset_close(int fd) {
 // rst[i]: close side i with a reset instead of an orderly close.
 static void limit_give(inst_t *I);
 
+// A pending connection the thread polls for commands for (see npending).
+#define POLLED(c) ((c)->pending && !(c)->waiting && !(c)->peeking)
+
+// After a change of `c`'s pending/waiting/peeking that left POLLED(c) as `was` before it.
+static void polled_changed(inst_t *I, conn_t *c, bool was) {
+  bool now = POLLED(c);
+  if (now != was) I->npending += now ? 1u : (uint32_t)-1;
+}
+
 static void conn_end(inst_t *I, conn_t *c, int reason, int err, bool rst0, bool rst1) {
   if (c->dead) return;
-  c->dead = true;
-  if (c->pending && !c->waiting) I->npending--;
+  // Atomic, and before its descriptors close: JS's localAddress() reads it after getsockname() to tell
+  // whether the descriptor it asked about may already have been closed (and its number reused).
+  __atomic_store_n(&c->dead, true, __ATOMIC_SEQ_CST);
+  if (POLLED(c)) I->npending--;
+  free(c->pre);
+  c->pre = NULL;
   if (c->reason == END_NONE) {
     c->reason = reason;
     c->err = err;
@@ -396,9 +426,37 @@ static void conn_fail(inst_t *I, conn_t *c, int side, int err) {
 // ---------------------------------------------------------------------------------------------------
 // Moving bytes (thread only)
 
+// send_proxy: writes the bytes that go to the backend before any of the client's. 1 once all are out,
+// 0 while the backend cannot take them yet (its EPOLLOUT brings the rest), -1 if the connection ended.
+// They are a header of at most a few hundred bytes on a socket just connected, so in practice the first
+// send() takes them whole.
+static int preface_send(inst_t *I, conn_t *c) {
+  while (c->pre_off < c->pre_len) {
+    if (!c->wr[1]) return 0;
+    ssize_t n = send(c->fd[1], c->pre + c->pre_off, c->pre_len - c->pre_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      c->pre_off += (uint32_t)n;
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      c->wr[1] = false;
+    } else if (!(n < 0 && errno == EINTR)) {
+      conn_fail(I, c, 1, n < 0 ? errno : EIO);
+      return -1;
+    }
+  }
+  free(c->pre);
+  c->pre = NULL;
+  return 1;
+}
+
 // Runs one direction until it would block or its budget is spent. Returns -1 if the connection
 // ended, 1 if the budget ran out with work left, 0 otherwise.
 static int pump(inst_t *I, conn_t *c, int di) {
+  if (di == 0 && c->pre) {
+    // Nothing of the client's moves before the preface is out (the client is not even read: its
+    // bytes wait in its socket, so what came with its own PROXY header follows ours, in order).
+    int r = preface_send(I, c);
+    if (r <= 0) return r;
+  }
   dir_t *d = &c->d[di];
   int in = di, out = 1 - di;
   int round;
@@ -532,11 +590,9 @@ static void add_conn(inst_t *I, conn_t *c) {
 
 // Enters or leaves the pending state, keeping npending (the connections the thread polls for) right.
 static void pending_set(inst_t *I, conn_t *c, bool on) {
-  if (c->pending == on) return;
+  bool was = POLLED(c);
   c->pending = on;
-  if (c->waiting) return;
-  if (on) I->npending++;
-  else I->npending--;
+  polled_changed(I, c, was);
 }
 
 // An accepted connection's connect failed (at once, refused, timed out): its backend socket goes, and
@@ -547,6 +603,8 @@ static void connect_retry(inst_t *I, conn_t *c, int err) {
   c->fd[1] = -1;
   c->rd[1] = c->wr[1] = false;
   c->connecting = false;
+  free(c->pre); // the next backend's connect brings its own (its send_proxy may differ)
+  c->pre = NULL;
   pending_set(I, c, true);
   (void)set_timeout_class(I, c); // no timeout while pending: cannot fail
   c->err = err;
@@ -574,6 +632,59 @@ static void waiter_check(inst_t *I, conn_t *c) {
   else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) conn_end(I, c, END_RESET, errno, false, false);
 }
 
+// accept_proxy: what the client sent so far, looked at without being consumed (MSG_PEEK: what follows
+// its header stays in the socket and is spliced to the backend like any byte after it), posted to JS
+// when more came than last time, or when the client half-closed (no more will come). The client's
+// socket is edge-triggered: each arrival of bytes is an event, so nothing is looked at twice for nothing.
+static void peek_check(inst_t *I, conn_t *c) {
+  if (c->dead || !c->pending || !c->peeking) return;
+  uint8_t buf[PEEK_MAX];
+  ssize_t n = recv(c->fd[0], buf, c->peek_max, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) conn_end(I, c, END_RESET, errno, false, false);
+    return;
+  }
+  if (n == 0) {
+    conn_end(I, c, END_CLIENT_CLOSE, 0, false, false); // closed having sent nothing (more)
+    return;
+  }
+  if ((uint32_t)n == c->peeked && !c->rdhup) return;
+  uint8_t *copy = malloc((size_t)n);
+  if (!copy) {
+    conn_end(I, c, END_ERROR, ENOMEM, true, false);
+    return;
+  }
+  memcpy(copy, buf, (size_t)n);
+  c->peeked = (uint32_t)n;
+  if (c->rdhup) {
+    bool was = POLLED(c);
+    c->peeking = false; // JS hears that no more will come: it decides with what it has
+    polled_changed(I, c, was);
+  }
+  post_raw(I, (done_t){c, c->lid, EV_PEEKED, c->rdhup ? 1 : 0, 0, 0, copy, (uint32_t)n}, true);
+}
+
+// The PROXY header JS read (its first `n` bytes, peeked before) is dropped from the client's socket;
+// the connection is an ordinary pending one again, whose connect command follows.
+static void peek_skip(inst_t *I, conn_t *c, uint32_t n) {
+  if (c->dead) return;
+  bool was = POLLED(c);
+  c->peeking = false;
+  polled_changed(I, c, was);
+  uint8_t junk[PEEK_MAX];
+  for (int tries = 0; n > 0 && tries < 8; tries++) {
+    ssize_t r = recv(c->fd[0], junk, n < sizeof junk ? n : sizeof junk, MSG_DONTWAIT);
+    if (r > 0) n -= (uint32_t)r;
+    else if (r < 0 && errno == EINTR) continue;
+    else {
+      // The bytes were there when peeked, so only a reset takes them away.
+      conn_end(I, c, r < 0 && errno != EAGAIN ? END_RESET : END_ERROR, r < 0 ? errno : EIO, false, false);
+      return;
+    }
+  }
+  if (n > 0) conn_end(I, c, END_ERROR, EIO, true, false);
+}
+
 // CMD_CONNECT: the backend socket of an accepted connection, made and connected on the JS thread (see
 // connectAccepted()) and already in the epoll set, which is why the command needs no wake-up of its own.
 static void connect_start(inst_t *I, cmd_t *cmd) {
@@ -584,6 +695,10 @@ static void connect_start(inst_t *I, cmd_t *cmd) {
   }
   pending_set(I, c, false);
   c->fd[1] = cmd->fd;
+  c->pre = cmd->pre;
+  c->pre_len = cmd->pre_len;
+  c->pre_off = 0;
+  cmd->pre = NULL;
   c->connecting = true;
   c->connect_ms = cmd->connect_ms;
   c->idle_ms = cmd->idle_ms;
@@ -702,7 +817,7 @@ static void listener_pause(inst_t *I, lsn_t *L, int err) {
   epoll_ctl(I->ep, EPOLL_CTL_DEL, L->fd, NULL);
   L->paused = true;
   L->resume_at = I->now + ACCEPT_PAUSE_MS;
-  post_raw(I, (done_t){NULL, L->id, EV_ACCEPT_PAUSED, err, 0, 0}, true);
+  post_raw(I, (done_t){NULL, L->id, EV_ACCEPT_PAUSED, err, 0, 0, NULL, 0}, true);
 }
 
 static void listeners_resume(inst_t *I) {
@@ -746,6 +861,12 @@ static void accept_batch(inst_t *I, lsn_t *L) {
     c->fd[1] = -1;
     for (int s = 0; s < 2; s++) c->d[s].p.r = c->d[s].p.w = -1;
     c->accepted = true;
+    if (L->peek_max > 0) {
+      // accept_proxy: the header is looked at from the first event on, without waiting for JS to ask,
+      // so that bytes sent just before a reset (a proxy in front giving up) are seen, as on the Node path.
+      c->peeking = true;
+      c->peek_max = L->peek_max;
+    }
     pending_set(I, c, true);
     c->lid = L->id;
     c->peer = peer;
@@ -805,15 +926,34 @@ static void run_commands(inst_t *I, bool *stop, bool woken) {
     case CMD_UNLISTEN:
       listener_close(I, list->l);
       break;
+    case CMD_LISTEN_PEEK:
+      if (!list->l->closed) list->l->peek_max = list->n < PEEK_MAX ? list->n : PEEK_MAX;
+      break;
     case CMD_WAIT:
       if (!list->c->dead && !list->c->waiting) {
-        if (list->c->pending) I->npending--; // no polling for it: its connect command wakes the thread
-        list->c->waiting = true;
+        bool was = POLLED(list->c);
+        list->c->waiting = true; // no polling for it: its connect command wakes the thread
+        polled_changed(I, list->c, was);
         if (list->c->rd[0]) waiter_check(I, list->c); // it may have closed before this command came
       }
       conn_unref(list->c); // the thread's own reference outlives this turn
       break;
+    case CMD_PEEK:
+      if (!list->c->dead && list->c->pending && !list->c->peeking) {
+        bool was = POLLED(list->c);
+        list->c->peeking = true;
+        list->c->peek_max = list->n < PEEK_MAX ? list->n : PEEK_MAX;
+        polled_changed(I, list->c, was);
+        if (list->c->rd[0]) peek_check(I, list->c); // its bytes (or FIN) came before this command
+      }
+      conn_unref(list->c);
+      break;
+    case CMD_SKIP:
+      peek_skip(I, list->c, list->n);
+      conn_unref(list->c);
+      break;
     }
+    free(list->pre); // a connect's preface its connection did not take (the client left)
     free(list);
     list = next;
   }
@@ -914,7 +1054,11 @@ static void *thread_main(void *arg) {
         // Waiting for JS to choose: only the client is there, and only its error counts (as connecting),
         // or, for a client waiting in the queue, its close.
         if (side == 0) {
-          (void)connect_event(I, c, side, e);
+          if ((e & (EPOLLRDHUP | EPOLLHUP)) && !(e & EPOLLERR)) c->rdhup = true; // a FIN, not a reset
+          // A client whose PROXY header is read: what it sent before its FIN or its reset is looked at
+          // first, as a read on the Node path gets the bytes before the error (a reset then ends it).
+          if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) peek_check(I, c);
+          if (!c->dead) (void)connect_event(I, c, side, e);
           if (e & (EPOLLRDHUP | EPOLLHUP)) waiter_check(I, c);
           continue;
         }
@@ -1001,6 +1145,8 @@ static void *thread_main(void *arg) {
         close(c->d[i].p.w);
       }
     }
+    free(c->pre);
+    c->pre = NULL;
     if (c->counted) limit_give(I);
     conn_unref(c);
   }
@@ -1111,17 +1257,32 @@ static bool take_slot(napi_env env, inst_t *I, conn_t *c) {
   return true;
 }
 
-// onAccept(listenerId, slot, address, port, errno): an accepted client, pending in `slot` until JS
-// connects or aborts it; or (slot -1, errno set) the listener stopped accepting for a moment.
+// An IPv4 or IPv6 socket address as text and port ("" and 0 for any other family).
+static void sockaddr_text(const struct sockaddr_storage *ss, char ip[INET6_ADDRSTRLEN], uint16_t *port) {
+  if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    inet_ntop(AF_INET6, &a->sin6_addr, ip, INET6_ADDRSTRLEN);
+    *port = ntohs(a->sin6_port);
+  } else if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    inet_ntop(AF_INET, &a->sin_addr, ip, INET6_ADDRSTRLEN);
+    *port = ntohs(a->sin_port);
+  }
+}
+
+// onAccept(listenerId, slot, address, port, errno, peeking): an accepted client, pending in `slot` until
+// JS connects or aborts it (`peeking`: its first bytes are being peeked at, see peek()); or (slot -1,
+// errno set) the listener stopped accepting for a moment.
 static void deliver_accept(napi_env env, inst_t *I, done_t *d, napi_value cb, napi_value global) {
-  napi_value argv[5];
+  napi_value argv[6];
   napi_create_uint32(env, d->lid, &argv[0]);
   if (d->reason == EV_ACCEPT_PAUSED) {
     napi_create_int32(env, -1, &argv[1]);
     napi_get_null(env, &argv[2]);
     napi_create_int32(env, 0, &argv[3]);
     napi_create_int32(env, d->err, &argv[4]);
-    if (cb) call_back(env, global, cb, 5, argv);
+    napi_get_boolean(env, false, &argv[5]);
+    if (cb) call_back(env, global, cb, 6, argv);
     return;
   }
   conn_t *c = d->c;
@@ -1139,20 +1300,13 @@ static void deliver_accept(napi_env env, inst_t *I, done_t *d, napi_value cb, na
   }
   char ip[INET6_ADDRSTRLEN] = "";
   uint16_t port = 0;
-  if (c->peer.ss_family == AF_INET6) {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&c->peer;
-    inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof ip);
-    port = ntohs(a->sin6_port);
-  } else if (c->peer.ss_family == AF_INET) {
-    struct sockaddr_in *a = (struct sockaddr_in *)&c->peer;
-    inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
-    port = ntohs(a->sin_port);
-  }
+  sockaddr_text(&c->peer, ip, &port);
   napi_create_uint32(env, c->slot, &argv[1]);
   napi_create_string_utf8(env, ip, NAPI_AUTO_LENGTH, &argv[2]);
   napi_create_uint32(env, port, &argv[3]);
   napi_create_int32(env, 0, &argv[4]);
-  call_back(env, global, cb, 5, argv);
+  napi_get_boolean(env, c->peek_max > 0, &argv[5]); // set at accept; only peek() changes it, after this
+  call_back(env, global, cb, 6, argv);
 }
 
 // Completions, on the JS thread: one call of the JS callback per event (an end, EV_CONNECTED or
@@ -1180,22 +1334,29 @@ static void deliver(napi_env env, inst_t *I) {
     uint32_t slot = c->slot;
     if (slot == UINT32_MAX) {
       if (d->reason < EV_CONNECTED) conn_unref(c); // an accepted client closed for want of a slot
+      free(d->data);
       continue;
     }
-    if (d->reason != EV_CONNECTED && d->reason != EV_CONNECT_FAILED) {
+    if (d->reason < EV_CONNECTED) {
       I->by_slot[slot] = NULL;
       conn_unref(c);
       // The slot is free before JS hears of the end, so a relay started from the callback may reuse it.
       I->free_slots[I->nfree++] = slot;
       I->active--;
     }
-    napi_value argv[5];
+    napi_value argv[6];
     napi_create_uint32(env, slot, &argv[0]);
     napi_create_double(env, d->sent, &argv[1]);
     napi_create_double(env, d->rcvd, &argv[2]);
     napi_create_int32(env, d->reason, &argv[3]);
     napi_create_int32(env, d->err, &argv[4]);
-    call_back(env, global, cb, 5, argv);
+    size_t argc = 5;
+    if (d->data) {
+      // EV_PEEKED: the bytes (errno 1: the client half-closed after them).
+      if (napi_create_buffer_copy(env, d->len, d->data, NULL, &argv[5]) == napi_ok) argc = 6;
+      free(d->data);
+    }
+    call_back(env, global, cb, argc, argv);
   }
   free(list);
   keep_alive(env, I);
@@ -1241,6 +1402,7 @@ static void cleanup(void *arg) {
       free(I->cmd_head->l);
     }
     if (I->cmd_head->op == CMD_CONNECT) close(I->cmd_head->fd);
+    free(I->cmd_head->pre);
     if (I->cmd_head->c) conn_unref(I->cmd_head->c);
     free(I->cmd_head);
     I->cmd_head = next;
@@ -1256,6 +1418,7 @@ static void cleanup(void *arg) {
   free(I->slab_refs);
   free(I->pool);
   free(I->classes);
+  for (size_t i = 0; i < I->ndone; i++) free(I->done[i].data);
   free(I->done);
   pthread_mutex_destroy(&I->mu);
   free(I);
@@ -1470,8 +1633,9 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
   return start_conn(env, I, c, b, t.idle_ms, true, t.connect_ms);
 }
 
-// connectAccepted(slot, address, port, source, connectMs, idleMs) -> 0, or -errno when the connect
-// failed at once (nothing changed: JS tries the next backend). The backend socket is made here, with the
+// connectAccepted(slot, address, port, source, connectMs, idleMs[, preface]) -> 0, or -errno when the
+// connect failed at once (nothing changed: JS tries the next backend). `preface` (a Buffer: send_proxy's
+// header) is written to the backend once connected, before any byte of the client's. The backend socket is made here, with the
 // options a backend net.Socket of lb's had (TCP_NODELAY, SO_KEEPALIVE, bound to `source` unless ""), and
 // connects; the thread then reports EV_CONNECTED and relays, or EV_CONNECT_FAILED with the errno (the
 // connection is pending again), or its end when the client went first.
@@ -1480,18 +1644,26 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
 // the connect's completion is what wakes the thread, which takes the command before it looks at that
 // socket's events (or keeps them for it, when it is not queued yet).
 static napi_value js_connect_accepted(napi_env env, napi_callback_info info) {
-  ENTRY(6);
+  ENTRY(7);
   uint32_t slot;
   target_t t;
   CHECK(napi_get_value_uint32(env, argv[0], &slot));
   CHECK(read_target(env, argv + 1, &t) ? napi_ok : napi_invalid_arg);
+  void *pre_data = NULL;
+  size_t pre_len = 0;
+  bool has_pre = false;
+  CHECK(napi_is_buffer(env, argv[6], &has_pre));
+  if (has_pre) CHECK(napi_get_buffer_info(env, argv[6], &pre_data, &pre_len));
   conn_t *c = accepted_at(env, I, slot);
   if (!c) return NULL;
   int b = backend_socket(t.addr, t.port, t.src[0] ? t.src : NULL);
   cmd_t *cmd = b >= 0 ? calloc(1, sizeof *cmd) : NULL;
+  uint8_t *pre = b >= 0 && pre_len > 0 ? malloc(pre_len) : NULL;
   napi_value out;
-  if (b >= 0 && !cmd) {
+  if (b >= 0 && (!cmd || (pre_len > 0 && !pre))) {
     close(b);
+    free(cmd);
+    free(pre);
     b = -ENOMEM;
   }
   if (b < 0) {
@@ -1501,6 +1673,9 @@ static napi_value js_connect_accepted(napi_env env, napi_callback_info info) {
   cmd->op = CMD_CONNECT;
   cmd->c = c;
   cmd->fd = b;
+  if (pre) memcpy(pre, pre_data, pre_len);
+  cmd->pre = pre;
+  cmd->pre_len = (uint32_t)pre_len;
   cmd->connect_ms = t.connect_ms > 0 ? (int64_t)t.connect_ms : 0;
   cmd->idle_ms = t.idle_ms > 0 ? (int64_t)t.idle_ms : 0;
   atomic_fetch_add(&c->refs, 1);
@@ -1528,6 +1703,7 @@ static napi_value js_connect_accepted(napi_env env, napi_callback_info info) {
   }
   if (result < 0) {
     close(b);
+    free(cmd->pre);
     free(cmd);
     conn_unref(c); // JS still holds its own: never the last
   } else {
@@ -1563,13 +1739,14 @@ static int bound_socket(const char *addr, uint32_t port, bool v6only, bool reuse
   return fd;
 }
 
-// listen(id, address, port, backlog, v6only, reusePort) -> the port bound (the kernel's choice for 0),
-// or -errno. A listening socket of the addon's: its clients are accepted on the thread and reported to
+// listen(id, address, port, backlog, v6only, reusePort, peekMax) -> the port bound (the kernel's choice
+// for 0), or -errno. `peekMax` > 0 (accept_proxy): each client is peeked at from its accept on (see
+// peek()); listenPeek() changes it for the clients accepted after. A listening socket of the addon's: its clients are accepted on the thread and reported to
 // init's onAccept with `id`. TCP_NODELAY and SO_KEEPALIVE are set on it once: Linux copies both to every
 // socket accepted from it. `address` is numeric (JS resolves names as Node's listen() would).
 static napi_value js_listen(napi_env env, napi_callback_info info) {
-  ENTRY(6);
-  uint32_t id, port;
+  ENTRY(7);
+  uint32_t id, port, peek_max = 0;
   int32_t backlog;
   bool v6only, reuse;
   char addr[INET6_ADDRSTRLEN + 1];
@@ -1580,6 +1757,9 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_int32(env, argv[3], &backlog));
   CHECK(napi_get_value_bool(env, argv[4], &v6only));
   CHECK(napi_get_value_bool(env, argv[5], &reuse));
+  napi_valuetype t = napi_undefined;
+  CHECK(napi_typeof(env, argv[6], &t));
+  if (t == napi_number) CHECK(napi_get_value_uint32(env, argv[6], &peek_max));
   if (!ensure_thread(env, I)) return NULL;
   napi_value out;
   int bound = 0;
@@ -1601,6 +1781,7 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   }
   L->fd = fd;
   L->id = id;
+  L->peek_max = peek_max < PEEK_MAX ? peek_max : PEEK_MAX;
   L->jnext = I->jlisteners;
   I->jlisteners = L;
   I->nlisteners++;
@@ -1639,12 +1820,33 @@ static napi_value js_unlisten(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// A command about connection `c` (which it keeps alive until the thread has taken it).
-static napi_value conn_cmd(napi_env env, inst_t *I, int op, conn_t *c) {
+// listenPeek(id, peekMax): the clients the listener accepts from now on are peeked at (accept_proxy: a
+// reload turned it on) or not (0).
+static napi_value js_listen_peek(napi_env env, napi_callback_info info) {
+  ENTRY(2);
+  uint32_t id, peek_max;
+  CHECK(napi_get_value_uint32(env, argv[0], &id));
+  CHECK(napi_get_value_uint32(env, argv[1], &peek_max));
+  for (lsn_t *L = I->jlisteners; L; L = L->jnext) {
+    if (L->id != id) continue;
+    cmd_t *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) return throw_errno(env, "calloc", ENOMEM);
+    cmd->op = CMD_LISTEN_PEEK;
+    cmd->l = L; // freed only by CMD_UNLISTEN, which comes after this command
+    cmd->n = peek_max;
+    send_cmd(I, cmd);
+    break;
+  }
+  return NULL;
+}
+
+// A command about connection `c` (which it keeps alive until the thread has taken it), with its count.
+static napi_value conn_cmd(napi_env env, inst_t *I, int op, conn_t *c, uint32_t n) {
   cmd_t *cmd = calloc(1, sizeof *cmd);
   if (!cmd) return throw_errno(env, "calloc", ENOMEM);
   cmd->op = op;
   cmd->c = c;
+  cmd->n = n;
   atomic_fetch_add(&c->refs, 1);
   send_cmd(I, cmd);
   return NULL;
@@ -1666,7 +1868,7 @@ static napi_value js_abort(napi_env env, napi_callback_info info) {
   uint32_t slot;
   CHECK(napi_get_value_uint32(env, argv[0], &slot));
   if (!I || slot >= I->nslabs * SLAB_SLOTS || I->by_slot[slot] == NULL) return NULL;
-  return conn_cmd(env, I, CMD_ABORT, I->by_slot[slot]);
+  return conn_cmd(env, I, CMD_ABORT, I->by_slot[slot], 0);
 }
 
 // wait(slot): the accepted connection waits in JS's queue for a backend slot. While it is pending, the
@@ -1679,7 +1881,66 @@ static napi_value js_wait(napi_env env, napi_callback_info info) {
   conn_t *c = accepted_at(env, I, slot);
   if (!c) return NULL;
   c->parked = true;
-  return conn_cmd(env, I, CMD_WAIT, c);
+  return conn_cmd(env, I, CMD_WAIT, c, 0);
+}
+
+// peek(slot, max): accept_proxy: the pending connection's first bytes (up to `max`) are posted to JS as
+// they come (EV_PEEKED, each time with all of them so far), without being consumed, until skip() or
+// its end. A client that closes having sent nothing ends as 'client-close'; one that half-closes after
+// some bytes has them posted with the FIN flag; a reset ends it.
+static napi_value js_peek(napi_env env, napi_callback_info info) {
+  ENTRY(2);
+  uint32_t slot, max;
+  CHECK(napi_get_value_uint32(env, argv[0], &slot));
+  CHECK(napi_get_value_uint32(env, argv[1], &max));
+  conn_t *c = accepted_at(env, I, slot);
+  return c ? conn_cmd(env, I, CMD_PEEK, c, max) : NULL;
+}
+
+// skip(slot, n): the first `n` bytes peeked (the PROXY header) are dropped; the peeking ends. What came
+// after them stays in the socket, for the backend.
+static napi_value js_skip(napi_env env, napi_callback_info info) {
+  ENTRY(2);
+  uint32_t slot, n;
+  CHECK(napi_get_value_uint32(env, argv[0], &slot));
+  CHECK(napi_get_value_uint32(env, argv[1], &n));
+  conn_t *c = accepted_at(env, I, slot);
+  if (!c) return NULL;
+  if (n > PEEK_MAX) {
+    napi_throw_range_error(env, "LB_SPLICE", "skip: more than peek() looks at");
+    return NULL;
+  }
+  return conn_cmd(env, I, CMD_SKIP, c, n);
+}
+
+// localAddress(slot) -> [address, port]: the address the client connected to (getsockname), for
+// send_proxy's header; null once the connection ended. Read on the JS thread from a descriptor the
+// thread owns: the thread marks a connection dead before it closes its descriptors, so a `dead` read
+// after getsockname() that finds it alive proves the descriptor asked about was still its own.
+static napi_value js_local_address(napi_env env, napi_callback_info info) {
+  ENTRY(1);
+  uint32_t slot;
+  CHECK(napi_get_value_uint32(env, argv[0], &slot));
+  conn_t *c = accepted_at(env, I, slot);
+  if (!c) return NULL;
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  int r = getsockname(c->fd[0], (struct sockaddr *)&ss, &len);
+  napi_value out;
+  if (r < 0 || __atomic_load_n(&c->dead, __ATOMIC_SEQ_CST)) {
+    CHECK(napi_get_null(env, &out));
+    return out;
+  }
+  char ip[INET6_ADDRSTRLEN] = "";
+  uint16_t port = 0;
+  sockaddr_text(&ss, ip, &port);
+  napi_value a, p;
+  CHECK(napi_create_array_with_length(env, 2, &out));
+  CHECK(napi_create_string_utf8(env, ip, NAPI_AUTO_LENGTH, &a));
+  CHECK(napi_create_uint32(env, port, &p));
+  CHECK(napi_set_element(env, out, 0, a));
+  CHECK(napi_set_element(env, out, 1, p));
+  return out;
 }
 
 // The Int32 words of a typed array over lb's shared memory (the limit's fields, src/shared/state.ts),
@@ -1826,10 +2087,14 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"connect", NULL, js_connect, NULL, NULL, NULL, napi_default, NULL},
       {"connectAccepted", NULL, js_connect_accepted, NULL, NULL, NULL, napi_default, NULL},
       {"wait", NULL, js_wait, NULL, NULL, NULL, napi_default, NULL},
+      {"peek", NULL, js_peek, NULL, NULL, NULL, napi_default, NULL},
+      {"skip", NULL, js_skip, NULL, NULL, NULL, napi_default, NULL},
+      {"localAddress", NULL, js_local_address, NULL, NULL, NULL, napi_default, NULL},
       {"attachLimit", NULL, js_attach_limit, NULL, NULL, NULL, napi_default, NULL},
       {"limitWake", NULL, js_limit_wake, NULL, NULL, NULL, napi_default, NULL},
       {"listen", NULL, js_listen, NULL, NULL, NULL, napi_default, NULL},
       {"unlisten", NULL, js_unlisten, NULL, NULL, NULL, napi_default, NULL},
+      {"listenPeek", NULL, js_listen_peek, NULL, NULL, NULL, napi_default, NULL},
       {"flush", NULL, js_flush, NULL, NULL, NULL, napi_default, NULL},
       {"abort", NULL, js_abort, NULL, NULL, NULL, napi_default, NULL},
       {"counters", NULL, js_counters, NULL, NULL, NULL, napi_default, NULL},

@@ -3,22 +3,25 @@
 //
 // Two kinds of connection share it:
 // - Relay (relay.ts): the client is a net.Socket (accepted by Node); the backend is connected in JS or by
-//   the addon; bytes move in JS or by splice. PROXY headers and packet dumps live there.
+//   the addon; bytes move in JS or by splice. Packet dumps live there.
 // - NativeFlow (native-flow.ts): the addon accepted the client and holds it, queued or not; JS only
 //   decides (backend, queue, failover, refusal) and accounts. No net.Socket exists for it.
-// The queue (its order, timeouts, counts) is the same for both: only how a waiter is watched differs.
+// The queue (its order, timeouts, counts) and the PROXY protocol (the header read before anything is
+// chosen, the header written to the backend first) are the same for both: only how a waiter is watched,
+// how the header's bytes are read and how ours reaches the backend differ.
 //
 // Phases are entered once each: new → (queued ↔ connecting)* → relaying → done. Every event checks the
 // phase it belongs to, so a late event cannot run a transition twice: slots are released once, a backend
 // is ejected only for a connect that really failed, and `done` is reached whatever the sockets do.
 
-import { chooseBackend, someBackendFull, type Choice } from '../balance/select.ts';
+import { chooseBackend, normaliseClientIp, someBackendFull, type Choice } from '../balance/select.ts';
 import type { LiveFlow, ListenerState, Waiter } from '../balance/state.ts';
-import type { ListenerEntry } from '../config/table.ts';
+import { sendProxyOf, type ListenerEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import { Code, LOCAL_ERRORS } from '../errors.ts';
 import type { CheckResult } from '../health/state.ts';
 import type { Logger } from '../log.ts';
+import { encodeProxyHeader, ProxyHeaderParser } from './proxy-protocol.ts';
 import type { NativeConnectOwner, NativeTarget, SpliceHandle, SpliceResult } from './splice.ts';
 
 export type EndReason =
@@ -92,6 +95,11 @@ export abstract class Flow implements Waiter, NativeConnectOwner {
   /** Set when the addon relays (or connects) this connection: bytes and the end come from it. */
   protected spliced: SpliceHandle | null = null;
   private closeTimer: NodeJS.Timeout | null = null;
+  /** accept_proxy: the header being read (phase new), and its deadline. */
+  private proxyParser: ProxyHeaderParser | null = null;
+  private proxyTimer: NodeJS.Timeout | null = null;
+  /** The address the client connected to, as its PROXY header gave it (else the socket's own). */
+  private proxyDst: { addr: string; port: number } | null = null;
 
   constructor(entry: ListenerEntry, host: FlowHost, clientIp: string, clientPort: number) {
     this.id = host.nextId();
@@ -118,6 +126,90 @@ export abstract class Flow implements Waiter, NativeConnectOwner {
   protected abstract closeSockets(): void;
   /** The client entered the queue: watch it, so that one that gives up is noticed and leaves. */
   protected abstract watchWhileQueued(): void;
+  /** accept_proxy: start giving the client's first bytes to proxyData(), each byte once. */
+  protected abstract startHeaderRead(): void;
+  /** Stop giving them (the header is complete, or rejected). */
+  protected abstract stopHeaderRead(): void;
+  /** The header took the first `length` bytes; `rest` came after it and goes to the backend first. */
+  protected abstract headerRead(length: number, rest: Buffer): void;
+  /** The address the client connected to (send_proxy's destination without an accepted header). */
+  protected abstract localEndpoint(): { addr: string; port: number };
+
+  // --- accept_proxy: the PROXY header, before anything else ------------------------------------------
+
+  /**
+   * Reads the client's PROXY header. Nothing is chosen before it is complete: its source address is the
+   * client for hashing, logs and send_proxy.
+   */
+  protected readProxyHeader(timeoutMs: number): void {
+    this.proxyParser = new ProxyHeaderParser();
+    this.proxyTimer = setTimeout(onProxyTimeout, timeoutMs, this);
+    this.proxyTimer.unref();
+    this.startHeaderRead();
+  }
+
+  /** The client's next bytes while its header is read. */
+  proxyData(chunk: Buffer): void {
+    const parser = this.proxyParser;
+    if (parser === null || this.phase !== 'new') return;
+    const step = parser.push(chunk);
+    if (step.state === 'more') return;
+    if (step.state === 'error') {
+      this.rejectProxy(step.reason);
+      return;
+    }
+    this.stopProxyHeader();
+    const a = step.header.addresses;
+    if (a !== null) {
+      this.clientIp = normaliseClientIp(a.srcAddr);
+      this.clientPort = a.srcPort;
+      this.proxyDst = { addr: a.dstAddr, port: a.dstPort };
+    }
+    this.headerRead(step.header.length, step.rest);
+    this.route();
+  }
+
+  private stopProxyHeader(): void {
+    this.proxyParser = null;
+    if (this.proxyTimer !== null) clearTimeout(this.proxyTimer);
+    this.proxyTimer = null;
+    this.stopHeaderRead();
+  }
+
+  /** No valid header (malformed, truncated, too slow): closed, counted, never passed on. Null: say what came. */
+  rejectProxy(why: string | null): void {
+    if (this.phase !== 'new' || this.proxyParser === null) return;
+    const parser = this.proxyParser;
+    this.stopProxyHeader();
+    this.host.state.count('proxyRejected');
+    this.host.log.log('warn', 'proxy-header-rejected', {
+      code: Code.PROXY_HEADER,
+      listener: this.entry.name,
+      client: formatHostPort(this.clientIp, this.clientPort),
+      reason: why ?? parser.truncated(),
+    });
+    this.reason = 'bad-proxy-header';
+    this.phase = 'done';
+    this.closeClient();
+    this.finish();
+  }
+
+  proxyTimedOut(): void {
+    const parser = this.proxyParser;
+    if (parser !== null) this.rejectProxy(`${parser.truncated()} within accept_proxy_timeout (${this.entry.acceptProxy?.timeoutMs ?? 0} ms)`);
+  }
+
+  get awaitingProxyHeader(): boolean {
+    return this.proxyParser !== null;
+  }
+
+  /** The PROXY header for this connection's backend, or null when its group (or itself) sends none. */
+  protected proxyHeaderFor(choice: Choice): Buffer | null {
+    const version = sendProxyOf(this.entry.groups[choice.group]!, choice.entry);
+    if (version === null) return null;
+    const dst = this.proxyDst ?? this.localEndpoint();
+    return encodeProxyHeader(version, { srcAddr: this.clientIp, srcPort: this.clientPort, dstAddr: dst.addr, dstPort: dst.port });
+  }
 
   get connected(): boolean {
     return this.phase === 'relaying';
@@ -356,6 +448,10 @@ export abstract class Flow implements Waiter, NativeConnectOwner {
       clearTimeout(this.closeTimer);
       this.closeTimer = null;
     }
+    if (this.proxyTimer !== null) {
+      clearTimeout(this.proxyTimer);
+      this.proxyTimer = null;
+    }
     this.finishing();
     this.host.state.closed(this);
     const choice = this.choice;
@@ -389,4 +485,8 @@ export abstract class Flow implements Waiter, NativeConnectOwner {
 
 function onCloseGrace(flow: Flow): void {
   flow.end();
+}
+
+function onProxyTimeout(flow: Flow): void {
+  flow.proxyTimedOut();
 }

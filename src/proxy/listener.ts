@@ -18,6 +18,7 @@ import { NO_TICKET, type SharedState } from '../shared/state.ts';
 import { listenAddresses } from './listen-address.ts';
 import type { Flow } from './flow.ts';
 import { NativeFlow } from './native-flow.ts';
+import { HEADER_MAX } from './proxy-protocol.ts';
 import { Relay, type RelayHost } from './relay.ts';
 import { spliceListen, type AcceptedConn, type AcceptSink, type NativeListening } from './splice.ts';
 
@@ -65,6 +66,8 @@ export interface Acceptor {
   readonly native: boolean;
   /** The addon was asked to (it may have declined the address: then Node accepts). */
   readonly asked: boolean;
+  /** The addon's: peek at its clients' first bytes from their accept on (accept_proxy), or not. */
+  peek?(max: number): void;
   address(): { host: string; port: number } | null;
   close(): Promise<void>;
 }
@@ -100,7 +103,7 @@ async function bindNative(entry: ListenerEntry, port: number, reusePort: boolean
   }
   let failure = 'EINVAL';
   for (const address of addresses) {
-    const r = spliceListen(address, port, entry.backlog, reusePort, sink);
+    const r = spliceListen(address, port, entry.backlog, reusePort, peekMaxOf(entry), sink);
     if (typeof r === 'string') {
       failure = r;
       continue;
@@ -110,6 +113,7 @@ async function bindNative(entry: ListenerEntry, port: number, reusePort: boolean
       native: true,
       asked: true,
       address: () => ({ host: address, port: l.port }),
+      peek: (max) => l.peek(max),
       close: () => {
         l.close();
         return Promise.resolve();
@@ -118,6 +122,11 @@ async function bindNative(entry: ListenerEntry, port: number, reusePort: boolean
   }
   if (failure === 'EINVAL') return null;
   throw bindError(entry, port, failure);
+}
+
+/** How much of each client the addon peeks at from its accept on: a PROXY header's worth with accept_proxy. */
+function peekMaxOf(entry: ListenerEntry): number {
+  return entry.acceptProxy ? HEADER_MAX : 0;
 }
 
 /** Binds `host:port` (SO_REUSEPORT where `shared`); rejects with LB_BIND when the address cannot be used. */
@@ -394,6 +403,7 @@ export class ListenerRuntime implements RelayHost, AcceptSink {
 
   /** A new table: future clients use the new entry; running relays keep the one they started with. */
   update(entry: ListenerEntry, slots: ListenerSlots, accessLog: boolean): void {
+    if (peekMaxOf(entry) !== peekMaxOf(this.entry)) this.server?.peek?.(peekMaxOf(entry));
     this.entry = entry;
     this.accessLog = accessLog;
     this.state = new ListenerState(this.ctx.shared, slots, this.ctx.region, this.state);

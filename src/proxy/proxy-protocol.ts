@@ -40,6 +40,8 @@ export const V2_SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x5
  * TLVs (AWS and GCP add a VPC endpoint or a PSC id, HAProxy a few TLS fields), far below this.
  */
 export const V2_MAX_DECLARED = 2048;
+/** The longest header the parser accepts, either version: what a reader must look at, at most. */
+export const HEADER_MAX = Math.max(V1_MAX, 16 + V2_MAX_DECLARED);
 
 const V1_PREFIX = Buffer.from('PROXY ', 'latin1');
 const MORE: ParseStep = { state: 'more' };

@@ -16,12 +16,9 @@
 import net, { type Socket } from 'node:net';
 import { normaliseClientIp, type Choice } from '../balance/select.ts';
 import { sendProxyOf, type ListenerEntry } from '../config/table.ts';
-import { formatHostPort } from '../config/values.ts';
-import { Code } from '../errors.ts';
 import { Flow, type FlowHost } from './flow.ts';
 import { balanceDump, hexDump, type Direction } from './dump.ts';
 import { watchPaused } from './paused-watch.ts';
-import { encodeProxyHeader, ProxyHeaderParser } from './proxy-protocol.ts';
 import { spliceConnect, spliceRelay } from './splice.ts';
 
 export type { EndReason, Phase } from './flow.ts';
@@ -63,11 +60,6 @@ export class Relay extends Flow {
   private readingQueued = false;
   /** onEndWhileQueued is on the client (a paused socket still emits 'end' once its buffer is empty). */
   private endWatched = false;
-  /** accept_proxy: the header being read (phase new), and its deadline. */
-  private proxyParser: ProxyHeaderParser | null = null;
-  private proxyTimer: NodeJS.Timeout | null = null;
-  /** The address the client connected to, as its PROXY header gave it (else the socket's own). */
-  private proxyDst: { addr: string; port: number } | null = null;
 
   constructor(client: Socket, entry: ListenerEntry, host: RelayHost) {
     super(entry, host, normaliseClientIp(client.remoteAddress ?? ''), client.remotePort ?? 0);
@@ -79,89 +71,32 @@ export class Relay extends Flow {
     else this.route();
   }
 
-  // --- accept_proxy: the PROXY header, before anything else ------------------------------------------
+  // --- accept_proxy: the header's bytes come through the paused socket -------------------------------
 
-  /**
-   * Reads the client's PROXY header (the socket was paused on accept). Nothing is chosen before it is
-   * complete: its source address is the client for hashing, logs and send_proxy.
-   */
-  private readProxyHeader(timeoutMs: number): void {
-    this.proxyParser = new ProxyHeaderParser();
-    this.proxyTimer = setTimeout(onProxyTimeout, timeoutMs, this);
-    this.proxyTimer.unref();
+  protected startHeaderRead(): void {
     this.client.on('data', onProxyData);
     this.client.on('end', onProxyEnd);
     this.client.resume();
   }
 
-  proxyData(chunk: Buffer): void {
-    const parser = this.proxyParser;
-    if (parser === null || this.phase !== 'new') return;
-    const step = parser.push(chunk);
-    if (step.state === 'more') return;
-    if (step.state === 'error') {
-      this.rejectProxy(step.reason);
-      return;
-    }
-    this.stopReadingHeader();
-    // The header was read in flowing mode: its FIN may already be in, and 'end' fires even while paused.
-    this.watchEnd();
-    const a = step.header.addresses;
-    if (a !== null) {
-      this.clientIp = normaliseClientIp(a.srcAddr);
-      this.clientPort = a.srcPort;
-      this.proxyDst = { addr: a.dstAddr, port: a.dstPort };
-    }
-    if (step.rest.length > 0) {
-      // The client's first bytes came with the header: they go to the backend first (the queued path's buffer).
-      this.early = [step.rest];
-      this.earlyBytes = step.rest.length;
-    }
-    this.route();
-  }
-
-  private stopReadingHeader(): void {
-    this.proxyParser = null;
-    if (this.proxyTimer !== null) clearTimeout(this.proxyTimer);
-    this.proxyTimer = null;
+  protected stopHeaderRead(): void {
     this.client.removeListener('data', onProxyData);
     this.client.removeListener('end', onProxyEnd);
     this.client.pause();
   }
 
-  /** No valid header (malformed, truncated, too slow): closed, counted, never passed on. Null: say what came. */
-  rejectProxy(why: string | null): void {
-    if (this.phase !== 'new' || this.proxyParser === null) return;
-    const parser = this.proxyParser;
-    this.stopReadingHeader();
-    this.host.state.count('proxyRejected');
-    this.host.log.log('warn', 'proxy-header-rejected', {
-      code: Code.PROXY_HEADER,
-      listener: this.entry.name,
-      client: formatHostPort(this.clientIp, this.clientPort),
-      reason: why ?? parser.truncated(),
-    });
-    this.reason = 'bad-proxy-header';
-    this.phase = 'done';
-    this.client.destroy();
-    this.finish();
+  protected headerRead(_length: number, rest: Buffer): void {
+    // The header was read in flowing mode: its FIN may already be in, and 'end' fires even while paused.
+    this.watchEnd();
+    if (rest.length > 0) {
+      // The client's first bytes came with the header: they go to the backend first (the queued path's buffer).
+      this.early = [rest];
+      this.earlyBytes = rest.length;
+    }
   }
 
-  proxyTimedOut(): void {
-    const parser = this.proxyParser;
-    if (parser !== null) this.rejectProxy(`${parser.truncated()} within accept_proxy_timeout (${this.entry.acceptProxy?.timeoutMs ?? 0} ms)`);
-  }
-
-  get awaitingProxyHeader(): boolean {
-    return this.proxyParser !== null;
-  }
-
-  /** The PROXY header for this connection's backend, or null when its group (or itself) sends none. */
-  private proxyHeaderFor(choice: Choice): Buffer | null {
-    const version = sendProxyOf(this.entry.groups[choice.group]!, choice.entry);
-    if (version === null) return null;
-    const dst = this.proxyDst ?? { addr: this.client.localAddress ?? '', port: this.client.localPort ?? 0 };
-    return encodeProxyHeader(version, { srcAddr: this.clientIp, srcPort: this.clientPort, dstAddr: dst.addr, dstPort: dst.port });
+  protected localEndpoint(): { addr: string; port: number } {
+    return { addr: this.client.localAddress ?? '', port: this.client.localPort ?? 0 };
   }
 
   sentBytes(): number {
@@ -427,10 +362,6 @@ export class Relay extends Flow {
 
   protected override finishing(): void {
     this.host.clientReleased();
-    if (this.proxyTimer !== null) {
-      clearTimeout(this.proxyTimer);
-      this.proxyTimer = null;
-    }
     this.host.connectEnded(this);
   }
 
@@ -495,10 +426,6 @@ function onProxyData(this: RelaySocket, chunk: Buffer): void {
 
 function onProxyEnd(this: RelaySocket): void {
   this.lbRelay?.rejectProxy(null);
-}
-
-function onProxyTimeout(relay: Relay): void {
-  relay.proxyTimedOut();
 }
 
 function keepWhileQueued(this: RelaySocket, chunk: Buffer): void {

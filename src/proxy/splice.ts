@@ -25,6 +25,8 @@ const END_NAMES: readonly SpliceEnd[] = ['error', 'client-close', 'backend-close
 const EV_CONNECTED = 100;
 /** An accepted connection's connect failed; it waits for the next backend (`EV_CONNECT_FAILED`). */
 const EV_CONNECT_FAILED = 101;
+/** accept_proxy: the bytes a pending client sent so far, peeked (`EV_PEEKED`; errno 1: it half-closed). */
+const EV_PEEKED = 104;
 
 export interface SpliceResult {
   /** Bytes read from the client (and passed to the backend). */
@@ -72,14 +74,18 @@ export interface SpliceStats {
   pending: number;
 }
 
-type OnAccept = (listener: number, slot: number, address: string | null, port: number, errno: number) => void;
+type OnAccept = (listener: number, slot: number, address: string | null, port: number, errno: number, peeking: boolean) => void;
 
 interface Addon {
-  init(onEnd: (slot: number, sent: number, rcvd: number, end: number, errno: number) => void, pipeBytes: number, poolMax: number, onAccept?: OnAccept): void;
-  listen?(id: number, address: string, port: number, backlog: number, v6only: boolean, reusePort: boolean): number;
+  init(onEnd: (slot: number, sent: number, rcvd: number, end: number, errno: number, data?: Buffer) => void, pipeBytes: number, poolMax: number, onAccept?: OnAccept): void;
+  listen?(id: number, address: string, port: number, backlog: number, v6only: boolean, reusePort: boolean, peekMax: number): number;
   unlisten?(id: number): void;
-  connectAccepted?(slot: number, address: string, port: number, source: string, connectMs: number, idleMs: number): number;
+  listenPeek?(id: number, peekMax: number): void;
+  connectAccepted?(slot: number, address: string, port: number, source: string, connectMs: number, idleMs: number, preface?: Buffer): number;
   wait?(slot: number): void;
+  peek?(slot: number, max: number): void;
+  skip?(slot: number, n: number): void;
+  localAddress?(slot: number): [string, number] | null;
   attachLimit?(limit: Int32Array, region: number): void;
   relay(clientFd: number, backendFd: number, idleMs: number): number;
   connect?(clientFd: number, address: string, port: number, source: string, connectMs: number, idleMs: number): number;
@@ -120,6 +126,8 @@ interface Ending {
   connected?(): void;
   /** An accepted connection's connect failed (it waits for the next one). */
   connectFailed?(errno: string): void;
+  /** An accepted connection's first bytes, peeked (peek()); `fin`: the client half-closed after them. */
+  peeked?(bytes: Buffer, fin: boolean): void;
 }
 
 // The addon keeps one instance per thread and is initialised once: should this module be evaluated
@@ -147,10 +155,10 @@ function load(): Loaded | { reason: string } {
   if (refused !== null) return { reason: `the kernel refuses splice: ${refused}` };
   const shared: Loaded = { addon, bySlot: [], slabs: [], listeners: new Map() };
   addon.init(
-    (slot, sent, rcvd, end, errno) => onEnd(shared, slot, sent, rcvd, end, errno),
+    (slot, sent, rcvd, end, errno, data) => onEnd(shared, slot, sent, rcvd, end, errno, data),
     envInt('LB_SPLICE_PIPE_BYTES', PIPE_BYTES),
     envInt('LB_SPLICE_POOL_MAX', POOL_MAX),
-    (listener, slot, address, port, errno) => onAccept(shared, listener, slot, address, port, errno),
+    (listener, slot, address, port, errno, peeking) => onAccept(shared, listener, slot, address, port, errno, peeking),
   );
   g[SHARED] = shared;
   return shared;
@@ -209,12 +217,16 @@ class Handle implements SpliceHandle, Ending {
   }
 }
 
-function onEnd(shared: Loaded, slot: number, sent: number, rcvd: number, end: number, errno: number): void {
+function onEnd(shared: Loaded, slot: number, sent: number, rcvd: number, end: number, errno: number, data?: Buffer): void {
   const h = shared.bySlot[slot];
   if (h === undefined) return;
   try {
     if (end === EV_CONNECTED) {
       h.connected?.();
+      return;
+    }
+    if (end === EV_PEEKED) {
+      h.peeked?.(data ?? Buffer.alloc(0), errno === 1);
       return;
     }
     if (end === EV_CONNECT_FAILED) {
@@ -375,22 +387,54 @@ export interface AcceptSink {
 export interface AcceptedOwner extends NativeConnectOwner {
   /** The connect failed (refused, timed out, unreachable): the client waits for the next backend. */
   nativeConnectFailed(handle: SpliceHandle, errno: string): void;
+  /** After peek(): every byte the client sent so far (more than last time), `fin` once it half-closed. */
+  nativePeeked?(handle: SpliceHandle, bytes: Buffer, fin: boolean): void;
 }
 
 /** A client accepted by the addon: connected to a backend with connect(), or closed with abort(). */
 export class AcceptedConn extends Handle {
   owner: AcceptedOwner | null = null;
+  /** Its first bytes are peeked at since its accept (its listener's peekMax): peek() is not needed. */
+  readonly peeking: boolean;
   private readonly connectFn: NonNullable<Addon['connectAccepted']>;
 
-  constructor(addon: Addon, slot: number, counts: Float64Array, at: number) {
+  constructor(addon: Addon, slot: number, counts: Float64Array, at: number, peeking: boolean) {
     super(addon, slot, counts, at, (r) => this.owner?.nativeEnded(this, r));
+    this.peeking = peeking;
     this.connectFn = addon.connectAccepted!.bind(addon);
   }
 
-  /** Connects it to `target` on the addon's thread; an errno name when that cannot start (EINVAL), else null. */
-  connect(target: NativeTarget): string | null {
-    const r = this.connectFn(this.slot, target.address, target.port, target.source ?? '', target.connectTimeoutMs, target.idleTimeoutMs);
+  /**
+   * Connects it to `target` on the addon's thread, writing `preface` (a PROXY header) to the backend before
+   * any byte of the client's; an errno name when that cannot start (EINVAL), else null.
+   */
+  connect(target: NativeTarget, preface: Buffer | null = null): string | null {
+    const r = this.connectFn(this.slot, target.address, target.port, target.source ?? '', target.connectTimeoutMs, target.idleTimeoutMs, preface ?? undefined);
     return r < 0 ? (errnoName(-r) ?? 'EINVAL') : null;
+  }
+
+  /**
+   * accept_proxy: the client's first bytes (at most `max`) are reported to the owner as they come
+   * (nativePeeked, all of them each time), left in the socket, until skip().
+   */
+  peek(max: number): void {
+    if (!this.ended) this.addon.peek!(this.slot, max);
+  }
+
+  /** Drops the first `n` bytes peeked (the PROXY header) and ends the peeking; the rest goes to the backend. */
+  skip(n: number): void {
+    if (!this.ended) this.addon.skip!(this.slot, n);
+  }
+
+  /** The address the client connected to (send_proxy's destination), or null once the connection ended. */
+  localAddress(): { addr: string; port: number } | null {
+    if (this.ended) return null;
+    const a = this.addon.localAddress!(this.slot);
+    return a === null ? null : { addr: a[0], port: a[1] };
+  }
+
+  peeked(bytes: Buffer, fin: boolean): void {
+    this.owner?.nativePeeked?.(this, bytes, fin);
   }
 
   /**
@@ -410,7 +454,7 @@ export class AcceptedConn extends Handle {
   }
 }
 
-function onAccept(shared: Loaded, listener: number, slot: number, address: string | null, port: number, errno: number): void {
+function onAccept(shared: Loaded, listener: number, slot: number, address: string | null, port: number, errno: number, peeking: boolean): void {
   const sink = shared.listeners.get(listener);
   try {
     if (slot < 0) {
@@ -420,7 +464,7 @@ function onAccept(shared: Loaded, listener: number, slot: number, address: strin
     const addon = shared.addon;
     const slab = Math.floor(slot / addon.slabSlots);
     const counts = (shared.slabs[slab] ??= addon.counters(slab));
-    const conn = new AcceptedConn(addon, slot, counts, (slot % addon.slabSlots) * 2);
+    const conn = new AcceptedConn(addon, slot, counts, (slot % addon.slabSlots) * 2, peeking);
     shared.bySlot[slot] = conn;
     if (sink === undefined) conn.abort(); // its listener closed meanwhile: accepted just before the close
     else sink.accepted(conn, address ?? '', port);
@@ -440,7 +484,8 @@ export function nativeAcceptAvailable(): SpliceAvailability {
   if (!connect.ok) return connect;
   if (nativeAcceptOff) return { ok: false, reason: 'turned off (LB_NATIVE_ACCEPT=off)' };
   const addon = loadedOrNull()!.addon;
-  if (typeof addon.listen !== 'function' || typeof addon.connectAccepted !== 'function' || typeof addon.wait !== 'function' || typeof addon.attachLimit !== 'function') {
+  const needed = [addon.listen, addon.listenPeek, addon.connectAccepted, addon.wait, addon.attachLimit, addon.peek, addon.skip, addon.localAddress];
+  if (needed.some((f) => typeof f !== 'function')) {
     return { ok: false, reason: 'the addon is older than this lb: rebuild it with npm run build:native' };
   }
   return { ok: true };
@@ -459,23 +504,29 @@ let nextListenerId = 1;
 /** A listening socket of the addon's, accepting on its thread. */
 export interface NativeListening {
   readonly port: number;
+  /** accept_proxy: the clients accepted from now on are peeked at (up to `max` bytes), or not (0). */
+  peek(max: number): void;
   close(): void;
 }
 
 /**
  * Binds and listens on `address:port` (numeric) in the addon, SO_REUSEPORT when `reusePort`; each
- * client goes to `sink`. Returns the listening socket, or the errno name when it cannot be had.
+ * client goes to `sink`, peeked at from its accept when `peekMax` > 0 (accept_proxy). Returns the
+ * listening socket, or the errno name when it cannot be had.
  */
-export function spliceListen(address: string, port: number, backlog: number, reusePort: boolean, sink: AcceptSink): NativeListening | string {
+export function spliceListen(address: string, port: number, backlog: number, reusePort: boolean, peekMax: number, sink: AcceptSink): NativeListening | string {
   const shared = loadedOrNull();
   if (shared === null || typeof shared.addon.listen !== 'function') return 'ENOTSUP';
   const id = nextListenerId++;
-  const r = shared.addon.listen(id, address, port, backlog, false, reusePort);
+  const r = shared.addon.listen(id, address, port, backlog, false, reusePort, peekMax);
   if (r < 0) return errnoName(-r) ?? `errno ${-r}`;
   shared.listeners.set(id, sink);
   const addon = shared.addon;
   return {
     port: r,
+    peek(max: number): void {
+      if (shared.listeners.has(id)) addon.listenPeek?.(id, max);
+    },
     close(): void {
       if (!shared.listeners.delete(id)) return;
       addon.unlisten?.(id);

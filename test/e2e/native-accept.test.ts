@@ -58,7 +58,7 @@ function harness(targets: readonly Partial<NativeTarget>[], opts: { decide?: boo
       connectFrom(a, i + 1);
     }
   };
-  const listening = spliceListen(HOST, 0, opts.backlog ?? 511, false, {
+  const listening = spliceListen(HOST, 0, opts.backlog ?? 511, false, 0, {
     accepted(conn, address, port) {
       const a: Accepted = { address, port, conn, tries: [], connected: false, result: null };
       let next = 0;

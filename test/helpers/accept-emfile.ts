@@ -13,7 +13,7 @@ import { spliceListen, type AcceptedConn } from '../../src/proxy/splice.ts';
 const pending: AcceptedConn[] = [];
 let pauses = 0;
 const say = (o: object): void => void process.stdout.write(`${JSON.stringify(o)}\n`);
-const l = spliceListen('127.0.0.1', 0, 511, false, {
+const l = spliceListen('127.0.0.1', 0, 511, false, 0, {
   accepted(conn) {
     conn.owner = { nativeConnected: () => undefined, nativeConnectFailed: () => undefined, nativeEnded: () => undefined };
     pending.push(conn);

@@ -34,7 +34,7 @@ it('there are examples, the four named ones among them', () => {
  * sets maxconn beside listeners Node accepts for, and shows what --check says of them.
  */
 const EXPECTED_WARNINGS: Record<string, RegExp[]> = {
-  'lb.toml': [/global\.maxconn: warning: listener "imap" is accepted by Node \(send_proxy backends\)/, /global\.maxconn: warning: listener "debug" is accepted by Node \(packet_dump\)/],
+  'lb.toml': [/global\.maxconn: warning: listener "debug" is accepted by Node \(packet_dump\)/],
 };
 
 describe.each(files)('examples/%s', (name) => {

@@ -25,23 +25,22 @@ describe('listenerPath', () => {
     expect(listenerPath(await listener([{ backends: ['127.0.0.1:1'] }], { packet_dump: 'hex' }), all)).toBe('JS connect + JS relay (packet_dump)');
   });
 
-  it('what still connects in JS on a listener Node accepts for: send_proxy backends, queued clients', async () => {
+  it('what still connects in JS on a listener Node accepts for: send_proxy backends, queued clients, bytes after a PROXY header', async () => {
+    const noAccept: PathInputs = { ...all, nativeAcceptOk: { ok: false, reason: 'turned off (LB_NATIVE_ACCEPT=off)' } };
     const l = await listener([{ backends: ['127.0.0.1:1'], send_proxy: 'v2' }], { queue: { max: 10 } });
-    expect(listenerPath(l, all)).toBe('JS accept (send_proxy backends) + native connect + splice; JS connect for send_proxy backends, queued clients');
+    expect(listenerPath(l, noAccept)).toBe(
+      'JS accept (turned off (LB_NATIVE_ACCEPT=off)) + native connect + splice; JS connect for send_proxy backends, queued clients',
+    );
+    expect(listenerPath(await listener([{ backends: ['127.0.0.1:1'] }], { accept_proxy: true }), noAccept)).toBe(
+      'JS accept (turned off (LB_NATIVE_ACCEPT=off)) + native connect + splice; JS connect for clients whose first bytes came with the PROXY header',
+    );
+    expect(listenerPath(await listener([{ backends: ['127.0.0.1:1'] }]), noAccept)).toBe('JS accept (turned off (LB_NATIVE_ACCEPT=off)) + native connect + splice');
   });
 
-  it('a queue alone keeps the native path: the addon holds the waiters', async () => {
+  it('a queue, accept_proxy and send_proxy keep the native path: the addon holds waiters, reads and writes PROXY headers', async () => {
     expect(listenerPath(await listener([{ backends: ['127.0.0.1:1'] }], { queue: { max: 10 } }), all)).toBe('native accept + connect + splice');
-  });
-
-  it('what Node still accepts for: each reason, and an addon that cannot accept', async () => {
-    const web = (extra: Record<string, unknown>, group: Record<string, unknown> = {}) => listener([{ backends: ['127.0.0.1:1'], ...group }], extra);
-    expect(listenerPath(await web({ accept_proxy: true }), all)).toBe(
-      'JS accept (accept_proxy) + native connect + splice; JS connect for clients whose first bytes came with the PROXY header',
-    );
-    expect(listenerPath(await web({}, { send_proxy: 'v1' }), all)).toBe('JS accept (send_proxy backends) + native connect + splice; JS connect for send_proxy backends');
-    expect(listenerPath(await web({}), { ...all, nativeAcceptOk: { ok: false, reason: 'turned off (LB_NATIVE_ACCEPT=off)' } })).toBe(
-      'JS accept (turned off (LB_NATIVE_ACCEPT=off)) + native connect + splice',
-    );
+    expect(listenerPath(await listener([{ backends: ['127.0.0.1:1'] }], { accept_proxy: true }), all)).toBe('native accept + connect + splice');
+    const both = await listener([{ backends: ['127.0.0.1:1', { host: '127.0.0.1', port: 2, send_proxy: 'v1' }], send_proxy: 'v2' }], { accept_proxy: true, queue: { max: 10 } });
+    expect(listenerPath(both, all)).toBe('native accept + connect + splice');
   });
 });
