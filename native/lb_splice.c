@@ -1225,6 +1225,14 @@ static bool grow_slots(napi_env env, inst_t *I);
 static void send_cmd(inst_t *I, cmd_t *cmd);
 static conn_t *accepted_at(napi_env env, inst_t *I, uint32_t slot);
 
+// ENTRY for an entry point about the accepted connection whose slot is its first argument: it is `c`.
+#define ACCEPTED_ENTRY(n)                                                                                     \
+  ENTRY(n);                                                                                                   \
+  uint32_t slot;                                                                                              \
+  CHECK(napi_get_value_uint32(env, argv[0], &slot));                                                          \
+  conn_t *c = accepted_at(env, I, slot);                                                                      \
+  if (!c) return NULL
+
 static void call_back(napi_env env, napi_value global, napi_value cb, size_t argc, napi_value *argv) {
   if (napi_call_function(env, global, cb, argc, argv, NULL) == napi_pending_exception) {
     napi_value exc;
@@ -1875,54 +1883,39 @@ static napi_value js_abort(napi_env env, napi_callback_info info) {
 // thread ends it as 'client-close' if the client closes having sent nothing (it gave up); a client that
 // sent its request and half-closed stays, and a reset ends it whether it waits or not.
 static napi_value js_wait(napi_env env, napi_callback_info info) {
-  ENTRY(1);
-  uint32_t slot;
-  CHECK(napi_get_value_uint32(env, argv[0], &slot));
-  conn_t *c = accepted_at(env, I, slot);
-  if (!c) return NULL;
+  ACCEPTED_ENTRY(1);
   c->parked = true;
   return conn_cmd(env, I, CMD_WAIT, c, 0);
+}
+
+// An entry point (slot, n): command `op` about the accepted connection in `slot`, with `n` (at most `max`).
+static napi_value slot_cmd(napi_env env, napi_callback_info info, int op, uint32_t max) {
+  ACCEPTED_ENTRY(2);
+  uint32_t n;
+  CHECK(napi_get_value_uint32(env, argv[1], &n));
+  if (n > max) {
+    napi_throw_range_error(env, "LB_SPLICE", "count out of range");
+    return NULL;
+  }
+  return conn_cmd(env, I, op, c, n);
 }
 
 // peek(slot, max): accept_proxy: the pending connection's first bytes (up to `max`) are posted to JS as
 // they come (EV_PEEKED, each time with all of them so far), without being consumed, until skip() or
 // its end. A client that closes having sent nothing ends as 'client-close'; one that half-closes after
 // some bytes has them posted with the FIN flag; a reset ends it.
-static napi_value js_peek(napi_env env, napi_callback_info info) {
-  ENTRY(2);
-  uint32_t slot, max;
-  CHECK(napi_get_value_uint32(env, argv[0], &slot));
-  CHECK(napi_get_value_uint32(env, argv[1], &max));
-  conn_t *c = accepted_at(env, I, slot);
-  return c ? conn_cmd(env, I, CMD_PEEK, c, max) : NULL;
-}
+static napi_value js_peek(napi_env env, napi_callback_info info) { return slot_cmd(env, info, CMD_PEEK, UINT32_MAX); }
 
 // skip(slot, n): the first `n` bytes peeked (the PROXY header) are dropped; the peeking ends. What came
 // after them stays in the socket, for the backend.
-static napi_value js_skip(napi_env env, napi_callback_info info) {
-  ENTRY(2);
-  uint32_t slot, n;
-  CHECK(napi_get_value_uint32(env, argv[0], &slot));
-  CHECK(napi_get_value_uint32(env, argv[1], &n));
-  conn_t *c = accepted_at(env, I, slot);
-  if (!c) return NULL;
-  if (n > PEEK_MAX) {
-    napi_throw_range_error(env, "LB_SPLICE", "skip: more than peek() looks at");
-    return NULL;
-  }
-  return conn_cmd(env, I, CMD_SKIP, c, n);
-}
+static napi_value js_skip(napi_env env, napi_callback_info info) { return slot_cmd(env, info, CMD_SKIP, PEEK_MAX); }
 
 // localAddress(slot) -> [address, port]: the address the client connected to (getsockname), for
 // send_proxy's header; null once the connection ended. Read on the JS thread from a descriptor the
 // thread owns: the thread marks a connection dead before it closes its descriptors, so a `dead` read
 // after getsockname() that finds it alive proves the descriptor asked about was still its own.
 static napi_value js_local_address(napi_env env, napi_callback_info info) {
-  ENTRY(1);
-  uint32_t slot;
-  CHECK(napi_get_value_uint32(env, argv[0], &slot));
-  conn_t *c = accepted_at(env, I, slot);
-  if (!c) return NULL;
+  ACCEPTED_ENTRY(1);
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
   int r = getsockname(c->fd[0], (struct sockaddr *)&ss, &len);

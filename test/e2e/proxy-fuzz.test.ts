@@ -11,20 +11,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { HOST, sinkServer, until, within } from '../helpers/backends.ts';
 import { at, cleanup, startLb, webDoc } from '../helpers/lb.ts';
 import { ProxyHeaderParser, encodeV1, encodeV2 } from '../../src/proxy/proxy-protocol.ts';
+import { prng } from '../../bench/lib/prng.ts';
 
 afterEach(cleanup);
-
-/** mulberry32: a small seeded generator, so that a failing input can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function generate(rand: () => number, i: number): Buffer {
   const int = (n: number): number => Math.floor(rand() * n);
@@ -76,7 +65,7 @@ describe('PROXY headers, generated, against a running lb', () => {
   it('300 inputs in random pieces: each complete header passes exactly its trailing bytes on; every other input is closed and counted', async () => {
     const be = await sinkServer('be', { replyAfterEof: () => '' });
     const lb = await startLb(webDoc([{ send_proxy: 'v1', backends: [at(be.port)] }], { accept_proxy: true, accept_proxy_timeout: '2s' }));
-    const rand = rng(0x5eed37);
+    const rand = prng(0x5eed37);
     const inputs = Array.from({ length: 300 }, (_, i) => generate(rand, i));
     const expected = inputs.map((input) => new ProxyHeaderParser().push(input));
     const rests = expected.flatMap((s) => (s.state === 'done' ? [s.rest.toString('latin1')] : []));
