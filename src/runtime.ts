@@ -208,23 +208,24 @@ export class Runtime implements ControlTarget {
     return undefined;
   }
 
-  /** Once a second: the increase of every connection total, for `show stat`'s rate and rate_max. */
-  private sampleRates(): void {
+  /**
+   * Once a second: the increase of every connection total, for `show stat`'s rate and rate_max. With
+   * `begin` (at start, after a reload): only the baselines of counters new here, so that their first
+   * second counts; the known ones keep their one-second samples.
+   */
+  private sampleRates(begin = false): void {
     const now = Date.now();
     const keep = new Set<string>();
+    const take = (key: string, total: number): void => {
+      keep.add(key);
+      if (begin) this.rates.begin(key, total, now);
+      else this.rates.sample(key, total, now);
+    };
     for (const l of this.listeners.values()) {
-      const lk = `L ${l.entry.name}`;
-      keep.add(lk);
-      this.rates.sample(lk, l.state.total, now);
-      for (const g of l.state.groups) {
-        for (const b of g.backends) {
-          const bk = `B ${b.slot}`;
-          keep.add(bk);
-          this.rates.sample(bk, b.total, now);
-        }
-      }
+      take(`L ${l.entry.name}`, l.state.total);
+      for (const g of l.state.groups) for (const b of g.backends) take(`B ${b.slot}`, b.total);
     }
-    this.rates.retain(keep);
+    if (!begin) this.rates.retain(keep);
   }
 
   rateOf(key: string): { rate: number; max: number } {
@@ -267,6 +268,7 @@ export class Runtime implements ControlTarget {
       }
       this.http = await syncHttp(null, this.table.control, this.httpTarget, this.log, { atStart: true });
       this.syncHealth();
+      this.sampleRates(true);
       this.rateTimer = setInterval(() => this.sampleRates(), 1000);
       this.rateTimer.unref();
     } catch (err) {
@@ -401,6 +403,7 @@ export class Runtime implements ControlTarget {
       throw err;
     }
     this.syncHealth();
+    this.sampleRates(true);
     this.serveQueues();
   }
 

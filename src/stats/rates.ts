@@ -8,7 +8,7 @@ export class RateMeter {
   sample(key: string, total: number, now: number): void {
     const s = this.last.get(key);
     if (!s) {
-      this.last.set(key, { total, at: now, rate: 0, max: 0 });
+      this.begin(key, total, now);
       return;
     }
     const dt = (now - s.at) / 1000;
@@ -17,6 +17,15 @@ export class RateMeter {
     s.at = now;
     s.rate = rate;
     if (rate > s.max) s.max = rate;
+  }
+
+  /**
+   * The baseline of a counter that starts now (lb's start, a listener or backend a reload adds), unless
+   * it is known: what it counts from here on falls into its first second, instead of being taken as
+   * the baseline by the first sample.
+   */
+  begin(key: string, total: number, now: number): void {
+    if (!this.last.has(key)) this.last.set(key, { total, at: now, rate: 0, max: 0 });
   }
 
   rate(key: string): number {

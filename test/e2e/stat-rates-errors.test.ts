@@ -38,6 +38,28 @@ describe('show stat rates and downtime', () => {
     expect(rows(lb).find((r) => r.svname === 'FRONTEND')!.rate_max).toBe(front.rate_max);
   });
 
+  it('connections in the first second after start count: rate_max sees them on the frontend and the server', async () => {
+    // The first sample used to be the baseline, so what came before it (lb's first second) never counted.
+    const a = await namedEcho('a');
+    const lb = await startLb(webDoc([{ backends: [at(a.port)] }]));
+    await Promise.all(Array.from({ length: 6 }, (_, i) => ask(lb.port(), `early${i}`)));
+    const front = (): number => Number(rows(lb).find((r) => r.svname === 'FRONTEND')!.rate_max);
+    const back = (): number => Number(rows(lb).find((r) => r.svname === at(a.port))!.rate_max);
+    await until(() => front() >= 1 && back() >= 1, 3000, `rate_max to see the first second (frontend ${front()}, server ${back()})`);
+    expect(front()).toBeLessThanOrEqual(6);
+  });
+
+  it('a listener a reload adds counts from its first second too', async () => {
+    const a = await namedEcho('a');
+    const lb = await startLb(webDoc([{ backends: [at(a.port)] }]));
+    const doc = webDoc([{ backends: [at(a.port)] }]);
+    (doc['listeners'] as Record<string, unknown>)['api'] = { listen: '127.0.0.1:0', groups: [{ backends: [at(a.port)] }] };
+    await lb.apply(doc);
+    await Promise.all(Array.from({ length: 6 }, (_, i) => ask(lb.port('api'), `new${i}`)));
+    const api = (): number => Number(rows(lb).find((r) => r.pxname === 'api' && r.svname === 'FRONTEND')!.rate_max);
+    await until(() => api() >= 1, 3000, `rate_max of the new listener (${api()})`);
+  });
+
   it('downtime grows while a backend is down, and show errors names the failures', async () => {
     const dead = await refusedPort();
     const ok = await namedEcho('ok');
