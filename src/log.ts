@@ -35,7 +35,10 @@ export interface AccessRecord {
   id: number;
   listener: string;
   client: string;
+  /** The backend's name (its configured `name`, else `host:port` as configured), or '-'. */
   backend: string;
+  /** The address it was connected to (`ip:port`, IPv6 in brackets), or '-'. */
+  backend_addr: string;
   group: number | string;
   sent: number;
   rcvd: number;
@@ -58,7 +61,7 @@ function textValue(s: string): string {
 /** The access line in text, as `formatText` would write it, without a fields object to walk. */
 export function formatAccessText(time: string, r: AccessRecord): string {
   const queued = r.queued_ms === undefined ? '' : ` queued_ms=${r.queued_ms}`;
-  return `${time} info conn id=${r.id} listener=${textValue(r.listener)} client=${r.client} backend=${textValue(r.backend)} group=${r.group} sent=${r.sent} rcvd=${r.rcvd} ms=${r.ms}${queued} end=${r.end}`;
+  return `${time} info conn id=${r.id} listener=${textValue(r.listener)} client=${r.client} backend=${textValue(r.backend)} backend_addr=${r.backend_addr} group=${r.group} sent=${r.sent} rcvd=${r.rcvd} ms=${r.ms}${queued} end=${r.end}`;
 }
 
 const SAFE = /^[A-Za-z0-9_.:/@\[\]+-]*$/;

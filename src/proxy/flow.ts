@@ -16,7 +16,7 @@
 
 import { chooseBackend, normaliseClientIp, someBackendFull, type Choice } from '../balance/select.ts';
 import type { LiveFlow, ListenerState, Waiter } from '../balance/state.ts';
-import { sendProxyOf, type ListenerEntry } from '../config/table.ts';
+import { sendProxyOf, type BackendEntry, type ListenerEntry } from '../config/table.ts';
 import { formatHostPort } from '../config/values.ts';
 import { Code, LOCAL_ERRORS } from '../errors.ts';
 import type { CheckResult } from '../health/state.ts';
@@ -470,7 +470,8 @@ export abstract class Flow implements Waiter, NativeConnectOwner {
         id: this.id,
         listener: this.entry.name,
         client: ip.includes(':') ? `[${ip}]:${this.clientPort}` : `${ip}:${this.clientPort}`,
-        backend: choice?.entry.key ?? '-',
+        backend: choice?.entry.name ?? '-',
+        backend_addr: choice ? backendAddr(choice.entry) : '-',
         group: choice?.group ?? '-',
         sent: this.sentBytes(),
         rcvd: this.rcvdBytes(),
@@ -481,6 +482,14 @@ export abstract class Flow implements Waiter, NativeConnectOwner {
     }
     this.host.relayFinished(this);
   }
+}
+
+/** `ip:port` of each backend entry (tables are immutable: once per entry, not per connection). */
+const addrs = new WeakMap<BackendEntry, string>();
+function backendAddr(entry: BackendEntry): string {
+  let a = addrs.get(entry);
+  if (a === undefined) addrs.set(entry, (a = formatHostPort(entry.address, entry.port)));
+  return a;
 }
 
 function onCloseGrace(flow: Flow): void {

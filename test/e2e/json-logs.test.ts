@@ -78,7 +78,8 @@ describe('log_format = "json"', () => {
       });
       expect(parsed.map((o) => o.event)).toEqual(['config', 'listening', 'conn', 'stopping', 'stopped']);
       expect(parsed[0]).toMatchObject({ level: 'warn', code: 'LB_CONFIG_VALUE', path: 'listeners.web.packet_dump_file', line: 7 });
-      expect(parsed[2]).toMatchObject({ listener: 'web', backend: `127.0.0.1:${echo.port}` });
+      // The backend by its name, the address lb connected to as its own field.
+      expect(parsed[2]).toMatchObject({ listener: 'web', backend: 'echo1', backend_addr: `127.0.0.1:${echo.port}` });
       expect(parsed.every((o) => typeof o.time === 'string' && typeof o.level === 'string')).toBe(true);
     } finally {
       await echo.close();

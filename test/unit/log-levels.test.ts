@@ -8,7 +8,7 @@ import { Code, Exit, LbError } from '../../src/errors.ts';
 import { controlCommandEvent, createLogger, levelEnabled, type AccessRecord } from '../../src/log.ts';
 
 const access: AccessRecord = {
-  id: 1, listener: 'web', client: '127.0.0.1:5000', backend: '127.0.0.1:80', group: 0, sent: 1, rcvd: 2, ms: 3, queued_ms: undefined, end: 'client-close',
+  id: 1, listener: 'web', client: '127.0.0.1:5000', backend: 'www1', backend_addr: '127.0.0.1:80', group: 0, sent: 1, rcvd: 2, ms: 3, queued_ms: undefined, end: 'client-close',
 };
 
 describe('log levels', () => {
