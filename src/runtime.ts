@@ -41,6 +41,7 @@ import { httpTargetOf } from './http/target.ts';
 import { backendId, SlotAllocator, type SlotMap } from './shared/slots.ts';
 import { DEFAULT_CAPACITY, SharedState } from './shared/state.ts';
 import { takeSnapshot, type ProcessInfo, type Snapshot } from './stats/snapshot.ts';
+import { NameRetry, resolvedNames, withKnownAddresses } from './discovery/name-retry.ts';
 import { FailureLog, RateMeter, type FailureRecord } from './stats/rates.ts';
 import { checkListen, describePortCheck, portCheck } from './supervisor/ports.ts';
 import { listenerPath } from './proxy/path.ts';
@@ -55,6 +56,8 @@ export interface RuntimeOptions {
   log?: Logger;
   /** Overrides `[global] workers` (tests). */
   workers?: number;
+  /** How an unresolved backend name is looked up again (default: the system's resolver, as at start; tests). */
+  lookup?: (name: string) => Promise<string | Error>;
 }
 
 export interface ReloadResult {
@@ -140,6 +143,12 @@ export class Runtime implements ControlTarget {
   private rateTimer: NodeJS.Timeout | null = null;
   /** The last connect and check failures, for `show errors`. */
   private readonly failures = new FailureLog();
+  /** Backend names with no address when their table was made (without `[global.dns]`), looked up again. */
+  private readonly nameRetry: NameRetry;
+  /** What the state file said at start of each name's last address (written again when that changes). */
+  private savedAddresses: Record<string, string> = {};
+  /** Names that run on their `last` address (they did not resolve at start): retried too. */
+  private staleNames = new Map<string, string>();
 
   constructor(table: RoutingTable, opts: RuntimeOptions = {}) {
     this.table = table;
@@ -155,6 +164,7 @@ export class Runtime implements ControlTarget {
     this.nofile = openFileLimit();
     this.setMaxconn(table); // before any worker accepts
     this.warnMaxconn(table.global.maxconn);
+    this.nameRetry = new NameRetry(this, this.log, opts.lookup);
     this.health = new HealthMonitor(this.log, () => this.serveQueues());
     this.health.onFailure = (listener, group, entry, r) =>
       this.failures.add({ at: Date.now(), listener, group, backend: entry.name, by: 'check', reason: `${r.status} ${r.detail}`.trim() });
@@ -269,6 +279,8 @@ export class Runtime implements ControlTarget {
       this.http = await syncHttp(null, this.table.control, this.httpTarget, this.log, { atStart: true });
       this.syncHealth();
       this.sampleRates(true);
+      this.nameRetry.sync(this.staleNames);
+      if (!sameRecord(this.savedAddresses, Object.fromEntries(resolvedNames(this.table)))) this.persistState();
       this.rateTimer = setInterval(() => this.sampleRates(), 1000);
       this.rateTimer.unref();
     } catch (err) {
@@ -294,7 +306,18 @@ export class Runtime implements ControlTarget {
       this.log.log('error', 'state-file', { file, error: (err as Error).message, detail: 'starting from the config alone' });
       return [];
     }
-    if (!state || isEmptyState(state)) return [];
+    if (!state) return [];
+    this.savedAddresses = state.addresses ?? {};
+    if (!this.table.global.dns) {
+      // A name that does not resolve now starts on the address it last had (HAProxy's init-addr last).
+      const known = withKnownAddresses(this.table, new Map(Object.entries(this.savedAddresses)));
+      for (const [name, why] of known.filled) {
+        this.log.log('warn', 'resolve-last', { name, error: why, address: this.savedAddresses[name], file, detail: 'starting on the address the state file kept; retrying' });
+      }
+      this.table = this.configTable = known.table;
+      this.staleNames = known.filled;
+    }
+    if (isEmptyState(state)) return [];
     const r = applyOperatorState(this.table, state);
     this.table = r.table;
     this.logStateApplied(file, r.applied, r.skipped);
@@ -325,7 +348,10 @@ export class Runtime implements ControlTarget {
     const file = this.table.global.stateFile;
     if (!file) return;
     try {
-      writeStateFile(file, operatorState(this.configTable, this.table, { draining: this.drainingKeys() }));
+      const addresses = Object.fromEntries(resolvedNames(this.table));
+      const state = operatorState(this.configTable, this.table, { draining: this.drainingKeys() });
+      writeStateFile(file, Object.keys(addresses).length > 0 ? { ...state, addresses } : state);
+      this.savedAddresses = addresses;
     } catch (err) {
       this.log.log('error', 'state-file', { file, error: (err as Error).message });
     }
@@ -476,6 +502,12 @@ export class Runtime implements ControlTarget {
     });
   }
 
+  /** NameRetry: a name resolved (its table is swapped in already): the next start knows its address. */
+  resolved(name: string, _address: string): void {
+    this.staleNames.delete(name);
+    this.persistState();
+  }
+
   /** An operator change of runtime state (enable, drain): queued clients may now get a slot. */
   stateChanged(): void {
     this.serveQueues();
@@ -538,14 +570,21 @@ export class Runtime implements ControlTarget {
       return { ok: false, diagnostics: result.diagnostics };
     }
     // Names expanded with what discovery knows now; operator changes survive the reload, re-applied to the
-    // new file's table where their backends remain.
-    const configured = this.discovery?.expandNow(result.table) ?? result.table;
+    // new file's table where their backends remain. A name the reload could not resolve keeps the address
+    // the running table has for it (and is retried), rather than taking its backends down.
+    const known = result.table.global.dns ? null : withKnownAddresses(result.table, resolvedNames(this.table));
+    for (const [name, why] of known?.filled ?? []) {
+      this.log.log('warn', 'resolve-last', { name, error: why, address: resolvedNames(this.table).get(name), detail: 'the reload keeps the address it had; retrying' });
+    }
+    const configured = this.discovery?.expandNow(known?.table ?? result.table) ?? known?.table ?? result.table;
     const overlay = operatorState(this.configTable, this.table, { draining: this.drainingKeys() });
     const next = isEmptyState(overlay) ? { table: configured, applied: [], skipped: [], draining: [] } : applyOperatorState(configured, overlay);
     try {
       await this.applyNow(next.table);
       this.configTable = configured;
       this.discovery?.sync();
+      this.staleNames = known?.filled ?? new Map();
+      this.nameRetry.sync(this.staleNames);
       this.setDraining(next.draining);
       this.logStateApplied('reload', next.applied, next.skipped);
     } catch (err) {
@@ -574,6 +613,7 @@ export class Runtime implements ControlTarget {
     this.stopping ??= (async () => {
       await this.chain; // a table change in progress finishes first
       this.health.stop();
+      this.nameRetry.stop();
       if (this.rateTimer) clearInterval(this.rateTimer);
       const open = await this.pool.stopAccepting().catch(() => this.openConnections());
       if (open > 0 && drainMs > 0) {
@@ -614,4 +654,10 @@ function portsOf(bound: ReadonlyMap<string, { port: number }>): Record<string, n
   const out: Record<string, number> = {};
   for (const [name, b] of bound) out[name] = b.port;
   return out;
+}
+
+/** Whether two name → address records say the same. */
+function sameRecord(a: Readonly<Record<string, string>>, b: Readonly<Record<string, string>>): boolean {
+  const ka = Object.keys(a);
+  return ka.length === Object.keys(b).length && ka.every((k) => a[k] === b[k]);
 }

@@ -25,7 +25,7 @@ export function unusable(
   tried: readonly number[] | null,
 ): Unusable | null {
   if (!entry.enabled) return 'disabled';
-  if (st.isDown(now)) return 'down';
+  if (entry.resolveError !== undefined || st.isDown(now)) return 'down';
   if (entry.weight === 0) return 'drained';
   if (entry.maxc > 0 && st.cur >= entry.maxc) return 'full';
   if (tried !== null && tried.includes(st.slot)) return 'tried';

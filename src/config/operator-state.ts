@@ -86,6 +86,11 @@ export interface OperatorState {
   version: typeof STATE_VERSION;
   backends: BackendChange[];
   groups: GroupChange[];
+  /**
+   * The address each backend name last resolved to (HAProxy's `init-addr last`): a name that does not
+   * resolve at the next start runs on it (and is retried) instead of down. Not an operator change.
+   */
+  addresses?: Record<string, string>;
 }
 
 export interface ApplyResult {
@@ -371,6 +376,10 @@ export function parseOperatorState(value: unknown, source = 'state'): OperatorSt
         expectType(c.position, 'number', `${at}.created.position`);
       }
     });
+    if (doc.addresses !== undefined) {
+      expectType(doc.addresses, 'object', 'addresses');
+      for (const [name, address] of Object.entries(doc.addresses as Record<string, unknown>)) expectType(address, 'string', `addresses[${JSON.stringify(name)}]`);
+    }
     doc.groups.forEach((g: unknown, i) => {
       const at = `groups[${i}]`;
       expectType(g, 'object', at);

@@ -2,7 +2,9 @@
 //
 // Connects then go to an IP and never wait for DNS on the data path (tcpbalance and txLoadBalancer
 // resolved on every connect). An unresolvable name is a warning for `lb --check` (CI's DNS is not
-// production's) and an error for `lb run`.
+// production's) and an error for `lb run`, except a backend's: lb starts without it (down, no traffic)
+// and retries it, as HAProxy's `init-addr last,libc,none` (with `[global.dns]` discovery follows it;
+// without, src/discovery/name-retry.ts), so that one name missing from the DNS at boot is not an outage.
 
 import { lookup, Resolver } from 'node:dns/promises';
 import { isIP } from 'node:net';
@@ -13,7 +15,7 @@ import type { GroupEntry, RoutingTable } from './table.ts';
 
 const LOOKUP_TIMEOUT_MS = 5000;
 
-async function lookupOne(host: string): Promise<string | Error> {
+export async function lookupOne(host: string): Promise<string | Error> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<Error>((resolve) => {
     timer = setTimeout(() => resolve(new Error(`lookup timed out after ${LOOKUP_TIMEOUT_MS} ms`)), LOOKUP_TIMEOUT_MS);
@@ -66,14 +68,13 @@ export async function resolveTable(
   ]);
 
   const diagnostics: Diagnostic[] = [];
-  const check = (host: string | null, path: PathSegment[], discovered = false): void => {
+  const check = (host: string | null, path: PathSegment[], backend: 'dns' | 'retry' | null = null): void => {
     const r = host === null ? undefined : results.get(host);
     if (r instanceof Error) {
       const msg = `cannot resolve host "${host}": ${(r as NodeJS.ErrnoException).code ?? r.message}`;
-      // With [global.dns] a backend name that does not resolve yet takes no traffic and is retried
-      // (src/discovery/): lb starts anyway, as HAProxy's `init-addr last,libc,none`.
-      const why = discovered ? `${msg}; DNS discovery retries it, and it takes no traffic until it resolves` : msg;
-      diagnostics.push(diagnostic(Code.CONFIG_RESOLVE, path, why, discovered ? 'warning' : severity));
+      // A backend name that does not resolve yet takes no traffic and is retried: lb starts anyway.
+      const why = backend === 'dns' ? `${msg}; DNS discovery retries it, and it takes no traffic until it resolves` : backend === 'retry' ? `${msg}; lb starts with this backend down and retries resolving it` : msg;
+      diagnostics.push(diagnostic(Code.CONFIG_RESOLVE, path, why, backend !== null ? 'warning' : severity));
     }
   };
   check(table.control?.listen?.host ?? null, ['control', 'listen']);
@@ -82,9 +83,11 @@ export async function resolveTable(
     const groups = l.groups.map((g, gi) => ({
       ...g,
       backends: g.backends.map((b, bi) => {
-        check(b.host, ['listeners', l.name, 'groups', gi, 'backends', bi], table.global.dns != null);
+        check(b.host, ['listeners', l.name, 'groups', gi, 'backends', bi], table.global.dns != null ? 'dns' : 'retry');
         const r = results.get(b.host);
-        return typeof r === 'string' ? { ...b, address: r } : b;
+        if (typeof r === 'string') return { ...b, address: r };
+        if (r instanceof Error && table.global.dns == null) return { ...b, address: '', resolveError: (r as NodeJS.ErrnoException).code ?? r.message };
+        return b;
       }),
     }));
     const source = l.sourceHost === null ? undefined : sourceResults.get(l.sourceHost);

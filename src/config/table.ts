@@ -59,6 +59,12 @@ export interface BackendEntry {
   readonly key: string;
   /** Active checks for this backend (the group's, with its own overrides), or null. */
   readonly health: HealthEntry | null;
+  /**
+   * Without `[global.dns]`: `host` is a name that had no address when the table was made (start, reload),
+   * and why (`ENOTFOUND`...). The backend takes no traffic and is not checked (it shows as down) while lb
+   * retries resolving it (src/discovery/name-retry.ts); `address` is ''.
+   */
+  readonly resolveError?: string;
   /** Own `send_proxy` ("off" overrides the group's); absent: the group's (see sendProxyOf). */
   readonly sendProxy?: ProxyVersion | 'off';
   /** Own `check_send_proxy`; absent: the group's, else the default (see checkSendProxyOf). */

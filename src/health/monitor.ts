@@ -87,6 +87,7 @@ export class HealthMonitor {
             return;
           }
           if (!entry.enabled) return; // operator-disabled (DIS) backends are not checked
+          if (entry.resolveError !== undefined) return; // no address to check yet (down until it resolves)
           seen.add(state);
           const c = this.checked.get(state);
           if (c) {

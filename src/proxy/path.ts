@@ -24,7 +24,7 @@ export const NAME_REASON = 'a backend address that is not an IP literal';
 /** What of `entry` still needs a client net.Socket (Node accepting), or null: the addon may accept. */
 export function jsAcceptReason(entry: ListenerEntry): string | null {
   if (entry.packetDump !== 'off') return 'packet_dump';
-  if (entry.groups.some((g) => g.backends.some((b) => isIP(b.address) === 0))) return NAME_REASON;
+  if (entry.groups.some((g) => g.backends.some((b) => isIP(b.address) === 0 && b.resolveError === undefined))) return NAME_REASON;
   return null;
 }
 

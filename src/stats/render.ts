@@ -102,7 +102,8 @@ export function renderStatCsv(snap: Snapshot): string {
             ? { chkfail: b.check.failed, chkdown: b.check.downs, check_status: b.check.status,
                 check_duration: b.check.durationMs, check_rise: b.check.rise, check_fall: b.check.fall }
             : {}),
-          addr: formatHostPort(b.entry.address, b.entry.port), lb_listener: l.name, lb_group: g.index,
+          // '' for a backend name with no address now (BackendEntry.resolveError).
+          addr: b.entry.address === '' ? '' : formatHostPort(b.entry.address, b.entry.port), lb_listener: l.name, lb_group: g.index,
           lb_backend: b.index, lb_state: b.status,
         });
       }

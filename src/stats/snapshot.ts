@@ -130,11 +130,12 @@ function traffic(c: Counters): TrafficSnap {
 export function backendStatus(entry: BackendEntry, st: BackendState, now: number): BackendStatus {
   if (!entry.enabled) return 'DIS';
   if (st.draining) return 'DRN';
-  return st.isDown(now) ? 'dis' : 'ENA';
+  return entry.resolveError !== undefined || st.isDown(now) ? 'dis' : 'ENA';
 }
 
 function downReason(entry: BackendEntry, st: BackendState, now: number): string {
   if (!entry.enabled) return 'disabled by operator';
+  if (entry.resolveError !== undefined) return `cannot resolve ${entry.host}: ${entry.resolveError} (retrying)`;
   if (st.autoDisabled) return `autodisabled: ${st.lastFailure}`;
   if (st.draining) return 'draining';
   if (!st.checkUp) return `health check failed: ${st.check.lastStatus} ${st.lastFailure}`.trimEnd();

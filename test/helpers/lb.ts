@@ -148,10 +148,13 @@ const running = new Set<{ stop(): Promise<void> }>();
 
 /** Starts a Runtime from a config document (names not resolved: use IP literals), logs captured. */
 /** `resolve: 'error'` resolves host names as `lb run` does (the default skips it: use IP literals). */
-export async function startLb(doc: unknown, opts: { resolve?: 'skip' | 'error' } = {}): Promise<InProcessLb> {
+export async function startLb(
+  doc: unknown,
+  opts: { resolve?: 'skip' | 'error'; lookup?: (name: string) => Promise<string | Error> } = {},
+): Promise<InProcessLb> {
   const table = await tableFrom(doc, opts.resolve);
   const logs = new LogCapture();
-  const rt = new Runtime(table, { log: createLogger(table.global.logFormat, (line) => logs.push(line)) });
+  const rt = new Runtime(table, { log: createLogger(table.global.logFormat, (line) => logs.push(line)), lookup: opts.lookup });
   let stopping: Promise<void> | null = null;
   const lb: InProcessLb = {
     rt,
