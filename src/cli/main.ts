@@ -209,7 +209,14 @@ function balanceTable(
     cmd.doc.control = { socket: balanceSocketPath(cmd.port, cmd.bind), socket_level: 'admin' };
   }
   return buildTable(cmd.doc, { resolve }).then((result) => {
-    if (result.ok) return result;
+    if (result.ok) {
+      // A backend name that does not resolve (it starts down and is retried) is said as balance's operand.
+      for (const d of result.warnings) {
+        const operand = cmd.operandAt(d.path);
+        io.err(`lb: warning: ${operand ? `"${operand}": ` : ''}${d.message} [${d.code}]\n`);
+      }
+      return result;
+    }
     for (const d of result.diagnostics) {
       const operand = cmd.operandAt(d.path);
       io.err(`lb: ${operand ? `"${operand}": ` : ''}${d.message} [${d.code}]${USAGE_HINT}\n`);

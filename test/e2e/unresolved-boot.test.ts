@@ -77,6 +77,14 @@ describe('a backend name that does not resolve at boot', () => {
     expect(await ask(lbp.ports['web']!, 'again')).toBe('[a] again');
   });
 
+  it("balance's command line: a warning naming the operand, and the other backend serves", async () => {
+    const a = await namedEcho('a');
+    const lbp = await startCliLb(['0', `${NOWHERE}:9`, `127.0.0.1:${a.port}`]);
+    expect(lbp.stderr()).toMatch(`lb: warning: "${NOWHERE}:9": cannot resolve host "${NOWHERE}": ENOTFOUND; lb starts with this backend down and retries resolving it [LB_CONFIG_RESOLVE]`);
+    const port = Object.values(lbp.ports)[0]!;
+    for (let i = 0; i < 3; i++) expect(await ask(port, `b${i}`)).toBe(`[a] b${i}`);
+  });
+
   it("starts on the address the state file kept for the name, and keeps a resolved name's address there", async () => {
     const a = await namedEcho('a');
     const b = await namedEcho('b');
