@@ -262,8 +262,8 @@ export abstract class Flow implements Waiter, NativeConnectOwner {
   /** The listener's sweep: the wait is over. */
   queueTimedOut(): void {
     if (this.phase !== 'queued') return;
+    this.host.state.count('queueTimeouts'); // before the queue shrinks, as in leaveQueue()
     this.host.leaveQueue(this);
-    this.host.state.count('queueTimeouts');
     this.refuse('queue-timeout');
   }
 
@@ -421,8 +421,10 @@ export abstract class Flow implements Waiter, NativeConnectOwner {
 
   /** Leaves the queue before being served: the client gave up. */
   protected leaveQueue(): void {
-    this.host.leaveQueue(this);
+    // Counted before the queue shrinks (both are shared counters other threads read): whoever sees the
+    // client gone from the queue sees it counted too.
     this.host.state.count('queueAbandoned');
+    this.host.leaveQueue(this);
   }
 
   /** Ends the connection now, whatever its sockets report (shutdown's last resort, the close grace). */
