@@ -97,6 +97,15 @@ function harness(targets: readonly Partial<NativeTarget>[], opts: { decide?: boo
   });
 }
 
+/** One client to `port`: 'connected', or the errno its connect failed with. */
+function probe(port: number): Promise<string> {
+  return new Promise<string>((resolve) => {
+    const s = net.connect({ host: HOST, port });
+    s.once('connect', () => (s.destroy(), resolve('connected')));
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+  });
+}
+
 // Skipped only where the addon cannot accept and that is expected (test/helpers/native.ts): no addon
 // outside CI, or a run that turns it off (CI's JS-relay pass). Under CI otherwise it fails instead.
 describe.skipIf(nativeAcceptSkipped)(`native accept${nativeAccept.ok ? '' : ` (unavailable: ${nativeAccept.reason})`}`, () => {
@@ -165,13 +174,21 @@ describe.skipIf(nativeAcceptSkipped)(`native accept${nativeAccept.ok ? '' : ` (u
     h.stopListening();
     // Refused at once, as after Node's server.close(): the socket leaves LISTEN before unlisten returns,
     // though the thread closes it only on its next turn.
-    const refused = await new Promise<string>((resolve) => {
-      const s = net.connect({ host: HOST, port: h.port });
-      s.once('connect', () => (s.destroy(), resolve('connected')));
-      s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
-    });
-    expect(refused).toBe('ECONNREFUSED');
+    expect(await probe(h.port)).toBe('ECONNREFUSED');
     expect(await c.request('after')).toBe('after');
+  });
+
+  it('a client that connects right after the close is refused, every time (not accepted into a backlog the close then resets)', async () => {
+    // The close used to wait for the addon thread's next turn: a client connecting in between reached the
+    // backlog and was reset by the close (CI saw ECONNRESET). Each round: a listener, its close, a client.
+    const outcomes = new Map<string, number>();
+    for (let i = 0; i < 200; i++) {
+      const h = harness([]);
+      h.stopListening();
+      const got = await probe(h.port);
+      outcomes.set(got, (outcomes.get(got) ?? 0) + 1);
+    }
+    expect(Object.fromEntries(outcomes)).toEqual({ ECONNREFUSED: 200 });
   });
 
   it('out of descriptors at accept: the listener pauses instead of spinning, and accepts the waiting clients once descriptors are free', async () => {
