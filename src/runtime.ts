@@ -308,20 +308,26 @@ export class Runtime implements ControlTarget {
     }
     if (!state) return [];
     this.savedAddresses = state.addresses ?? {};
-    if (!this.table.global.dns) {
-      // A name that does not resolve now starts on the address it last had (HAProxy's init-addr last).
-      const known = withKnownAddresses(this.table, new Map(Object.entries(this.savedAddresses)));
-      for (const [name, why] of known.filled) {
-        this.log.log('warn', 'resolve-last', { name, error: why, address: this.savedAddresses[name], file, detail: 'starting on the address the state file kept; retrying' });
-      }
-      this.table = this.configTable = known.table;
-      this.staleNames = known.filled;
-    }
+    // A name that does not resolve now starts on the address it last had (HAProxy's init-addr last).
+    const known = this.lastAddresses(this.table, new Map(Object.entries(this.savedAddresses)), `starting on the address ${file} kept; retrying`);
+    this.table = this.configTable = known.table;
+    this.staleNames = known.filled;
     if (isEmptyState(state)) return [];
     const r = applyOperatorState(this.table, state);
     this.table = r.table;
     this.logStateApplied(file, r.applied, r.skipped);
     return r.draining;
+  }
+
+  /**
+   * Without `[global.dns]`: `table` with each backend name that did not resolve given the address `known`
+   * has for it (said once per name in the log); the names so filled run on it and are retried.
+   */
+  private lastAddresses(table: RoutingTable, known: ReadonlyMap<string, string>, detail: string): { table: RoutingTable; filled: Map<string, string> } {
+    if (table.global.dns) return { table, filled: new Map() };
+    const r = withKnownAddresses(table, known);
+    for (const [name, why] of r.filled) this.log.log('warn', 'resolve-last', { name, error: why, address: known.get(name), detail });
+    return r;
   }
 
   private logStateApplied(source: string, applied: readonly string[], skipped: readonly string[]): void {
@@ -503,7 +509,7 @@ export class Runtime implements ControlTarget {
   }
 
   /** NameRetry: a name resolved (its table is swapped in already): the next start knows its address. */
-  resolved(name: string, _address: string): void {
+  resolved(name: string): void {
     this.staleNames.delete(name);
     this.persistState();
   }
@@ -572,18 +578,15 @@ export class Runtime implements ControlTarget {
     // Names expanded with what discovery knows now; operator changes survive the reload, re-applied to the
     // new file's table where their backends remain. A name the reload could not resolve keeps the address
     // the running table has for it (and is retried), rather than taking its backends down.
-    const known = result.table.global.dns ? null : withKnownAddresses(result.table, resolvedNames(this.table));
-    for (const [name, why] of known?.filled ?? []) {
-      this.log.log('warn', 'resolve-last', { name, error: why, address: resolvedNames(this.table).get(name), detail: 'the reload keeps the address it had; retrying' });
-    }
-    const configured = this.discovery?.expandNow(known?.table ?? result.table) ?? known?.table ?? result.table;
+    const known = this.lastAddresses(result.table, resolvedNames(this.table), 'the reload keeps the address it had; retrying');
+    const configured = this.discovery?.expandNow(known.table) ?? known.table;
     const overlay = operatorState(this.configTable, this.table, { draining: this.drainingKeys() });
     const next = isEmptyState(overlay) ? { table: configured, applied: [], skipped: [], draining: [] } : applyOperatorState(configured, overlay);
     try {
       await this.applyNow(next.table);
       this.configTable = configured;
       this.discovery?.sync();
-      this.staleNames = known?.filled ?? new Map();
+      this.staleNames = known.filled;
       this.nameRetry.sync(this.staleNames);
       this.setDraining(next.draining);
       this.logStateApplied('reload', next.applied, next.skipped);

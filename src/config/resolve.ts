@@ -15,6 +15,12 @@ import type { GroupEntry, RoutingTable } from './table.ts';
 
 const LOOKUP_TIMEOUT_MS = 5000;
 
+/** What happens to a backend whose name does not resolve, with and without `[global.dns]`. */
+const BACKEND_RETRY = {
+  dns: 'DNS discovery retries it, and it takes no traffic until it resolves',
+  retry: 'lb starts with this backend down and retries resolving it',
+} as const;
+
 export async function lookupOne(host: string): Promise<string | Error> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<Error>((resolve) => {
@@ -73,8 +79,8 @@ export async function resolveTable(
     if (r instanceof Error) {
       const msg = `cannot resolve host "${host}": ${(r as NodeJS.ErrnoException).code ?? r.message}`;
       // A backend name that does not resolve yet takes no traffic and is retried: lb starts anyway.
-      const why = backend === 'dns' ? `${msg}; DNS discovery retries it, and it takes no traffic until it resolves` : backend === 'retry' ? `${msg}; lb starts with this backend down and retries resolving it` : msg;
-      diagnostics.push(diagnostic(Code.CONFIG_RESOLVE, path, why, backend !== null ? 'warning' : severity));
+      if (backend === null) diagnostics.push(diagnostic(Code.CONFIG_RESOLVE, path, msg, severity));
+      else diagnostics.push(diagnostic(Code.CONFIG_RESOLVE, path, `${msg}; ${BACKEND_RETRY[backend]}`, 'warning'));
     }
   };
   check(table.control?.listen?.host ?? null, ['control', 'listen']);

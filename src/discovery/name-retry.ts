@@ -22,7 +22,7 @@ export interface NameRetryTarget {
   /** Swaps in `fill(config table)`, serialized with reloads and edits (as DNS discovery's answers). */
   applyDiscovered(fill: (configured: RoutingTable) => RoutingTable): Promise<void>;
   /** A name resolved: its address is kept for the next start (the state file). */
-  resolved(name: string, address: string): void;
+  resolved(name: string): void;
 }
 
 /** The names of `table`'s backends that have no address now, with why. */
@@ -152,7 +152,7 @@ export class NameRetry {
       }
       this.pending.delete(name);
       this.log.log('info', 'resolved', { name, address: r, detail: 'its backends take traffic now' });
-      this.target.resolved(name, r);
+      this.target.resolved(name);
       return;
     }
     const why = (r as NodeJS.ErrnoException).code ?? r.message;

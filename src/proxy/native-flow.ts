@@ -62,7 +62,6 @@ export class NativeFlow extends Flow implements AcceptedOwner {
     if (handle === this.conn && this.awaitingProxyHeader) {
       // Closed having sent nothing (more), or reset, while its header was read: a rejected header, as on
       // the Node path.
-      this.gone = true;
       this.rejectProxy(r.end === 'client-close' ? null : 'connection closed before a complete PROXY header');
       return;
     }
