@@ -40,6 +40,8 @@ export const Code = {
   CONFIG_BUDGET: 'LB_CONFIG_BUDGET',
   /** The config worker failed in an unexpected way (a bug: the running table is kept). */
   CONFIG_WORKER: 'LB_CONFIG_WORKER',
+  /** More listeners, groups or backends than one table may have (src/config/limits.ts): from the file, a reload or DNS discovery. */
+  TABLE_LIMIT: 'LB_TABLE_LIMIT',
   BIND: 'LB_BIND',
   NO_BACKEND: 'LB_NO_BACKEND',
   CONNECT_FAILED: 'LB_CONNECT_FAILED',

@@ -31,15 +31,17 @@ import { saveTable } from './config/save.ts';
 import type { Diagnostic } from './config/diagnostics.ts';
 import type { ListenerEntry, RoutingTable } from './config/table.ts';
 import { formatHostPort } from './config/values.ts';
-import { Code } from './errors.ts';
+import { Code, Exit, LbError } from './errors.ts';
+import { tableLimitProblem } from './config/limits.ts';
+import { formatPath } from './config/locate.ts';
 import { createLogger, type Logger } from './log.ts';
 import type { ControlTarget } from './control/commands.ts';
 import { ControlServer } from './control/server.ts';
 import { HealthMonitor } from './health/monitor.ts';
 import { syncHttp, type HttpServer } from './http/server.ts';
 import { httpTargetOf } from './http/target.ts';
-import { backendId, SlotAllocator, type SlotMap } from './shared/slots.ts';
-import { DEFAULT_CAPACITY, SharedState } from './shared/state.ts';
+import { backendId, SlotAllocator, slotsFor, type SlotMap } from './shared/slots.ts';
+import { SharedState } from './shared/state.ts';
 import { takeSnapshot, type ProcessInfo, type Snapshot } from './stats/snapshot.ts';
 import { NameRetry, resolvedNames, withKnownAddresses } from './discovery/name-retry.ts';
 import { FailureLog, RateMeter, type FailureRecord } from './stats/rates.ts';
@@ -102,6 +104,15 @@ function nativeRelayExpected(splice: 'auto' | 'off'): boolean {
   return addon.ok && typeof addon.exports['relay'] === 'function';
 }
 
+/**
+ * The file's table was checked when it compiled; one that discovery expanded or an operator's `create`
+ * grew was not: refused here, before any slot is taken, and the running table stays.
+ */
+function checkTableLimits(table: RoutingTable): void {
+  const over = tableLimitProblem(table.listeners);
+  if (over) throw new LbError(Code.TABLE_LIMIT, `${formatPath(over.path)}: ${over.message}`, Exit.CONFIG);
+}
+
 export class Runtime implements ControlTarget {
   table: RoutingTable;
   readonly version = VERSION;
@@ -159,7 +170,7 @@ export class Runtime implements ControlTarget {
     if (process.platform !== 'linux' && table.global.workers !== 1) {
       this.log.log('warn', 'workers', { workers: 1, detail: 'SO_REUSEPORT load balancing needs Linux: running one data-plane worker' });
     }
-    this.shared = new SharedState(undefined, { ...DEFAULT_CAPACITY, regions: this.workers });
+    this.shared = new SharedState(undefined, { ...slotsFor(table), regions: this.workers });
     this.slots = new SlotAllocator(this.shared);
     this.nofile = openFileLimit();
     this.setMaxconn(table); // before any worker accepts
@@ -260,6 +271,7 @@ export class Runtime implements ControlTarget {
   /** Binds every listener in every worker; if anything fails, nothing stays bound. */
   async start(): Promise<void> {
     const restored = this.restoreState();
+    checkTableLimits(this.table);
     const plan = this.slots.plan(this.table);
     const check = portCheck();
     if (check.method === 'listen') {
@@ -407,6 +419,7 @@ export class Runtime implements ControlTarget {
 
   private async applyNow(table: RoutingTable, renamed?: ReadonlyMap<string, string>): Promise<void> {
     if (this.stopping) throw new Error('lb is stopping');
+    checkTableLimits(table);
     const plan = this.slots.plan(table, renamed);
     let control: ControlServer | null = null;
     try {

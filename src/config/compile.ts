@@ -6,6 +6,7 @@
 import { isIP } from 'node:net';
 import { Code } from '../errors.ts';
 import { diagnostic, type Diagnostic } from './diagnostics.ts';
+import { tableLimitProblem } from './limits.ts';
 import type { BackendDoc, ConfigDoc, DurationValue, GroupDoc, HealthDoc, ListenerDoc } from './doc.ts';
 import type { PathSegment } from './locate.ts';
 import type {
@@ -70,6 +71,8 @@ class Compiler {
     const control = doc.control ? this.control(doc.control) : null;
     const listeners = Object.entries(doc.listeners).map(([name, l]) => this.listener(name, l, defaults));
     this.checkAddressClashes(listeners, control);
+    const over = tableLimitProblem(listeners);
+    if (over) this.error(over.path, over.message, Code.TABLE_LIMIT);
     if (global.maxconn !== null) this.checkMaxconnPaths(listeners, global.splice);
     const table: RoutingTable = { global, control, defaults, listeners };
     const failed = this.diags.some((d) => d.severity === 'error');

@@ -5,6 +5,7 @@
 
 import { lookup, Resolver } from 'node:dns/promises';
 import type { DnsEntry, RoutingTable } from '../config/table.ts';
+import { Code } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { isIP } from 'node:net';
 import { addressesOf, discoveryNames, expandTable, srvNames, type SrvRecord } from './expand.ts';
@@ -91,6 +92,8 @@ export class DnsDiscovery {
   private resolverFor = '';
   /** A swap failed: the next cycle swaps even if no name changed again. */
   private pendingApply = false;
+  /** The last apply's error while it fails (logged when it changes). */
+  private applyError: string | null = null;
 
   constructor(target: DiscoveryTarget, log: Logger) {
     this.target = target;
@@ -235,6 +238,7 @@ export class DnsDiscovery {
             return (swapped = next);
           });
           this.pendingApply = false;
+          this.applyError = null;
           if (swapped !== null) {
             let n = 0;
             for (const l of (swapped as RoutingTable).listeners) for (const g of l.groups) n += g.backends.filter((b) => b.discovered).length;
@@ -243,7 +247,17 @@ export class DnsDiscovery {
         } catch (err) {
           this.pendingApply = true;
           if (this.stopped) return; // lb is stopping: nothing to swap any more
-          this.log.log('error', 'dns-apply-failed', { error: (err as Error).message, detail: 'the running backends are unchanged; retried at the next answer' });
+          // Said once while it fails the same way: a set past the table limit fails at every answer.
+          const error = (err as Error).message;
+          if (error !== this.applyError) {
+            const limit = (err as { code?: unknown }).code === Code.TABLE_LIMIT;
+            this.log.log(limit ? 'warn' : 'error', 'dns-apply-failed', {
+              ...(limit ? { code: Code.TABLE_LIMIT } : {}),
+              error,
+              detail: 'the running backends are unchanged; retried at the next answer',
+            });
+          }
+          this.applyError = error;
           for (const n of this.watches.keys()) this.due.set(n, Math.min(this.due.get(n) ?? Infinity, Date.now() + dns.minTtlMs));
         }
       }

@@ -7,7 +7,8 @@
 // backend's count.
 
 import type { RoutingTable } from '../config/table.ts';
-import type { SharedState } from './state.ts';
+import { Code } from '../errors.ts';
+import type { SharedState, SlotCounts } from './state.ts';
 
 export interface GroupSlots {
   readonly slot: number;
@@ -24,28 +25,37 @@ export interface SlotMap {
   readonly listeners: readonly ListenerSlots[];
 }
 
-export class SlotCapacityError extends Error {}
+export class SlotCapacityError extends Error {
+  readonly code = Code.TABLE_LIMIT;
+}
 
 class Pool {
   private next = 0;
   private readonly free: number[] = [];
   /** Given up but maybe still held by a connection: reusable once `busy` says no. */
   private retired: number[] = [];
-  private readonly limit: number;
-  private readonly what: string;
-  constructor(limit: number, what: string) {
-    this.limit = limit;
-    this.what = what;
+  private readonly kind: keyof SlotCounts;
+  private readonly shared: SharedState;
+  constructor(shared: SharedState, kind: keyof SlotCounts) {
+    this.shared = shared;
+    this.kind = kind;
   }
-  take(busy: (slot: number) => boolean): number {
-    if (this.retired.length > 0) {
-      const still: number[] = [];
-      for (const s of this.retired) (busy(s) ? still : this.free).push(s);
-      this.retired = still;
-    }
+  /** Once a plan: retired slots no connection holds any more become free (one pass, not one a take). */
+  sweep(busy: (slot: number) => boolean): void {
+    if (this.retired.length === 0) return;
+    const still: number[] = [];
+    for (const s of this.retired) (busy(s) ? still : this.free).push(s);
+    this.retired = still;
+  }
+  take(): number {
     const s = this.free.pop();
     if (s !== undefined) return s;
-    if (this.next >= this.limit) throw new SlotCapacityError(`more than ${this.limit} ${this.what} in the running tables`);
+    // A new slot: the shared memory grows for it (in place) up to its limit.
+    if (!this.shared.reserve(this.kind, this.next + 1)) {
+      throw new SlotCapacityError(
+        `no free ${this.kind} slot: all ${this.shared.limits[this.kind]} are used by the new table or still held by open connections of earlier tables (retry once they close)`,
+      );
+    }
     return this.next++;
   }
   retire(slot: number): void {
@@ -68,10 +78,9 @@ export class SlotAllocator {
 
   constructor(shared: SharedState) {
     this.shared = shared;
-    const c = shared.capacity;
-    this.listenerPool = new Pool(c.listeners, 'listeners');
-    this.groupPool = new Pool(c.groups, 'groups');
-    this.backendPool = new Pool(c.backends, 'backends');
+    this.listenerPool = new Pool(shared, 'listeners');
+    this.groupPool = new Pool(shared, 'groups');
+    this.backendPool = new Pool(shared, 'backends');
   }
 
   /**
@@ -86,24 +95,25 @@ export class SlotAllocator {
     const groupIds = new Map<string, number>();
     const backendIds = new Map<string, number>();
     const fresh: { kind: 'l' | 'g' | 'b'; slot: number }[] = [];
-    const take = (pool: Pool, kind: 'l' | 'g' | 'b', busy: (s: number) => boolean): number => {
-      const slot = pool.take(busy);
+    const take = (pool: Pool, kind: 'l' | 'g' | 'b'): number => {
+      const slot = pool.take();
       fresh.push({ kind, slot });
       return slot;
     };
-    const busyListener = (s: number) => this.shared.listenerCur(s) > 0;
-    const busyBackend = (s: number) => this.shared.cur(s) > 0;
+    this.listenerPool.sweep((s) => this.shared.listenerCur(s) > 0);
+    this.groupPool.sweep(() => false);
+    this.backendPool.sweep((s) => this.shared.cur(s) > 0);
     let map: SlotMap;
     try {
       map = {
         listeners: table.listeners.map((l) => {
-          const ls = this.listenerIds.get(l.name) ?? take(this.listenerPool, 'l', busyListener);
+          const ls = this.listenerIds.get(l.name) ?? take(this.listenerPool, 'l');
           listenerIds.set(l.name, ls);
           return {
             slot: ls,
             groups: l.groups.map((g, gi) => {
               const gid = `${l.name}\u0000${gi}`;
-              const gs = this.groupIds.get(gid) ?? take(this.groupPool, 'g', () => false);
+              const gs = this.groupIds.get(gid) ?? take(this.groupPool, 'g');
               groupIds.set(gid, gs);
               const seen = new Map<string, number>();
               return {
@@ -113,7 +123,7 @@ export class SlotAllocator {
                   seen.set(b.key, n + 1);
                   const id = backendId(l.name, gi, b.key, n);
                   const old = renamed?.get(id);
-                  const bs = this.backendIds.get(id) ?? (old !== undefined ? this.backendIds.get(old) : undefined) ?? take(this.backendPool, 'b', busyBackend);
+                  const bs = this.backendIds.get(id) ?? (old !== undefined ? this.backendIds.get(old) : undefined) ?? take(this.backendPool, 'b');
                   if (backendIds.has(id)) throw new Error(`duplicate backend identity ${id}`);
                   backendIds.set(id, bs);
                   return bs;
@@ -151,6 +161,20 @@ export class SlotAllocator {
       },
     };
   }
+}
+
+/**
+ * The slots the shared memory starts with for a first table: twice what it uses (an edit, a reload or
+ * discovery adding some grows nothing), at least a small floor. Later tables grow it as they need.
+ */
+export function slotsFor(table: RoutingTable): SlotCounts {
+  let groups = 0;
+  let backends = 0;
+  for (const l of table.listeners) {
+    groups += l.groups.length;
+    for (const g of l.groups) backends += g.backends.length;
+  }
+  return { listeners: Math.max(16, 2 * table.listeners.length), groups: Math.max(64, 2 * groups), backends: Math.max(256, 2 * backends) };
 }
 
 /** A table's slots, not yet in force: commit when the table runs, roll back when it does not. */

@@ -1,4 +1,5 @@
-// The state every thread shares: one SharedArrayBuffer, and the only module that knows its layout.
+// The state every thread shares: shared memory (a few SharedArrayBuffers), and the only module that knows
+// its layout.
 //
 // The main thread (supervisor) and every data-plane worker see the same memory. What must be global and
 // exact is in shared fields changed with Atomics: a backend's open connections (so maxc holds across all
@@ -12,10 +13,13 @@
 // replacement takes over the same region. Float64 counts stay exact up to 2^53.
 //
 // Slots are numbers the main thread gives to listeners, groups and backends (src/shared/slots.ts); a
-// backend keeps its slot for as long as its identity survives reloads and edits.
+// backend keeps its slot for as long as its identity survives reloads and edits. The memory is sized
+// from the first table and grows in place as later tables (reloads, DNS discovery) need more slots, up
+// to twice the table limits of src/config/limits.ts (SharedBuffers below).
 
 import type { CheckResult, CheckStatus, HealthFields, Transition } from '../health/state.ts';
 import { recordCheck } from '../health/state.ts';
+import { MAX_TABLE_BACKENDS, MAX_TABLE_GROUPS, MAX_TABLE_LISTENERS } from '../config/limits.ts';
 
 // --- Layout ------------------------------------------------------------------------------------------
 
@@ -97,81 +101,156 @@ export const NO_TICKET = 0x7fffffff;
 
 export const CHECK_STATUSES: readonly CheckStatus[] = ['INI', 'L4OK', 'L4TOUT', 'L4CON', 'L7OK', 'L7TOUT', 'L7RSP', 'SOCKERR'];
 
-export interface Capacity {
+/** How many listener, group and backend slots there are (or may be). */
+export interface SlotCounts {
   readonly listeners: number;
   readonly groups: number;
   readonly backends: number;
+}
+
+export interface Capacity extends SlotCounts {
   /** Counter regions: one per worker (a replacement reuses the region of the worker it replaces). */
   readonly regions: number;
 }
 
+/** The slots a SharedState has at first unless told (tests); the Runtime sizes its own from the table. */
 export const DEFAULT_CAPACITY: Capacity = { listeners: 256, groups: 1024, backends: 4096, regions: 1 };
+
+/**
+ * The most slots the memory can grow to: twice the most a table may have, as a reload that replaces every
+ * backend takes new slots while connections still hold the old ones (src/shared/slots.ts).
+ */
+export const SLOT_LIMITS: SlotCounts = { listeners: 2 * MAX_TABLE_LISTENERS, groups: 2 * MAX_TABLE_GROUPS, backends: 2 * MAX_TABLE_BACKENDS };
+
+/**
+ * The memory, one growable SharedArrayBuffer per array, each slot-major (a slot's fields, then each
+ * region's counters for it), so growing appends slots and moves nothing: a counter stays where every
+ * thread already reads it. Only the main thread grows them, before it hands out a table that uses the
+ * new slots; each thread's views are fixed-length (V8 reads length-tracking views of a growable buffer
+ * ~6x slower) and re-made by `remap()`, which a worker calls when it receives a table.
+ */
+export interface SharedBuffers {
+  readonly bf: SharedArrayBuffer; // backend fields (Float64, B_F64 a slot)
+  readonly wb: SharedArrayBuffer; // backend counters (Float64, WB_F64 a region, `regions` a slot)
+  readonly bi: SharedArrayBuffer; // backend fields (Int32, B_I32 a slot)
+  readonly wl: SharedArrayBuffer; // listener counters (Float64, WL_F64 a region, `regions` a slot)
+  readonly li: SharedArrayBuffer; // listener fields (Int32, L_I32 a slot)
+  readonly oldest: SharedArrayBuffer; // each region's oldest queue ticket (Int32, `regions` a listener slot)
+  readonly gi: SharedArrayBuffer; // round-robin cursors (Int32, one a group slot)
+  /** Not growable: connection-id sequences (Float64, one a region), then the limit (G_*, Int32), which the addon maps. */
+  readonly fixed: SharedArrayBuffer;
+}
 
 /** What a worker needs to map the same memory: structured-clonable. */
 export interface SharedInit {
-  readonly sab: SharedArrayBuffer;
-  readonly capacity: Capacity;
+  readonly buffers: SharedBuffers;
+  readonly regions: number;
 }
 
-function layout(c: Capacity) {
-  // Float64 arrays first (8-byte alignment), then Int32.
-  const bf64 = c.backends * B_F64;
-  const wb = c.regions * c.backends * WB_F64;
-  const wl = c.regions * c.listeners * WL_F64;
-  const seq = c.regions; // each worker's connection-id sequence (outlives the worker, like its counters)
-  const f64 = bf64 + wb + wl + seq;
-  const bi32 = c.backends * B_I32;
-  const li32 = c.listeners * L_I32;
-  const gi32 = c.groups;
-  const oldest = c.regions * c.listeners;
-  const conns = G_HELD + c.regions;
-  const i32 = bi32 + li32 + gi32 + oldest + conns;
-  return { bf64, wb, wl, seq, f64, bi32, li32, gi32, oldest, conns, i32, bytes: f64 * 8 + i32 * 4 };
+/** Bytes a slot takes in each growable buffer. */
+function slotBytes(regions: number): Record<Exclude<keyof SharedBuffers, 'fixed'>, number> {
+  return {
+    bf: B_F64 * 8,
+    wb: regions * WB_F64 * 8,
+    bi: B_I32 * 4,
+    wl: regions * WL_F64 * 8,
+    li: L_I32 * 4,
+    oldest: regions * 4,
+    gi: 4,
+  };
+}
+
+/** Which slot count each growable buffer follows. */
+const KIND_OF = { bf: 'backends', wb: 'backends', bi: 'backends', wl: 'listeners', li: 'listeners', oldest: 'listeners', gi: 'groups' } as const;
+
+function allocate(c: Capacity, limits: SlotCounts): SharedBuffers {
+  const per = slotBytes(c.regions);
+  const grow = (k: keyof typeof per): SharedArrayBuffer => {
+    const kind = KIND_OF[k];
+    return new SharedArrayBuffer(per[k] * c[kind], { maxByteLength: per[k] * Math.max(limits[kind], c[kind]) });
+  };
+  return {
+    bf: grow('bf'),
+    wb: grow('wb'),
+    bi: grow('bi'),
+    wl: grow('wl'),
+    li: grow('li'),
+    oldest: grow('oldest'),
+    gi: grow('gi'),
+    fixed: new SharedArrayBuffer(c.regions * 8 + (G_HELD + c.regions) * 4),
+  };
 }
 
 export class SharedState {
-  readonly capacity: Capacity;
-  readonly sab: SharedArrayBuffer;
-  private readonly bf: Float64Array;
-  private readonly wb: Float64Array;
-  private readonly wl: Float64Array;
+  readonly regions: number;
+  readonly buffers: SharedBuffers;
+  private bf!: Float64Array;
+  private wb!: Float64Array;
+  private wl!: Float64Array;
   private readonly idSeq: Float64Array;
-  private readonly bi: Int32Array;
-  private readonly li: Int32Array;
-  private readonly gi: Int32Array;
-  private readonly oldestTicket: Int32Array;
+  private bi!: Int32Array;
+  private li!: Int32Array;
+  private gi!: Int32Array;
+  private oldestTicket!: Int32Array;
   /** The connection limit's fields (G_*), also the addon's view of them. */
   readonly conns: Int32Array;
 
-  constructor(init?: SharedInit, capacity: Capacity = DEFAULT_CAPACITY) {
-    this.capacity = init?.capacity ?? capacity;
-    const l = layout(this.capacity);
-    this.sab = init?.sab ?? new SharedArrayBuffer(l.bytes);
-    let off = 0;
-    const f64 = (n: number): Float64Array => {
-      const a = new Float64Array(this.sab, off, n);
-      off += n * 8;
-      return a;
-    };
-    const i32 = (n: number): Int32Array => {
-      const a = new Int32Array(this.sab, off, n);
-      off += n * 4;
-      return a;
-    };
-    this.bf = f64(l.bf64);
-    this.wb = f64(l.wb);
-    this.wl = f64(l.wl);
-    this.idSeq = f64(l.seq);
-    this.bi = i32(l.bi32);
-    this.li = i32(l.li32);
-    this.gi = i32(l.gi32);
-    this.oldestTicket = i32(l.oldest);
-    this.conns = i32(l.conns);
+  constructor(init?: SharedInit, capacity: Capacity = DEFAULT_CAPACITY, limits: SlotCounts = SLOT_LIMITS) {
+    this.regions = init?.regions ?? capacity.regions;
+    this.buffers = init?.buffers ?? allocate(capacity, limits);
+    this.idSeq = new Float64Array(this.buffers.fixed, 0, this.regions);
+    this.conns = new Int32Array(this.buffers.fixed, this.regions * 8, G_HELD + this.regions);
+    this.remap();
     if (!init) this.oldestTicket.fill(NO_TICKET);
   }
 
   init(): SharedInit {
-    return { sab: this.sab, capacity: this.capacity };
+    return { buffers: this.buffers, regions: this.regions };
+  }
+
+  /** Slots there are now. */
+  get capacity(): Capacity {
+    return { listeners: this.li.length / L_I32, groups: this.gi.length, backends: this.bi.length / B_I32, regions: this.regions };
+  }
+
+  /** Most slots of each kind the memory can grow to. */
+  get limits(): SlotCounts {
+    const per = slotBytes(this.regions);
+    return { listeners: this.buffers.li.maxByteLength / per.li, groups: this.buffers.gi.maxByteLength / per.gi, backends: this.buffers.bi.maxByteLength / per.bi };
+  }
+
+  /**
+   * Views of what the buffers hold now (another thread may have grown them). Cheap when nothing grew;
+   * slots of a table are only used after it arrived, and the main thread grows before it sends one.
+   */
+  remap(): void {
+    const b = this.buffers;
+    if (this.bi?.byteLength === b.bi.byteLength && this.li?.byteLength === b.li.byteLength && this.gi?.byteLength === b.gi.byteLength) return;
+    this.bf = new Float64Array(b.bf, 0, b.bf.byteLength / 8);
+    this.wb = new Float64Array(b.wb, 0, b.wb.byteLength / 8);
+    this.bi = new Int32Array(b.bi, 0, b.bi.byteLength / 4);
+    this.wl = new Float64Array(b.wl, 0, b.wl.byteLength / 8);
+    this.li = new Int32Array(b.li, 0, b.li.byteLength / 4);
+    this.oldestTicket = new Int32Array(b.oldest, 0, b.oldest.byteLength / 4);
+    this.gi = new Int32Array(b.gi, 0, b.gi.byteLength / 4);
+  }
+
+  /**
+   * Makes room for `n` slots of a kind (main thread): grows its buffers to twice what they hold, or to
+   * `n`, within the limit; the new slots read as zero. False, changing nothing, when `n` is past the limit.
+   */
+  reserve(kind: keyof SlotCounts, n: number): boolean {
+    if (n <= this.capacity[kind]) return true;
+    if (n > this.limits[kind]) return false;
+    const slots = Math.min(this.limits[kind], Math.max(n, 2 * this.capacity[kind]));
+    const per = slotBytes(this.regions);
+    const tickets = this.oldestTicket.length;
+    for (const k of Object.keys(KIND_OF) as (keyof typeof KIND_OF)[]) {
+      if (KIND_OF[k] === kind) this.buffers[k].grow(per[k] * slots);
+    }
+    this.remap();
+    this.oldestTicket.fill(NO_TICKET, tickets); // a new listener slot has no waiter (as at start)
+    return true;
   }
 
   // --- Backend slots: claimed before connecting, released when the connection ends ------------------
@@ -354,7 +433,7 @@ export class SharedState {
     this.bi.fill(0, b * B_I32, (b + 1) * B_I32);
     this.bf.fill(0, b * B_F64, (b + 1) * B_F64);
     this.bf[b * B_F64 + BF_LAST_CHANGE] = now;
-    for (let r = 0; r < this.capacity.regions; r++) {
+    for (let r = 0; r < this.regions; r++) {
       const o = this.wbIndex(r, b);
       this.wb.fill(0, o, o + WB_F64);
     }
@@ -420,7 +499,7 @@ export class SharedState {
   // --- Backend counters --------------------------------------------------------------------------------
 
   private wbIndex(region: number, b: number): number {
-    return (region * this.capacity.backends + b) * WB_F64;
+    return (b * this.regions + region) * WB_F64;
   }
 
   /** Adds to one of this worker's backend counters (WB_TOTAL, ...). */
@@ -458,7 +537,7 @@ export class SharedState {
 
   private backendRaw(b: number, field: BackendCounter): number {
     let n = 0;
-    for (let r = 0; r < this.capacity.regions; r++) {
+    for (let r = 0; r < this.regions; r++) {
       const o = this.wbIndex(r, b);
       switch (field) {
         case 'attempts': n += this.wb[o + WB_ATTEMPTS]!; break;
@@ -474,7 +553,7 @@ export class SharedState {
   // --- Listeners ----------------------------------------------------------------------------------------
 
   private wlIndex(region: number, l: number): number {
-    return (region * this.capacity.listeners + l) * WL_F64;
+    return (l * this.regions + region) * WL_F64;
   }
 
   listenerOpened(l: number, region: number): void {
@@ -515,7 +594,7 @@ export class SharedState {
 
   listenerSum(l: number, field: 'total' | 'noBackend' | 'sent' | 'rcvd' | 'queueTimeouts' | 'queueAbandoned' | 'queueRejected' | 'proxyRejected'): number {
     let n = 0;
-    for (let r = 0; r < this.capacity.regions; r++) {
+    for (let r = 0; r < this.regions; r++) {
       const o = this.wlIndex(r, l);
       switch (field) {
         case 'total': n += this.wl[o + WL_TOTAL]!; break;
@@ -568,14 +647,14 @@ export class SharedState {
 
   /** Publishes the ticket of this worker's oldest waiter that any backend would do for (or NO_TICKET). */
   publishOldest(l: number, region: number, ticket: number): void {
-    Atomics.store(this.oldestTicket, region * this.capacity.listeners + l, ticket);
+    Atomics.store(this.oldestTicket, l * this.regions + region, ticket);
   }
 
   /** The oldest such ticket over every worker: only its holder may take a slot for such a waiter. */
   oldestTicketOf(l: number): number {
     let min = NO_TICKET;
-    for (let r = 0; r < this.capacity.regions; r++) {
-      const t = Atomics.load(this.oldestTicket, r * this.capacity.listeners + l);
+    for (let r = 0; r < this.regions; r++) {
+      const t = Atomics.load(this.oldestTicket, l * this.regions + r);
       if (t < min) min = t;
     }
     return min;
@@ -652,7 +731,7 @@ export class SharedState {
       this.wl[o + WL_CLOSED_RCVD]! += this.wl[o + WL_LIVE_RCVD]!;
       this.wl[o + WL_LIVE_SENT] = 0;
       this.wl[o + WL_LIVE_RCVD] = 0;
-      Atomics.store(this.oldestTicket, region * this.capacity.listeners + l, NO_TICKET);
+      Atomics.store(this.oldestTicket, l * this.regions + region, NO_TICKET);
       this.wake(l);
     }
     // Its connections (those the addon accepted too) closed with it.
@@ -703,10 +782,10 @@ export class SharedState {
   /** A listener slot given to a new listener starts from nothing. */
   clearListener(l: number): void {
     this.li.fill(0, l * L_I32, (l + 1) * L_I32);
-    for (let r = 0; r < this.capacity.regions; r++) {
+    for (let r = 0; r < this.regions; r++) {
       const o = this.wlIndex(r, l);
       this.wl.fill(0, o, o + WL_F64);
-      Atomics.store(this.oldestTicket, r * this.capacity.listeners + l, NO_TICKET);
+      Atomics.store(this.oldestTicket, l * this.regions + r, NO_TICKET);
     }
   }
 

@@ -81,7 +81,7 @@ export class WorkerPool {
     const init: WorkerInit = {
       shared: this.shared.init(),
       region,
-      regions: this.shared.capacity.regions,
+      regions: this.shared.regions,
       table: cur.table,
       slots: cur.slots,
       ports: cur.ports,

@@ -122,6 +122,7 @@ export class DataPlane implements ListenerContext {
   /** Binds what a new table adds or moves, without routing by it yet. */
   async stage(table: RoutingTable, slots: SlotMap, ports: Readonly<Record<string, number>>): Promise<void> {
     await this.abort();
+    this.shared.remap(); // the main thread grew the shared memory for this table's new slots, if it needed any
     const st: Staging = { table, slots, fresh: new Map(), moved: new Set() };
     this.staging = st;
     try {
