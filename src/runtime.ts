@@ -32,7 +32,7 @@ import type { Diagnostic } from './config/diagnostics.ts';
 import type { ListenerEntry, RoutingTable } from './config/table.ts';
 import { formatHostPort } from './config/values.ts';
 import { Code, Exit, LbError } from './errors.ts';
-import { tableLimitProblem } from './config/limits.ts';
+import { tableLimitProblem, TABLE_LIMITS, type TableCounts } from './config/limits.ts';
 import { formatPath } from './config/locate.ts';
 import { createLogger, type Logger } from './log.ts';
 import type { ControlTarget } from './control/commands.ts';
@@ -60,6 +60,8 @@ export interface RuntimeOptions {
   workers?: number;
   /** How an unresolved backend name is looked up again (default: the system's resolver, as at start; tests). */
   lookup?: (name: string) => Promise<string | Error>;
+  /** What a table may hold (default TABLE_LIMITS; tests lower it to reach it with a few backends). */
+  tableLimits?: TableCounts;
 }
 
 export interface ReloadResult {
@@ -108,8 +110,8 @@ function nativeRelayExpected(splice: 'auto' | 'off'): boolean {
  * The file's table was checked when it compiled; one that discovery expanded or an operator's `create`
  * grew was not: refused here, before any slot is taken, and the running table stays.
  */
-function checkTableLimits(table: RoutingTable): void {
-  const over = tableLimitProblem(table.listeners);
+function checkTableLimits(table: RoutingTable, limits: TableCounts): void {
+  const over = tableLimitProblem(table.listeners, limits);
   if (over) throw new LbError(Code.TABLE_LIMIT, `${formatPath(over.path)}: ${over.message}`, Exit.CONFIG);
 }
 
@@ -156,6 +158,7 @@ export class Runtime implements ControlTarget {
   private readonly failures = new FailureLog();
   /** Backend names with no address when their table was made (without `[global.dns]`), looked up again. */
   private readonly nameRetry: NameRetry;
+  private readonly tableLimits: TableCounts;
   /** What the state file said at start of each name's last address (written again when that changes). */
   private savedAddresses: Record<string, string> = {};
   /** Names that run on their `last` address (they did not resolve at start): retried too. */
@@ -173,6 +176,7 @@ export class Runtime implements ControlTarget {
     this.shared = new SharedState(undefined, { ...slotsFor(table), regions: this.workers });
     this.slots = new SlotAllocator(this.shared);
     this.nofile = openFileLimit();
+    this.tableLimits = opts.tableLimits ?? TABLE_LIMITS;
     this.setMaxconn(table); // before any worker accepts
     this.warnMaxconn(table.global.maxconn);
     this.nameRetry = new NameRetry(this, this.log, opts.lookup);
@@ -271,7 +275,7 @@ export class Runtime implements ControlTarget {
   /** Binds every listener in every worker; if anything fails, nothing stays bound. */
   async start(): Promise<void> {
     const restored = this.restoreState();
-    checkTableLimits(this.table);
+    checkTableLimits(this.table, this.tableLimits);
     const plan = this.slots.plan(this.table);
     const check = portCheck();
     if (check.method === 'listen') {
@@ -419,7 +423,7 @@ export class Runtime implements ControlTarget {
 
   private async applyNow(table: RoutingTable, renamed?: ReadonlyMap<string, string>): Promise<void> {
     if (this.stopping) throw new Error('lb is stopping');
-    checkTableLimits(table);
+    checkTableLimits(table, this.tableLimits);
     const plan = this.slots.plan(table, renamed);
     let control: ControlServer | null = null;
     try {

@@ -17,16 +17,21 @@ export const MAX_CONFIG_DEPTH = 64;
  */
 export const MAX_REPORTED_PROBLEMS = 100;
 
+/** How many listeners, groups and backends (a table's, or the shared memory's slots). */
+export interface TableCounts {
+  readonly listeners: number;
+  readonly groups: number;
+  readonly backends: number;
+}
+
 /**
  * Most listeners, groups and backends one running table may have (a config's, or the one DNS discovery
  * expands it to). They bound the shared memory every thread maps (src/shared/state.ts): lb reserves
  * address space for twice these at start (a reload that replaces every backend needs new slots while
  * the old ones are still held by open connections) and commits only what the tables use, so the limit
- * costs nothing until it is used. Far above any known farm: 10,000 backends take ~25 MB of RSS in all.
+ * costs nothing until it is used. Far above any known farm.
  */
-export const MAX_TABLE_LISTENERS = 10_000;
-export const MAX_TABLE_GROUPS = 100_000;
-export const MAX_TABLE_BACKENDS = 100_000;
+export const TABLE_LIMITS: TableCounts = { listeners: 10_000, groups: 100_000, backends: 100_000 };
 
 /** Where a table first passes one of the limits above. */
 export interface TableLimitProblem {
@@ -35,21 +40,27 @@ export interface TableLimitProblem {
   readonly message: string;
 }
 
-/** The first listener, group or backend past the table limits, or null. Counted in table order. */
-export function tableLimitProblem(listeners: readonly { name: string; groups: readonly { backends: readonly unknown[] }[] }[]): TableLimitProblem | null {
+/** The first listener, group or backend past `limits`, or null. Counted in table order. */
+export function tableLimitProblem(
+  listeners: readonly { name: string; groups: readonly { backends: readonly unknown[] }[] }[],
+  limits: TableCounts = TABLE_LIMITS,
+): TableLimitProblem | null {
   const over = (what: string, limit: number, together: string) =>
     `one ${what.slice(0, -1)} too many: a table may have at most ${limit.toLocaleString('en-US')} ${what}${together} (the shared memory every lb thread maps holds that many)`;
-  if (listeners.length > MAX_TABLE_LISTENERS) {
-    return { path: ['listeners', listeners[MAX_TABLE_LISTENERS]!.name], message: over('listeners', MAX_TABLE_LISTENERS, '') };
+  if (listeners.length > limits.listeners) {
+    return { path: ['listeners', listeners[limits.listeners]!.name], message: over('listeners', limits.listeners, '') };
   }
   let groups = 0;
   let backends = 0;
   for (const l of listeners) {
     for (const [gi, g] of l.groups.entries()) {
-      if (++groups > MAX_TABLE_GROUPS) return { path: ['listeners', l.name, 'groups', gi], message: over('groups', MAX_TABLE_GROUPS, ', all listeners together') };
-      if (backends + g.backends.length > MAX_TABLE_BACKENDS) {
-        const bi = MAX_TABLE_BACKENDS - backends;
-        return { path: ['listeners', l.name, 'groups', gi, 'backends', bi], message: over('backends', MAX_TABLE_BACKENDS, ', all groups and listeners together, discovered ones included') };
+      if (++groups > limits.groups) return { path: ['listeners', l.name, 'groups', gi], message: over('groups', limits.groups, ', all listeners together') };
+      if (backends + g.backends.length > limits.backends) {
+        const bi = limits.backends - backends;
+        return {
+          path: ['listeners', l.name, 'groups', gi, 'backends', bi],
+          message: over('backends', limits.backends, ', all groups and listeners together, discovered ones included'),
+        };
       }
       backends += g.backends.length;
     }

@@ -19,7 +19,7 @@
 
 import type { CheckResult, CheckStatus, HealthFields, Transition } from '../health/state.ts';
 import { recordCheck } from '../health/state.ts';
-import { MAX_TABLE_BACKENDS, MAX_TABLE_GROUPS, MAX_TABLE_LISTENERS } from '../config/limits.ts';
+import { TABLE_LIMITS, type TableCounts } from '../config/limits.ts';
 
 // --- Layout ------------------------------------------------------------------------------------------
 
@@ -102,11 +102,7 @@ export const NO_TICKET = 0x7fffffff;
 export const CHECK_STATUSES: readonly CheckStatus[] = ['INI', 'L4OK', 'L4TOUT', 'L4CON', 'L7OK', 'L7TOUT', 'L7RSP', 'SOCKERR'];
 
 /** How many listener, group and backend slots there are (or may be). */
-export interface SlotCounts {
-  readonly listeners: number;
-  readonly groups: number;
-  readonly backends: number;
-}
+export type SlotCounts = TableCounts;
 
 export interface Capacity extends SlotCounts {
   /** Counter regions: one per worker (a replacement reuses the region of the worker it replaces). */
@@ -120,7 +116,7 @@ export const DEFAULT_CAPACITY: Capacity = { listeners: 256, groups: 1024, backen
  * The most slots the memory can grow to: twice the most a table may have, as a reload that replaces every
  * backend takes new slots while connections still hold the old ones (src/shared/slots.ts).
  */
-export const SLOT_LIMITS: SlotCounts = { listeners: 2 * MAX_TABLE_LISTENERS, groups: 2 * MAX_TABLE_GROUPS, backends: 2 * MAX_TABLE_BACKENDS };
+export const SLOT_LIMITS: SlotCounts = { listeners: 2 * TABLE_LIMITS.listeners, groups: 2 * TABLE_LIMITS.groups, backends: 2 * TABLE_LIMITS.backends };
 
 /**
  * The memory, one growable SharedArrayBuffer per array, each slot-major (a slot's fields, then each

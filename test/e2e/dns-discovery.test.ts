@@ -221,6 +221,42 @@ describe('DNS discovery with dnsmasq', () => {
     expect(await answerFrom(lb.port())).toMatch(/^127\.0\.0\.[23]$/);
   });
 
+  it('a record set past the table limit keeps the running backends, said once; a set that fits applies', async () => {
+    const port = await echoesAt(['127.0.0.2', '127.0.0.3', '127.0.0.4', '127.0.0.5', '127.0.0.6']);
+    const dns = await dnsmasq('127.0.0.2 app.lb.test\n127.0.0.3 app.lb.test\n');
+    // The limit lowered to 3 backends: the name's two addresses and one fixed backend fill it.
+    const lb = await startLb(
+      {
+        global: { access_log: false, dns: { servers: [`127.0.0.1:${dns.port}`], timeout: '500ms', min_ttl: '1s', max_ttl: '2s' } },
+        listeners: { web: { listen: '127.0.0.1:0', connect_timeout: '1s', groups: [{ policy: 'rr', backends: [`app.lb.test:${port}`, `127.0.0.5:${port}`] }] } },
+      },
+      { tableLimits: { listeners: 10, groups: 10, backends: 3 } },
+    );
+    const discovery = new DnsDiscovery(lb.rt, lb.rt.log);
+    track({ close: () => discovery.stop() });
+    await within(discovery.start(), 3000, 'the first lookups');
+    expect(addresses(lb)).toEqual(['127.0.0.2', '127.0.0.3', '127.0.0.5']);
+
+    const refused = { event: 'dns-apply-failed', code: 'LB_TABLE_LIMIT' };
+    await dns.setHosts('127.0.0.2 app.lb.test\n127.0.0.3 app.lb.test\n127.0.0.4 app.lb.test\n');
+    const line = await lb.logs.waitFor(refused, { ms: 5000 });
+    expect(line.level).toBe('warn');
+    expect(line.fields['error']).toMatch(/^listeners\.web\.groups\[0\]\.backends\[3\]: one backend too many: a table may have at most 3 backends/);
+    expect(addresses(lb)).toEqual(['127.0.0.2', '127.0.0.3', '127.0.0.5']);
+    const seen = new Set<string>();
+    for (let i = 0; i < 6; i++) seen.add(await answerFrom(lb.port()));
+    expect([...seen].sort()).toEqual(['127.0.0.2', '127.0.0.3', '127.0.0.5']);
+
+    // Another set past the limit: refused again, not said again.
+    await dns.setHosts('127.0.0.2 app.lb.test\n127.0.0.4 app.lb.test\n127.0.0.6 app.lb.test\n');
+    await lb.logs.waitFor({ event: 'dns-resolved', name: 'app.lb.test', detail: '127.0.0.2,127.0.0.4,127.0.0.6 (ttl 1s)' }, { ms: 5000 });
+    // One that fits: applied (its cycle starts after the refused one ended, so by then both were tried).
+    await dns.setHosts('127.0.0.4 app.lb.test\n127.0.0.6 app.lb.test\n');
+    await until(() => addresses(lb).join() === '127.0.0.4,127.0.0.6,127.0.0.5', 5000, 'the set that fits');
+    expect(lb.logs.all(refused)).toHaveLength(1);
+    expect(lb.logs.all('dns-apply-failed')).toHaveLength(1);
+  });
+
   it('hold_valid runs out: the name has no backend; it comes back when the server does', async () => {
     const port = await echoesAt(['127.0.0.2']);
     const dns = await dnsmasq('127.0.0.2 app.lb.test\n');

@@ -14,7 +14,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MAX_TABLE_BACKENDS } from '../../src/config/limits.ts';
+import { TABLE_LIMITS } from '../../src/config/limits.ts';
+
+const MAX_TABLE_BACKENDS = TABLE_LIMITS.backends;
 import { within } from '../helpers/backends.ts';
 import { ctl, parseShow } from '../helpers/control.ts';
 import { cleanup, ROOT, spawnLb } from '../helpers/lb.ts';

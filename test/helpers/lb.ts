@@ -7,6 +7,7 @@ import { once } from 'node:events';
 import path from 'node:path';
 import { buildTable } from '../../src/config/pipeline.ts';
 import type { RoutingTable } from '../../src/config/table.ts';
+import type { TableCounts } from '../../src/config/limits.ts';
 import { createLogger } from '../../src/log.ts';
 import { Runtime, type ListenerView } from '../../src/runtime.ts';
 import { closeAllBackends, within } from './backends.ts';
@@ -150,11 +151,11 @@ const running = new Set<{ stop(): Promise<void> }>();
 /** `resolve: 'error'` resolves host names as `lb run` does (the default skips it: use IP literals). */
 export async function startLb(
   doc: unknown,
-  opts: { resolve?: 'skip' | 'error'; lookup?: (name: string) => Promise<string | Error> } = {},
+  opts: { resolve?: 'skip' | 'error'; lookup?: (name: string) => Promise<string | Error>; tableLimits?: TableCounts } = {},
 ): Promise<InProcessLb> {
   const table = await tableFrom(doc, opts.resolve);
   const logs = new LogCapture();
-  const rt = new Runtime(table, { log: createLogger(table.global.logFormat, (line) => logs.push(line)), lookup: opts.lookup });
+  const rt = new Runtime(table, { log: createLogger(table.global.logFormat, (line) => logs.push(line)), lookup: opts.lookup, tableLimits: opts.tableLimits });
   let stopping: Promise<void> | null = null;
   const lb: InProcessLb = {
     rt,
