@@ -37,6 +37,8 @@ const TURN_MS = 5;
  * that provokes output without reading (a negotiation flood) or an internal fault reaches these.
  */
 export const MAX_UNREAD_OUTPUT = 1 << 20;
+/** Characters of a reply written at a time (at most 4 bytes each: with OUTPUT_HIGH, far below the limit). */
+const REPLY_SLICE = 64 * 1024;
 export const MAX_BUFFERED_INPUT = 1 << 20;
 /** Telnet option answers a client may leave unread (a real client negotiates a handful of options). */
 export const MAX_UNREAD_ANSWERS = 16 * 1024;
@@ -477,11 +479,30 @@ class ControlSession {
     }
     let out = text === '' ? '' : `${text}\n\n`;
     if (this.state.prompt && !this.conn.ended) out += PROMPT;
-    if (!this.write(out)) {
-      this.checkLimits();
-      await this.conn.drained();
+    await this.writeReply(out);
+  }
+
+  /**
+   * A reply goes out in slices, each once the client has read the last below OUTPUT_HIGH: one reply may
+   * be far larger than what a session may leave unread (`show json` of 10,000 backends is 8 MB), and
+   * written whole it would count as unread output and close the session of a client that reads it all.
+   */
+  private async writeReply(out: string): Promise<void> {
+    for (let at = 0; at < out.length && !this.closing && !this.socket.destroyed; ) {
+      let end = Math.min(out.length, at + REPLY_SLICE);
+      if (end < out.length && isHighSurrogate(out.charCodeAt(end - 1))) end--; // never split a character
+      const slice = out.slice(at, end);
+      at = end;
+      if (!this.write(slice)) {
+        this.checkLimits();
+        await this.conn.drained();
+      }
     }
   }
+}
+
+function isHighSurrogate(code: number): boolean {
+  return code >= 0xd800 && code <= 0xdbff;
 }
 
 /** What a client typed, safe to log or echo: control and non-ASCII bytes as `?`. */

@@ -6,7 +6,8 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { backendOf, connectClient, echoServer, HOST, track, within, type TestClient } from '../helpers/backends.ts';
-import { ctl, expectAlive, openSession, startCliLb, useControlScope, webToml, type CliLb } from '../helpers/control.ts';
+import { ctl, expectAlive, openSession, startCliLb, startControlLb, useControlScope, webToml, type CliLb } from '../helpers/control.ts';
+import { MAX_UNREAD_OUTPUT } from '../../src/control/server.ts';
 
 /**
  * What a flood may add to lb's RSS (KiB). Unbounded, these floods took it from ~100 to ~320 MiB; the
@@ -161,6 +162,20 @@ describe('what a session may buffer', () => {
     expect(await ctl(port, 'version')).toMatch(/This is lb/);
     expectAlive(lbp);
   });
+
+  it('a reply far larger than the unread cap (show json of 30,000 backends, ~24 MB) reaches a client that reads it, whole', async () => {
+    // Before: the reply was written at once, so what the kernel had not taken yet counted as unread output
+    // and the session was closed mid-reply (seen with `show` of 100,000 backends, 12 MB).
+    const backends = Array.from({ length: 30_000 }, (_, i) => `127.0.${(i >> 8) & 255}.${(i & 255) || 1}:${1000 + (i >> 16)}`);
+    const { lb, port } = await startControlLb({ control: { listen: '127.0.0.1:0' }, listeners: { web: { listen: '127.0.0.1:0', groups: [{ backends }] } } });
+    const reply = await ctl(port, 'show json', 60_000);
+    const json = JSON.parse(reply) as { listeners: { groups: { backends: unknown[] }[] }[] };
+    expect(reply.length).toBeGreaterThan(8 * MAX_UNREAD_OUTPUT);
+    expect(json.listeners[0]!.groups[0]!.backends).toHaveLength(30_000);
+    const show = await ctl(port, 'show', 60_000);
+    expect(show.split('\n')).toHaveLength(30_000 + 2);
+    expect(lb.logs.all('control-flood')).toEqual([]);
+  }, 60_000);
 
   it('a client that floods Telnet negotiation and never reads is closed with a reason once its unread output passes the cap', async () => {
     const { lbp, port, web } = await cliLb();
