@@ -76,6 +76,7 @@ function config(socket: string, lines: readonly string[]): string {
     'access_log = false',
     '[control]',
     `socket = ${JSON.stringify(socket)}`,
+    'http = "127.0.0.1:0"',
     '[listeners.web]',
     'listen = "127.0.0.1:0"',
     'connect_timeout = "2s"',
@@ -149,6 +150,18 @@ describe('10,000 backends', () => {
     expect(show.map((r) => r.port)).toEqual(farm.ports.slice(0, N));
     expect(show.filter((r) => r.state === 'DIS').map((r) => r.ch)).toEqual(show.map((r) => r.ch).filter(disabled));
 
+    // The HTTP face: a scrape and the page, each with every backend (times for the note).
+    const http = Number(/; http 127\.0\.0\.1:(\d+)/.exec(lb.logs.raw.find((l) => l.startsWith('lb ')) ?? '')?.[1]);
+    expect(http).toBeGreaterThan(0);
+    let t = performance.now();
+    const metrics = await within(fetch(`http://127.0.0.1:${http}/metrics`).then((r) => r.text()), 30_000, 'a scrape');
+    const scrapeMs = performance.now() - t;
+    expect(metrics.match(/^lb_backend_up\{/gm)).toHaveLength(N);
+    t = performance.now();
+    const page = await within(fetch(`http://127.0.0.1:${http}/`).then((r) => r.text()), 30_000, 'the status page');
+    const pageMs = performance.now() - t;
+    expect(page).toContain(`127.0.0.1:${farm.ports[N - 1]}`);
+
     const enabled = N - N / 100;
     const first = await round(port, enabled);
     expect(first.toSorted((a, b) => a - b)).toEqual([...Array(N).keys()].filter((i) => !disabled(i)));
@@ -184,7 +197,7 @@ describe('10,000 backends', () => {
     expect(second.toSorted((a, b) => a - b)).toEqual([...Array(N + 1).keys()].filter((i) => i === N || !disabled(i)));
 
     const rss = Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${lb.proc.pid}/status`, 'utf8'))![1]) * 1024;
-    console.log(`10,000 backends: started in ${startMs.toFixed(0)} ms, RSS ${(rss / 2 ** 20).toFixed(0)} MiB; ${checked} first checks in the first ${(sinceStart / 1000).toFixed(1)} s`);
+    console.log(`10,000 backends: started in ${startMs.toFixed(0)} ms, RSS ${(rss / 2 ** 20).toFixed(0)} MiB; a scrape ${scrapeMs.toFixed(0)} ms, the page ${pageMs.toFixed(0)} ms; ${checked} first checks in the first ${(sinceStart / 1000).toFixed(1)} s`);
     expect(rss).toBeLessThan(1024 * 2 ** 20); // memory follows the table: far below what 200,000 reserved slots would take
   });
 
