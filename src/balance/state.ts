@@ -251,6 +251,8 @@ export class GroupState {
   readonly slot: number;
   /** Smooth weighted round robin: current weight per backend (nginx's algorithm), per worker. */
   swrr: number[] = [];
+  /** The hash policy's scores of the connection being placed (worker-local scratch, reused: no allocation a connection). */
+  hashScores: Float64Array = new Float64Array(0);
   backends: BackendState[];
   constructor(shared: SharedState, slot: number, backends: BackendState[]) {
     this.shared = shared;

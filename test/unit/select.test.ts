@@ -193,6 +193,23 @@ describe('hash', () => {
     }
   });
 
+  it('the choice is hashOrder\'s first usable backend, with most of a group disabled (hash_failover) and without', () => {
+    // 50 backends, 45 disabled: for many clients the first 8 in hash order are all disabled (the choice
+    // then sorts what is left), for the others one of the first few is usable.
+    const keys50 = Array.from({ length: 50 }, (_, i) => `10.1.0.${i + 1}:80`);
+    const bs: B[] = keys50.map((addr, i) => (i % 10 === 3 ? addr : { addr, enabled: false }));
+    const entries = keys50.map((k) => backend(k));
+    for (const hashFailover of [true, false]) {
+      const { choose } = setup([{ policy: 'hash', backends: bs }], { hashFailover });
+      for (let i = 0; i < 300; i++) {
+        const ip = `172.16.${i >> 8}.${i & 255}`;
+        const order = hashOrder(ip, entries);
+        const want = hashFailover ? order.find((k) => k % 10 === 3)! : order[0]! % 10 === 3 ? order[0]! : undefined;
+        expect(choose(1, ip)?.index).toBe(want);
+      }
+    }
+  });
+
   it('adding a 5th backend to 4 remaps about 1/5 of clients, all of them to the new backend', () => {
     const five = [...list, backend(E)];
     let moved = 0;
