@@ -1,8 +1,8 @@
 // 10,000 backends (issue 38). Before: `lb --check` passed such a file, then `lb run` exited 70 with
 // "more than 4096 backends in the running tables [LB_INTERNAL]" (the shared memory had a fixed size).
 //
-// A real `lb` process with 10,000 health-checked backends (10,000 listening sockets on 127.0.0.1, one per
-// backend, each answering with its own number): it starts, `show` lists every one, round robin reaches
+// A real `lb` process with 10,000 health-checked backends (10,000 listening sockets, one per backend on
+// an address of its own in 127.1.0.0/16, each answering with its own number): it starts, `show` lists every one, round robin reaches
 // each enabled backend exactly once a round and never a disabled one, the first health checks are spread
 // over the interval rather than sent at once, and a reload that adds a 10,001st backend keeps all of that.
 // A file past the limit fails `--check` with the key path of the first backend too many.
@@ -22,12 +22,23 @@ import { ctl, parseShow } from '../helpers/control.ts';
 import { cleanup, ROOT, spawnLb } from '../helpers/lb.ts';
 
 const N = 10_000;
+/**
+ * ADDRESSES: nothing here binds or connects from 127.0.0.1, where the other test files (run alongside)
+ * bind their listeners: 20,000 connections a minute and 10,000 listening sockets would take ports from
+ * 127.0.0.1's ephemeral range between an lb's port probe and its bind there (seen: EADDRINUSE in
+ * control-commands). Backends listen on 127.1.x.y, clients connect from CLIENT_SOURCE and lb reaches the
+ * backends (traffic and checks) from LB_SOURCE.
+ */
+const CLIENT_SOURCE = '127.2.0.1';
+const LB_SOURCE = '127.3.0.1';
 /** Every 100th backend is disabled in the file. */
 const disabled = (i: number): boolean => i % 100 === 0;
 
 interface Farm {
   readonly servers: Server[];
   readonly ports: number[];
+  /** Each backend's address: 127.1.x.y, never 127.0.0.1 (see ADDRESSES). */
+  readonly hosts: string[];
   /** Client connections each backend answered. */
   readonly served: number[];
   /** Connections that closed without sending anything: health checks. */
@@ -51,7 +62,8 @@ function backend(farm: Farm, i: number): Promise<void> {
   farm.servers[i] = server;
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
+    farm.hosts[i] = `127.1.${Math.floor(i / 200)}.${1 + (i % 200)}`;
+    server.listen(0, farm.hosts[i], () => {
       farm.ports[i] = (server.address() as net.AddressInfo).port;
       resolve();
     });
@@ -59,13 +71,13 @@ function backend(farm: Farm, i: number): Promise<void> {
 }
 
 async function startFarm(n: number): Promise<Farm> {
-  const farm: Farm = { servers: [], ports: [], served: new Array<number>(n).fill(0), checks: new Array<number>(n).fill(0) };
+  const farm: Farm = { servers: [], ports: [], hosts: [], served: new Array<number>(n).fill(0), checks: new Array<number>(n).fill(0) };
   for (let i = 0; i < n; i += 500) await Promise.all(Array.from({ length: Math.min(500, n - i) }, (_, k) => backend(farm, i + k)));
   return farm;
 }
 
-function backendLine(port: number, off: boolean): string {
-  return off ? `  { host = "127.0.0.1", port = ${port}, enabled = false },` : `  "127.0.0.1:${port}",`;
+function backendLine(host: string, port: number, off: boolean): string {
+  return off ? `  { host = "${host}", port = ${port}, enabled = false },` : `  "${host}:${port}",`;
 }
 
 function config(socket: string, lines: readonly string[]): string {
@@ -80,6 +92,7 @@ function config(socket: string, lines: readonly string[]): string {
     '[listeners.web]',
     'listen = "127.0.0.1:0"',
     'connect_timeout = "2s"',
+    `source = "${LB_SOURCE}"`,
     '[[listeners.web.groups]]',
     'backends = [',
     ...lines,
@@ -97,7 +110,7 @@ async function round(port: number, count: number, parallel = 64): Promise<number
   let next = 0;
   const one = (): Promise<void> =>
     new Promise((resolve, reject) => {
-      const c = net.connect(port, '127.0.0.1');
+      const c = net.connect({ port, host: '127.0.0.1', localAddress: CLIENT_SOURCE });
       let got = '';
       c.setEncoding('latin1');
       c.on('connect', () => c.write('x'));
@@ -137,7 +150,7 @@ describe('10,000 backends', () => {
   it('start, show lists them, rr reaches each enabled one once a round, checks are spread; a reload adds one more', { timeout: 240_000 }, async () => {
     const file = path.join(dir, 'lb.toml');
     const socket = path.join(dir, 'ctl.sock');
-    const lines = farm.ports.slice(0, N).map((p, i) => backendLine(p, disabled(i)));
+    const lines = farm.ports.slice(0, N).map((p, i) => backendLine(farm.hosts[i]!, p, disabled(i)));
     writeFileSync(file, config(socket, lines));
 
     const t0 = performance.now();
@@ -147,7 +160,7 @@ describe('10,000 backends', () => {
 
     const show = parseShow(await ctl(socket, 'show', 30_000)).get('web')!;
     expect(show).toHaveLength(N);
-    expect(show.map((r) => r.port)).toEqual(farm.ports.slice(0, N));
+    expect(show.map((r) => `${r.ip}:${r.port}`)).toEqual(farm.ports.slice(0, N).map((p, i) => `${farm.hosts[i]}:${p}`));
     expect(show.filter((r) => r.state === 'DIS').map((r) => r.ch)).toEqual(show.map((r) => r.ch).filter(disabled));
 
     // The HTTP face: a scrape and the page, each with every backend (times for the note).
@@ -160,7 +173,7 @@ describe('10,000 backends', () => {
     t = performance.now();
     const page = await within(fetch(`http://127.0.0.1:${http}/`).then((r) => r.text()), 30_000, 'the status page');
     const pageMs = performance.now() - t;
-    expect(page).toContain(`127.0.0.1:${farm.ports[N - 1]}`);
+    expect(page).toContain(`${farm.hosts[N - 1]}:${farm.ports[N - 1]}`);
 
     const enabled = N - N / 100;
     const first = await round(port, enabled);
@@ -184,7 +197,7 @@ describe('10,000 backends', () => {
 
     // The reload: one backend more, first in the list (the others keep their slots and counts).
     const added = farm.ports[N]!;
-    writeFileSync(file, config(socket, [backendLine(added, false), ...lines]));
+    writeFileSync(file, config(socket, [backendLine(farm.hosts[N]!, added, false), ...lines]));
     const mark = lb.logs.mark();
     lb.proc.kill('SIGHUP');
     await lb.logs.waitFor('reloaded', { ms: 60_000, from: mark });
