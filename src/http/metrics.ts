@@ -36,8 +36,16 @@ function processMetrics(): Registry {
 
 type MetricType = 'counter' | 'gauge';
 
+/** A metric family whose samples are read from one kind of snapshot row (null: no sample for that row). */
+interface Family<Row> {
+  readonly name: string;
+  readonly type: MetricType;
+  readonly help: string;
+  readonly value: (row: Row) => number | null;
+}
+
 /** A family with one sample per backend (no sample where `value` is null). */
-const BACKEND_FAMILIES: readonly { name: string; type: MetricType; help: string; value: (b: BackendSnap) => number | null }[] = [
+const BACKEND_FAMILIES: readonly Family<BackendSnap>[] = [
   { name: 'lb_backend_connections_total', type: 'counter', help: 'Connections relayed to the backend (successful connects; show stat stot).', value: (b) => b.total },
   { name: 'lb_backend_attempts_total', type: 'counter', help: 'Times the backend was chosen, first tries and failovers (show totalc, show stat lbtot).', value: (b) => b.attempts },
   { name: 'lb_backend_connect_failures_total', type: 'counter', help: 'Connects to the backend that failed: refused, timed out, unreachable (show stat econ).', value: (b) => b.failures },
@@ -55,7 +63,7 @@ const BACKEND_FAMILIES: readonly { name: string; type: MetricType; help: string;
 ];
 
 /** A family with one sample per listener. */
-const LISTENER_FAMILIES: readonly { name: string; type: MetricType; help: string; value: (l: ListenerSnap) => number | null }[] = [
+const LISTENER_FAMILIES: readonly Family<ListenerSnap>[] = [
   { name: 'lb_listener_connections_total', type: 'counter', help: 'Client connections relayed (show stat FRONTEND stot).', value: (l) => l.total },
   { name: 'lb_listener_current_connections', type: 'gauge', help: 'Client connections open now.', value: (l) => l.cur },
   { name: 'lb_listener_peak_connections', type: 'gauge', help: 'Most client connections open at once since start.', value: (l) => l.max },
@@ -70,7 +78,7 @@ const LISTENER_FAMILIES: readonly { name: string; type: MetricType; help: string
 ];
 
 /** Of the process as a whole (no labels). */
-const PROCESS_FAMILIES: readonly { name: string; type: MetricType; help: string; value: (s: Snapshot) => number }[] = [
+const PROCESS_FAMILIES: readonly Family<Snapshot>[] = [
   { name: 'lb_maxconn', type: 'gauge', help: 'The [global] maxconn in force: connections lb holds at most (0: no limit).', value: (s) => s.conns.max },
   { name: 'lb_current_connections', type: 'gauge', help: 'Connections lb holds now, all listeners, queued clients included (show info CurrConns).', value: (s) => s.conns.cur },
   { name: 'lb_maxconn_reached_total', type: 'counter', help: 'Times lb reached maxconn: a worker stopped accepting at it, or a client was closed at it (show info MaxconnReached).', value: (s) => s.conns.reached },
@@ -130,7 +138,10 @@ export class MetricsExporter {
       }
       out.push(family(f.name, f.type, f.help, samples));
     }
-    for (const f of PROCESS_FAMILIES) out.push(family(f.name, f.type, f.help, `${f.name} ${sampleValue(f.value(snap))}\n`));
+    for (const f of PROCESS_FAMILIES) {
+      const v = f.value(snap);
+      out.push(family(f.name, f.type, f.help, v === null ? '' : `${f.name} ${sampleValue(v)}\n`));
+    }
     out.push(
       family(
         'lb_build_info',

@@ -143,8 +143,10 @@ export interface SharedInit {
   readonly regions: number;
 }
 
+type Growable = Exclude<keyof SharedBuffers, 'fixed'>;
+
 /** Bytes a slot takes in each growable buffer. */
-function slotBytes(regions: number): Record<Exclude<keyof SharedBuffers, 'fixed'>, number> {
+function slotBytes(regions: number): Record<Growable, number> {
   return {
     bf: B_F64 * 8,
     wb: regions * WB_F64 * 8,
@@ -157,24 +159,15 @@ function slotBytes(regions: number): Record<Exclude<keyof SharedBuffers, 'fixed'
 }
 
 /** Which slot count each growable buffer follows. */
-const KIND_OF = { bf: 'backends', wb: 'backends', bi: 'backends', wl: 'listeners', li: 'listeners', oldest: 'listeners', gi: 'groups' } as const;
+const KIND_OF: Readonly<Record<Growable, keyof SlotCounts>> = { bf: 'backends', wb: 'backends', bi: 'backends', wl: 'listeners', li: 'listeners', oldest: 'listeners', gi: 'groups' };
+const GROWABLE = Object.keys(KIND_OF) as Growable[];
 
 function allocate(c: Capacity, limits: SlotCounts): SharedBuffers {
   const per = slotBytes(c.regions);
-  const grow = (k: keyof typeof per): SharedArrayBuffer => {
-    const kind = KIND_OF[k];
-    return new SharedArrayBuffer(per[k] * c[kind], { maxByteLength: per[k] * Math.max(limits[kind], c[kind]) });
-  };
-  return {
-    bf: grow('bf'),
-    wb: grow('wb'),
-    bi: grow('bi'),
-    wl: grow('wl'),
-    li: grow('li'),
-    oldest: grow('oldest'),
-    gi: grow('gi'),
-    fixed: new SharedArrayBuffer(c.regions * 8 + (G_HELD + c.regions) * 4),
-  };
+  const growable = Object.fromEntries(
+    GROWABLE.map((k) => [k, new SharedArrayBuffer(per[k] * c[KIND_OF[k]], { maxByteLength: per[k] * Math.max(limits[KIND_OF[k]], c[KIND_OF[k]]) })]),
+  ) as Record<Growable, SharedArrayBuffer>;
+  return { ...growable, fixed: new SharedArrayBuffer(c.regions * 8 + (G_HELD + c.regions) * 4) };
 }
 
 export class SharedState {
@@ -241,9 +234,7 @@ export class SharedState {
     const slots = Math.min(this.limits[kind], Math.max(n, 2 * this.capacity[kind]));
     const per = slotBytes(this.regions);
     const tickets = this.oldestTicket.length;
-    for (const k of Object.keys(KIND_OF) as (keyof typeof KIND_OF)[]) {
-      if (KIND_OF[k] === kind) this.buffers[k].grow(per[k] * slots);
-    }
+    for (const k of GROWABLE) if (KIND_OF[k] === kind) this.buffers[k].grow(per[k] * slots);
     this.remap();
     this.oldestTicket.fill(NO_TICKET, tickets); // a new listener slot has no waiter (as at start)
     return true;

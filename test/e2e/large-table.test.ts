@@ -7,19 +7,18 @@
 // over the interval rather than sent at once, and a reload that adds a 10,001st backend keeps all of that.
 // A file past the limit fails `--check` with the key path of the first backend too many.
 
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net, { type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TABLE_LIMITS } from '../../src/config/limits.ts';
 
 const MAX_TABLE_BACKENDS = TABLE_LIMITS.backends;
 import { within } from '../helpers/backends.ts';
 import { ctl, parseShow } from '../helpers/control.ts';
-import { cleanup, ROOT, spawnLb } from '../helpers/lb.ts';
+import { runLb } from '../helpers/cli.ts';
+import { cleanup, spawnLb } from '../helpers/lb.ts';
 
 const N = 10_000;
 /**
@@ -218,10 +217,7 @@ describe('10,000 backends', () => {
     const file = path.join(dir, 'over.toml');
     const lines = Array.from({ length: MAX_TABLE_BACKENDS + 1 }, (_, i) => `  "127.0.${(i >> 8) & 255}.${i & 255}:${1000 + (i >> 16)}",`);
     writeFileSync(file, ['[listeners.web]', 'listen = "127.0.0.1:0"', '[[listeners.web.groups]]', 'backends = [', ...lines, ']', ''].join('\n'));
-    const r = await promisify(execFile)(process.execPath, ['src/cli/main.ts', '--check', file], { cwd: ROOT }).then(
-      () => ({ code: 0, stderr: '' }),
-      (e: { code: number; stderr: string }) => e,
-    );
+    const r = await runLb(['--check', file]);
     expect(r.code).toBe(78);
     expect(r.stderr).toContain(`${file}:${MAX_TABLE_BACKENDS + 5}:3: listeners.web.groups[0].backends[${MAX_TABLE_BACKENDS}]: one backend too many: a table may have at most 100,000 backends`);
     expect(r.stderr).toContain('[LB_TABLE_LIMIT]');
