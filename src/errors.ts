@@ -61,6 +61,8 @@ export const Code = {
   CONTROL_TELNET: 'LB_CONTROL_TELNET',
   /** `auth` with a wrong token, or on a port without `token_file`. */
   CONTROL_AUTH: 'LB_CONTROL_AUTH',
+  /** A reload moved the control port or socket: a session of the old one got its last reply, then was closed. */
+  CONTROL_MOVED: 'LB_CONTROL_MOVED',
   /** The control socket's path or directory is unsafe or in use by a running instance. */
   CONTROL_SOCKET: 'LB_CONTROL_SOCKET',
   RELOAD_FAILED: 'LB_RELOAD_FAILED',

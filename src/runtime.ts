@@ -38,7 +38,7 @@ import { createLogger, type Logger } from './log.ts';
 import type { ControlTarget } from './control/commands.ts';
 import { ControlServer } from './control/server.ts';
 import { HealthMonitor } from './health/monitor.ts';
-import { syncHttp, type HttpServer } from './http/server.ts';
+import { stageHttp, type HttpServer } from './http/server.ts';
 import { httpTargetOf } from './http/target.ts';
 import { backendId, SlotAllocator, slotsFor, type SlotMap } from './shared/slots.ts';
 import { SharedState } from './shared/state.ts';
@@ -48,7 +48,7 @@ import { FailureLog, RateMeter, type FailureRecord } from './stats/rates.ts';
 import { checkListen, describePortCheck, portCheck } from './supervisor/ports.ts';
 import { listenerPath } from './proxy/path.ts';
 import { defaultMaxconn, effectiveMaxconn, openFileLimit, wakeLimited } from './proxy/conn-limit.ts';
-import { WorkerPool } from './supervisor/workers.ts';
+import { WorkerPool, type CommitReport } from './supervisor/workers.ts';
 import { sameEndpoint } from './worker/data-plane.ts';
 import { VERSION } from './version.ts';
 
@@ -68,6 +68,20 @@ export interface ReloadResult {
   ok: boolean;
   diagnostics: Diagnostic[];
   error?: string;
+  /** The table generation in force afterwards (the new one, or the old one everywhere). */
+  generation: number;
+  /** Workers that died during the commit and were restarted on the new table. */
+  restarted?: number[];
+}
+
+/** The last reload (SIGHUP, `reload`) and the reloads so far, for `show info` and /metrics. */
+export interface ReloadRecord {
+  reloads: number;
+  failures: number;
+  /** null until the first reload. */
+  last: { ok: boolean; at: number; error: string | null } | null;
+  /** When the table in force was last loaded from the file successfully (start or reload). */
+  lastSuccessAt: number;
 }
 
 /** A listener as the supervisor sees it: its entry, the shared state's view, where it is bound. */
@@ -139,6 +153,8 @@ export class Runtime implements ControlTarget {
   private readonly health: HealthMonitor;
   /** Table changes run one at a time, in order. */
   private chain: Promise<unknown> = Promise.resolve();
+  /** Reloads so far and how the last one went (`show info`, /metrics). */
+  private readonly reloadRecord: ReloadRecord = { reloads: 0, failures: 0, last: null, lastSuccessAt: this.startedAt };
   /** A reload waiting for its turn: later requests join it (it reads the newest file when it runs). */
   private queuedReload: Promise<ReloadResult> | null = null;
   /**
@@ -283,7 +299,7 @@ export class Runtime implements ControlTarget {
     }
     try {
       const bound = await this.probe(this.table, new Map());
-      await this.pool.start(this.table, plan.map, portsOf(bound));
+      await this.pool.start({ table: this.table, slots: plan.map, ports: portsOf(bound), generation: 1 });
       plan.commit();
       this.install(this.table, plan.map, bound);
       this.setDraining(restored);
@@ -292,7 +308,7 @@ export class Runtime implements ControlTarget {
         await control.start();
         this.control = control;
       }
-      this.http = await syncHttp(null, this.table.control, this.httpTarget, this.log, { atStart: true });
+      this.http = await (await stageHttp(null, this.table.control, this.httpTarget, this.log)).commit();
       this.syncHealth();
       this.sampleRates(true);
       this.nameRetry.sync(this.staleNames);
@@ -418,42 +434,62 @@ export class Runtime implements ControlTarget {
 
   /** Swaps in a new table (one change at a time). On any failure the old table keeps running. */
   apply(table: RoutingTable, renamed?: ReadonlyMap<string, string>): Promise<void> {
-    return this.exclusive(() => this.applyNow(table, renamed));
+    return this.exclusive(async () => {
+      await this.applyNow(table, renamed);
+    });
   }
 
-  private async applyNow(table: RoutingTable, renamed?: ReadonlyMap<string, string>): Promise<void> {
+  /**
+   * Every part that can fail to set up (the workers' new sockets, the control port's and the HTTP face's
+   * new addresses) is staged first, and a failure there refuses the change with nothing switched. Then
+   * the workers commit (all, or all back: WorkerPool.commit), and only then do the faces switch.
+   */
+  private async applyNow(table: RoutingTable, renamed?: ReadonlyMap<string, string>): Promise<CommitReport> {
     if (this.stopping) throw new Error('lb is stopping');
     checkTableLimits(table, this.tableLimits);
     const plan = this.slots.plan(table, renamed);
     let control: ControlServer | null = null;
+    let http: Awaited<ReturnType<typeof stageHttp>> | null = null;
+    let report: CommitReport;
+    let bound: Map<string, { address: string; port: number }>;
+    const after = table.control;
     try {
-      const bound = await this.probe(table, this.listeners);
+      bound = await this.probe(table, this.listeners);
       // The control port first: a new address is bound before anything switches.
       const before = this.table.control;
-      const after = table.control;
       const sameControl = before && after && before.socket === after.socket && before.listen?.host === after.listen?.host && before.listen?.port === after.listen?.port;
       if (after && !(this.control && sameControl)) {
         control = new ControlServer(after, this, this.log);
-        await control.start();
+        await control.start({ staged: true });
       }
-      await this.pool.stage(table, plan.map, portsOf(bound));
-      await this.pool.commit(table, plan.map, portsOf(bound));
-      plan.commit();
-      this.install(table, plan.map, bound);
-      if (control || !after) {
-        const old = this.control;
-        this.control = control;
-        await old?.close();
-      } else this.control?.update(after);
-      this.http = await syncHttp(this.http, table.control, this.httpTarget, this.log);
+      http = await stageHttp(this.http, table.control, this.httpTarget, this.log);
+      const next = { table, slots: plan.map, ports: portsOf(bound), generation: this.pool.generation + 1 };
+      await this.pool.stage(next);
+      report = await this.pool.commit(next);
     } catch (err) {
       plan.rollback();
       await control?.close();
+      await http?.abort();
       throw err;
     }
+    // Committed everywhere: from here on nothing refuses the change.
+    plan.commit();
+    this.install(table, plan.map, bound);
+    if (control || !after) {
+      const old = this.control;
+      this.control = control;
+      try {
+        control?.publish();
+      } catch (err) {
+        this.log.log('error', 'control-error', { error: `control socket: ${(err as Error).message}` });
+      }
+      old?.retire();
+    } else this.control?.update(after);
+    this.http = await http.commit();
     this.syncHealth();
     this.sampleRates(true);
     this.serveQueues();
+    return report;
   }
 
   // --- ControlTarget: what the control port reads and changes -------------------------------------
@@ -469,7 +505,16 @@ export class Runtime implements ControlTarget {
   processInfo(): ProcessInfo {
     const s = this.pool.splice;
     const splice = this.table.global.splice === 'off' ? 'off (splice = "off")' : s.ok ? 'on' : `off (${s.reason})`;
-    return { workers: this.pool.threadIds().length, restarts: this.pool.restarts, splice, portCheck: describePortCheck(portCheck()), conns: this.shared.connFigures() };
+    return {
+      workers: this.pool.threadIds().length,
+      restarts: this.pool.restarts,
+      splice,
+      portCheck: describePortCheck(portCheck()),
+      conns: this.shared.connFigures(),
+      generation: this.pool.generation,
+      workerGenerations: this.pool.generations(),
+      reloads: { ...this.reloadRecord },
+    };
   }
 
   snapshot(): Snapshot {
@@ -569,13 +614,25 @@ export class Runtime implements ControlTarget {
     if (this.queuedReload) return this.queuedReload;
     const run = this.exclusive(async () => {
       this.queuedReload = null;
-      return this.reloadNow();
+      const r = await this.reloadNow();
+      this.recordReload(r);
+      return { ...r, generation: this.pool.generation };
     });
     this.queuedReload = run;
     return run;
   }
 
-  private async reloadNow(): Promise<ReloadResult> {
+  private recordReload(r: Omit<ReloadResult, 'generation'>): void {
+    const at = Date.now();
+    const rec = this.reloadRecord;
+    rec.reloads++;
+    if (r.ok) rec.lastSuccessAt = at;
+    else rec.failures++;
+    const error = r.ok ? null : (r.error ?? (r.diagnostics.length > 0 ? `${r.diagnostics[0]!.message}${r.diagnostics.length > 1 ? ` (and ${r.diagnostics.length - 1} more)` : ''}` : 'failed'));
+    rec.last = { ok: r.ok, at, error };
+  }
+
+  private async reloadNow(): Promise<Omit<ReloadResult, 'generation'>> {
     if (!this.configFile) {
       const error = 'started from the command line: there is no file to reload';
       this.log.log('warn', 'reload-failed', { code: Code.RELOAD_FAILED, error });
@@ -599,8 +656,9 @@ export class Runtime implements ControlTarget {
     const configured = this.discovery?.expandNow(known.table) ?? known.table;
     const overlay = operatorState(this.configTable, this.table, { draining: this.drainingKeys() });
     const next = isEmptyState(overlay) ? { table: configured, applied: [], skipped: [], draining: [] } : applyOperatorState(configured, overlay);
+    let report: CommitReport;
     try {
-      await this.applyNow(next.table);
+      report = await this.applyNow(next.table);
       this.configTable = configured;
       this.discovery?.sync();
       this.staleNames = known.filled;
@@ -608,14 +666,16 @@ export class Runtime implements ControlTarget {
       this.setDraining(next.draining);
       this.logStateApplied('reload', next.applied, next.skipped);
     } catch (err) {
-      this.log.log('error', 'reload-failed', { code: Code.RELOAD_FAILED, file: this.configFile, error: (err as Error).message });
-      return { ok: false, diagnostics: [], error: (err as Error).message };
+      const error = (err as Error).message;
+      this.log.log('error', 'reload-failed', { code: Code.RELOAD_FAILED, file: this.configFile, error, generation: this.pool.generation, detail: 'the running configuration is unchanged' });
+      return { ok: false, diagnostics: [], error };
     }
     if (result.table.global.workers !== this.table.global.workers) {
       this.log.log('warn', 'workers', { detail: 'a changed [global] workers takes effect at the next restart', workers: this.workers });
     }
-    this.log.log('info', 'reloaded', { file: this.configFile, listeners: this.table.listeners.length });
-    return { ok: true, diagnostics: result.warnings };
+    const restarted = report.restarted.length > 0 ? report.restarted.join(',') : undefined;
+    this.log.log('info', 'reloaded', { file: this.configFile, listeners: this.table.listeners.length, generation: this.pool.generation, restarted_workers: restarted });
+    return { ok: true, diagnostics: result.warnings, restarted: report.restarted };
   }
 
   /** Open connections over every worker. */
@@ -655,9 +715,12 @@ export class Runtime implements ControlTarget {
     return this.stopping;
   }
 
-  /** Test builds only (LB_TEST_HOOKS=1): makes a worker die, to test its replacement. */
-  crashWorker(region: number): Promise<void> {
-    return this.pool.crash(region);
+  /**
+   * Test builds only (LB_TEST_HOOKS=1): makes a worker die (now, or at the next commit before it
+   * confirms), to test its replacement; `restartFails`: its replacement's start fails too.
+   */
+  crashWorker(region: number, at: 'now' | 'commit' = 'now', restartFails = false): Promise<void> {
+    return this.pool.crash(region, at, restartFails);
   }
 
   /** Where each listener is actually bound ("host:port"), for the start-up line and tests. */

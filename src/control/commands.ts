@@ -31,7 +31,7 @@ export interface ControlTarget {
   /** Brings the bytes of open connections up to date in the shared counters (every worker publishes now). */
   refresh(): Promise<void>;
   /** SIGHUP's reload: the file again, all or nothing. */
-  reload(): Promise<{ ok: boolean; diagnostics: readonly { message: string }[]; error?: string }>;
+  reload(): Promise<{ ok: boolean; diagnostics: readonly { message: string }[]; error?: string; generation: number; restarted?: readonly number[] }>;
   /** Runtime state changed without a table change (enable, drain): queued clients may get a slot. */
   stateChanged(): void;
   requestStop(reason: string): void;
@@ -389,9 +389,12 @@ export const COMMANDS: Readonly<Record<string, Command>> = {
     level: 'admin',
     async run(t) {
       const r = await t.reload();
-      if (r.ok) return 'reloaded';
+      if (r.ok) {
+        const restarted = r.restarted?.length ? ` (worker ${r.restarted.join(', ')} died during it and was restarted on it)` : '';
+        return `reloaded: generation ${r.generation} in force in every worker${restarted}`;
+      }
       const why = r.error ?? r.diagnostics.map((d) => d.message).join('; ');
-      throw new CommandError(`reload failed, the running configuration is unchanged: ${why}`, Code.RELOAD_FAILED);
+      throw new CommandError(`reload failed, the running configuration (generation ${r.generation}) is unchanged: ${why}`, Code.RELOAD_FAILED);
     },
   },
   kill: {
@@ -461,7 +464,8 @@ export async function execute(t: ControlTarget, s: Session, line: string): Promi
   } catch (err) {
     // Messages may quote what the client typed: never echo control bytes or kilobytes back to a terminal.
     const message = sanitize((err as Error).message, 300);
-    if (err instanceof CommandError) return { text: `error: ${message}; usage: ${cmd.usage}`, error: err.code };
+    // The usage helps with a mistyped command, not with one that ran and failed (a refused reload).
+    if (err instanceof CommandError) return { text: err.code === Code.CONTROL_BAD_ARGS ? `error: ${message}; usage: ${cmd.usage}` : `error: ${message}`, error: err.code };
     return { text: `error: ${message}`, error: Code.CONTROL_BAD_ARGS };
   }
 }

@@ -95,6 +95,8 @@ export class ControlServer {
   private token: string | null = null;
   /** The inode of the socket this server put in place, so close() never removes a successor's. */
   private socketIno: number | null = null;
+  /** The Unix socket bound but not yet in place (a reload's, until it commits): see publish(). */
+  private pendingSocket: { staging: string; temp: string; path: string } | null = null;
 
   constructor(config: ControlEntry, target: ControlTarget, log: Logger) {
     this.config = config;
@@ -111,15 +113,37 @@ export class ControlServer {
     };
   }
 
-  async start(): Promise<void> {
+  /**
+   * Binds the TCP port and the Unix socket. `staged` (a reload): the socket is bound beside the path and
+   * put in place only by publish(), so a reload refused later leaves the running server's socket there.
+   */
+  async start(opts: { staged?: boolean } = {}): Promise<void> {
     const { listen, socket, tokenFile } = this.config;
     try {
       if (tokenFile !== null) this.token = loadToken(tokenFile, this.host.log);
       if (listen) await this.listenOn({ host: listen.host ?? undefined, port: listen.port }, formatHostPort(listen.host, listen.port), true);
       if (socket) await this.listenUnix(socket);
+      if (!opts.staged) this.publish();
     } catch (err) {
       await this.close();
       throw err;
+    }
+  }
+
+  /**
+   * Renames the bound Unix socket into place, which replaces a previous server's (or a stale one)
+   * atomically: at start at once, at a reload once every worker committed.
+   */
+  publish(): void {
+    const p = this.pendingSocket;
+    if (!p) return;
+    this.pendingSocket = null;
+    try {
+      renameSync(p.temp, p.path);
+      this.socketIno = lstatSync(p.path).ino;
+      ownSockets.set(p.path, this.socketIno);
+    } finally {
+      rmSync(p.staging, { recursive: true, force: true });
     }
   }
 
@@ -150,10 +174,28 @@ export class ControlServer {
     for (const s of [...this.sessions]) s.reconfigure(tokenChanged);
   }
 
+  /**
+   * A reload moved the control endpoints: the old ones stop accepting and go; each open session finishes
+   * the command it is running (the `reload` that moved them gets its answer), then is told and closed.
+   * Not waited for: the session running that `reload` ends only after the reload returns.
+   */
+  retire(): void {
+    for (const s of [...this.sessions]) s.retire(`error: this control endpoint was replaced by a reload: reconnect [${Code.CONTROL_MOVED}]`);
+    void this.stopListening();
+  }
+
+  /** Shutdown: every session ends now. */
   async close(): Promise<void> {
     for (const s of this.sessions) s.destroy();
-    await Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    await this.stopListening();
+  }
+
+  /** Stops accepting, removes our socket; resolves once the servers' connections have ended too. */
+  private async stopListening(): Promise<void> {
+    const closing = this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
     this.servers.length = 0;
+    if (this.pendingSocket) rmSync(this.pendingSocket.staging, { recursive: true, force: true });
+    this.pendingSocket = null;
     const path = this.config.socket;
     if (path && this.socketIno !== null) {
       // Only our own socket: a reload's new server may already have put its own at this path.
@@ -165,6 +207,7 @@ export class ControlServer {
       if (ownSockets.get(path) === this.socketIno) ownSockets.delete(path);
       this.socketIno = null;
     }
+    await Promise.all(closing);
   }
 
   private listenOn(opts: { host?: string; port?: number; path?: string }, where: string, tcp: boolean): Promise<Server> {
@@ -187,6 +230,7 @@ export class ControlServer {
    * directory next to the target (where nobody else can reach it), chmod'ed there, then renamed into
    * place, which also replaces a stale socket atomically. (umask around listen would do the same but
    * changes a process-wide setting that other code, and worker threads, may be creating files under.)
+   * The rename is publish()'s.
    */
   private async listenUnix(path: string): Promise<void> {
     const dir = dirname(path);
@@ -205,12 +249,11 @@ export class ControlServer {
     try {
       await this.listenOn({ path: temp }, path, false);
       chmodSync(temp, SOCKET_MODE);
-      renameSync(temp, path);
-      this.socketIno = lstatSync(path).ino;
-      ownSockets.set(path, this.socketIno);
-    } finally {
+    } catch (err) {
       rmSync(staging, { recursive: true, force: true });
+      throw err;
     }
+    this.pendingSocket = { staging, temp, path };
   }
 
   private accept(telnet: TelnetSocket, tcp: boolean): void {
@@ -254,6 +297,8 @@ class ControlSession {
   private readonly host: SessionHost;
   private readonly state: Session;
   private busy = false;
+  /** Set by retire(): the last words once the running command is answered. */
+  private retiring: string | null = null;
   private closing = false;
   private ending = false;
   private telnetClient = false;
@@ -295,6 +340,12 @@ class ControlSession {
 
   destroy(): void {
     this.conn.destroy();
+  }
+
+  /** Closes the session with `text`, once the command it is running (if any) has been answered. */
+  retire(text: string): void {
+    this.retiring = text;
+    if (!this.busy) this.close(text);
   }
 
   /** After a reload: the new allow list and levels; a changed token takes back what the old one gave. */
@@ -421,7 +472,8 @@ class ControlSession {
     } finally {
       this.busy = false;
     }
-    if (this.conn.ended && !this.closing && !this.socket.destroyed) this.end();
+    if (this.retiring !== null) this.close(this.retiring);
+    else if (this.conn.ended && !this.closing && !this.socket.destroyed) this.end();
   }
 
   /**
@@ -444,7 +496,7 @@ class ControlSession {
   private async run(): Promise<void> {
     let handled = 0;
     let turnStart = performance.now();
-    while (!this.closing && !this.socket.destroyed) {
+    while (!this.closing && !this.socket.destroyed && this.retiring === null) {
       const line = this.conn.next();
       if (line === null) break;
       await this.handle(line);

@@ -83,6 +83,11 @@ const PROCESS_FAMILIES: readonly Family<Snapshot>[] = [
   { name: 'lb_current_connections', type: 'gauge', help: 'Connections lb holds now, all listeners, queued clients included (show info CurrConns).', value: (s) => s.conns.cur },
   { name: 'lb_maxconn_reached_total', type: 'counter', help: 'Times lb reached maxconn: a worker stopped accepting at it, or a client was closed at it (show info MaxconnReached).', value: (s) => s.conns.reached },
   { name: 'lb_maxconn_refused_total', type: 'counter', help: 'Clients closed at once because lb was at maxconn, on listeners that cannot stop accepting (show info MaxconnRefused).', value: (s) => s.conns.refused },
+  { name: 'lb_config_generation', type: 'gauge', help: 'The routing table in force: 1 at start, one more at each change every worker committed (reload, edit, discovery) (show info Generation).', value: (s) => s.config.generation },
+  { name: 'lb_config_last_reload_successful', type: 'gauge', help: 'Whether the last reload succeeded (1; also before the first) or was refused, the old table kept (0).', value: (s) => (s.config.lastReload?.ok === false ? 0 : 1) },
+  { name: 'lb_config_last_reload_success_timestamp_seconds', type: 'gauge', help: 'When the table in force was last loaded from the file successfully (start or reload), in seconds since the Unix epoch.', value: (s) => s.config.lastSuccessAt / 1000 },
+  { name: 'lb_config_reloads_total', type: 'counter', help: 'Reloads asked for (SIGHUP, reload command), refused ones included (show info Reloads).', value: (s) => s.config.reloads },
+  { name: 'lb_config_reload_failures_total', type: 'counter', help: 'Reloads refused, the old table kept (show info ReloadFailures).', value: (s) => s.config.reloadFailures },
 ];
 
 /** A label value as the text format wants it (backslash, quote and newline escaped). */

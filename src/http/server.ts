@@ -154,22 +154,51 @@ export class HttpServer {
   }
 
   /**
-   * A reload: the ACL, level and token apply to the next request; a new address rebinds (the history
-   * and logins stay). A token file that cannot be read keeps the old token and logs why.
+   * Phase one of a reload: a new address is bound now, beside the running one, which answers until the
+   * switch; a failure throws and changes nothing. The switch (`commit`) applies the ACL, level and token
+   * to the next request and closes the old socket (the history and logins stay). A token file that
+   * cannot be read keeps the old token and logs why. A face moving to another host on the same port
+   * cannot hold both sockets: it rebinds at the switch, back to its old address if the new one fails.
    */
-  async update(config: HttpConfig): Promise<void> {
+  async stage(config: HttpConfig): Promise<HttpStaged> {
     const rebind = config.listen.host !== this.config.listen.host || config.listen.port !== this.config.listen.port;
-    try {
-      this.token = config.tokenFile ? readToken(config.tokenFile) : null;
-    } catch (err) {
-      this.log.log('error', 'http-error', { code: Code.CONTROL_DENIED, error: (err as Error).message, detail: 'the previous token stays' });
-    }
-    this.config = config;
-    this.allow = buildAllowList(config.allow);
+    let staged: http.Server | null = null;
+    let late = false;
     if (rebind) {
-      await this.closeServer();
-      await this.listen();
+      try {
+        staged = await this.bind(config.listen);
+      } catch (err) {
+        if (config.listen.port === 0 || config.listen.port !== this.address()?.port) throw err;
+        late = true;
+      }
     }
+    return {
+      commit: async () => {
+        try {
+          this.token = config.tokenFile ? readToken(config.tokenFile) : null;
+        } catch (err) {
+          this.log.log('error', 'http-error', { code: Code.CONTROL_DENIED, error: (err as Error).message, detail: 'the previous token stays' });
+        }
+        const before = this.config.listen;
+        this.config = config;
+        this.allow = buildAllowList(config.allow);
+        if (staged) {
+          await this.closeServer();
+          this.server = staged;
+        } else if (late) {
+          await this.closeServer();
+          try {
+            this.server = await this.bind(config.listen);
+          } catch (err) {
+            this.log.log('error', 'http-error', { error: (err as Error).message, detail: `staying on ${formatHostPort(before.host, before.port)}` });
+            this.server = await this.bind(before).catch(() => null);
+          }
+        }
+      },
+      abort: async () => {
+        if (staged) await closeHttp(staged);
+      },
+    };
   }
 
   async close(): Promise<void> {
@@ -178,8 +207,12 @@ export class HttpServer {
     await this.closeServer();
   }
 
-  private listen(): Promise<void> {
-    const { host, port } = this.config.listen;
+  private async listen(): Promise<void> {
+    this.server = await this.bind(this.config.listen);
+  }
+
+  private bind(listen: HttpConfig['listen']): Promise<http.Server> {
+    const { host, port } = listen;
     const l = this.limits;
     const server = http.createServer(
       {
@@ -201,8 +234,7 @@ export class HttpServer {
       server.listen({ host, port }, () => {
         server.removeAllListeners('error');
         server.on('error', (err) => this.log.log('error', 'http-error', { error: err.message }));
-        this.server = server;
-        resolve();
+        resolve(server);
       });
     });
   }
@@ -212,11 +244,7 @@ export class HttpServer {
     this.server = null;
     for (const s of this.streams) s.destroy();
     this.streams.clear();
-    if (!server) return;
-    const closed = once(server, 'close');
-    server.close();
-    server.closeAllConnections();
-    await closed;
+    if (server) await closeHttp(server);
   }
 
   // --- snapshots ------------------------------------------------------------------------------------
@@ -500,42 +528,57 @@ const ROUTES: Readonly<Record<string, 'get' | 'post' | 'both'>> = {
   '/action': 'post',
 };
 
+/** A change staged: what it binds is bound; `commit` switches to it, `abort` drops it. */
+export interface HttpStaged {
+  commit(): Promise<void>;
+  abort(): Promise<void>;
+}
+
 /**
- * Keeps the HTTP face in step with the table (start, reload, stop): creates, updates or closes it and
- * returns what is running now. A bind failure at reload is logged and leaves the face off, as for the
- * Telnet port; at start the caller decides (it rejects).
+ * The HTTP face of a new table (start, reload), staged: a new face or a new address is bound now, and a
+ * failure throws before anything switches (the reload is refused, the running face stays). `commit`
+ * returns the face then running (null: the table has none).
  */
-export async function syncHttp(
+export async function stageHttp(
   current: HttpServer | null,
   control: ControlEntry | null,
   target: HttpTarget,
   log: Logger,
-  opts: { atStart?: boolean } = {},
-): Promise<HttpServer | null> {
+): Promise<{ commit(): Promise<HttpServer | null>; abort(): Promise<void> }> {
   const config = httpConfigOf(control);
   if (!config) {
-    await current?.close();
-    return null;
+    return {
+      commit: async () => {
+        await current?.close();
+        return null;
+      },
+      abort: async () => undefined,
+    };
   }
   if (current) {
-    try {
-      await current.update(config);
-      return current;
-    } catch (err) {
-      log.log('error', 'http-error', { error: (err as Error).message });
-      await current.close();
-      return null;
-    }
+    const staged = await current.stage(config);
+    return {
+      commit: async () => {
+        await staged.commit();
+        return current;
+      },
+      abort: () => staged.abort(),
+    };
   }
-  let fresh: HttpServer | null = null;
+  const fresh = new HttpServer(config, target, log);
   try {
-    fresh = new HttpServer(config, target, log);
     await fresh.start();
-    return fresh;
   } catch (err) {
-    await fresh?.close();
-    if (opts.atStart) throw err;
-    log.log('error', 'http-error', { error: (err as Error).message });
-    return null;
+    await fresh.close();
+    throw err;
   }
+  return { commit: async () => fresh, abort: () => fresh.close() };
+}
+
+/** Closes a server and every connection it has (a page's keep-alive, an /events stream). */
+async function closeHttp(server: http.Server): Promise<void> {
+  const closed = once(server, 'close');
+  server.close();
+  server.closeAllConnections();
+  await closed;
 }

@@ -133,6 +133,13 @@ export function renderInfo(snap: Snapshot): string {
     ['WorkerRestarts', snap.workerRestarts],
     ['Splice', snap.splice],
     ['PortCheck', snap.portCheck],
+    ['Generation', snap.config.generation],
+    ['WorkerGenerations', snap.config.workerGenerations.join(',')],
+    ['Reloads', snap.config.reloads],
+    ['ReloadFailures', snap.config.reloadFailures],
+    ['LastReload', lastReload(snap)],
+    ['LastReloadTime', snap.config.lastReload ? new Date(snap.config.lastReload.at).toISOString() : '-'],
+    ['LastReloadError', snap.config.lastReload?.error ?? '-'],
     ['Listeners', snap.listeners.length],
     ...snap.listeners.map((l): [string, string] => [`Path.${l.name}`, l.path]),
     ['Maxconn', snap.conns.max],
@@ -146,6 +153,12 @@ export function renderInfo(snap: Snapshot): string {
     ['Memory_rss_bytes', process.memoryUsage.rss()],
   ];
   return lines.map(([k, v]) => `${k}: ${v}`).join('\n');
+}
+
+/** `ok`, `failed`, or `none` before the first reload. */
+function lastReload(snap: Snapshot): string {
+  const last = snap.config.lastReload;
+  return last === null ? 'none' : last.ok ? 'ok' : 'failed';
 }
 
 export function renderJson(snap: Snapshot): string {

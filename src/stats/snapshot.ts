@@ -82,7 +82,23 @@ export interface Snapshot {
   portCheck: string;
   /** `[global] maxconn` in force (0: none) and what it counts (src/proxy/conn-limit.ts). */
   conns: ConnFigures;
+  /** Which table is in force, and how the reloads went. */
+  config: ConfigFigures;
   listeners: ListenerSnap[];
+}
+
+export interface ConfigFigures {
+  /** The table generation every worker confirmed: 1 at start, one more at each change (reload, edit, discovery). */
+  readonly generation: number;
+  /** The generation each worker routes by (all equal outside a change). */
+  readonly workerGenerations: readonly number[];
+  /** Reloads (SIGHUP, `reload`) so far, and those that failed (the old table kept). */
+  readonly reloads: number;
+  readonly reloadFailures: number;
+  /** The last reload: null until there is one. */
+  readonly lastReload: { readonly ok: boolean; readonly at: number; readonly error: string | null } | null;
+  /** When the table in force was last loaded successfully (start or reload), ms since the epoch. */
+  readonly lastSuccessAt: number;
 }
 
 export interface ConnFigures {
@@ -103,6 +119,9 @@ export interface ProcessInfo {
   readonly splice: string;
   readonly portCheck: string;
   readonly conns: ConnFigures;
+  readonly generation: number;
+  readonly workerGenerations: readonly number[];
+  readonly reloads: { reloads: number; failures: number; last: ConfigFigures['lastReload']; lastSuccessAt: number };
 }
 
 export interface SnapshotSource {
@@ -150,7 +169,21 @@ export function takeSnapshot(src: SnapshotSource, version: string, now = Date.no
     pid: process.pid,
     now,
     uptimeSec: Math.floor((now - src.startedAt) / 1000),
-    ...((w) => ({ workers: w.workers, workerRestarts: w.restarts, splice: w.splice, portCheck: w.portCheck, conns: w.conns }))(src.processInfo()),
+    ...((w) => ({
+      workers: w.workers,
+      workerRestarts: w.restarts,
+      splice: w.splice,
+      portCheck: w.portCheck,
+      conns: w.conns,
+      config: {
+        generation: w.generation,
+        workerGenerations: w.workerGenerations,
+        reloads: w.reloads.reloads,
+        reloadFailures: w.reloads.failures,
+        lastReload: w.reloads.last,
+        lastSuccessAt: w.reloads.lastSuccessAt,
+      },
+    }))(src.processInfo()),
     listeners: src.listenerViews().map(({ entry, state, address }) => ({
       name: entry.name,
       address,

@@ -39,6 +39,15 @@ const plane = new DataPlane({
 /** Drain timeouts are the supervisor's; this bounds only sockets that never report their close. */
 const CLOSE_GRACE_MS = 1000;
 
+/** Test builds only: the next commit switches, then the worker dies without confirming it. */
+let crashAtCommit = false;
+
+function crash(): void {
+  setImmediate(() => {
+    throw new Error('worker crashed on purpose (test hook)');
+  });
+}
+
 async function handle(req: Request): Promise<Reply> {
   switch (req.t) {
     case 'stage':
@@ -46,6 +55,10 @@ async function handle(req: Request): Promise<Reply> {
       return { t: 'reply', seq: req.seq, ok: true };
     case 'commit':
       await plane.commit();
+      if (crashAtCommit) {
+        crash();
+        return new Promise<Reply>(() => undefined); // never confirmed
+      }
       return { t: 'reply', seq: req.seq, ok: true };
     case 'abort':
       await plane.abort();
@@ -69,9 +82,8 @@ async function handle(req: Request): Promise<Reply> {
       return { t: 'reply', seq: req.seq, ok: true };
     case 'crash':
       if (!init.testHooks) return { t: 'reply', seq: req.seq, ok: false, error: 'test hooks are off' };
-      setImmediate(() => {
-        throw new Error('worker crashed on purpose (test hook)');
-      });
+      if (req.at === 'commit') crashAtCommit = true;
+      else crash();
       return { t: 'reply', seq: req.seq, ok: true };
   }
 }
@@ -90,8 +102,11 @@ port.on('message', (req: Request) => {
 });
 
 // The first table: bind it like a reload would, then say so.
-plane
-  .stage(init.table, init.slots, init.ports)
+Promise.resolve()
+  .then(() => {
+    if (init.testHooks && init.failStart) throw new Error('worker start failed on purpose (test hook)');
+  })
+  .then(() => plane.stage(init.table, init.slots, init.ports))
   .then(() => plane.commit())
   .then(
     () => {

@@ -18,6 +18,8 @@ export interface WorkerInit {
   readonly reusePort: boolean;
   /** Test builds only: accept the `crash` request. */
   readonly testHooks: boolean;
+  /** Test builds only: fail the start (as a bind failure would), to test a commit's roll-back. */
+  readonly failStart?: boolean;
 }
 
 export type Request =
@@ -27,7 +29,8 @@ export type Request =
   | { t: 'stop-accepting'; seq: number }
   | { t: 'wait-idle'; seq: number }
   | { t: 'close-all'; seq: number }
-  | { t: 'crash'; seq: number }
+  /** Test builds only: throw from the event loop now, or at the next commit before confirming it. */
+  | { t: 'crash'; seq: number; at: 'now' | 'commit' }
   | { t: 'publish'; seq: number }
   | { t: 'log-format'; seq: number; format: LogFormat };
 

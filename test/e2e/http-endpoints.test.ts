@@ -133,9 +133,9 @@ describe('live page feed and reloads', () => {
     const a = await echoServer('a');
     const h = await startHttpLb(doc([a.port]));
     const cfg = httpConfigOf(h.lb.rt.table.control)!;
-    await h.http.update({ ...cfg, allow: ['10.0.0.0/8'] });
+    await (await h.http.stage({ ...cfg, allow: ['10.0.0.0/8'] })).commit();
     expect((await get(`${h.base}/healthz`)).status).toBe(403);
-    await h.http.update({ ...cfg, listen: { host: '127.0.0.2', port: 0 } });
+    await (await h.http.stage({ ...cfg, listen: { host: '127.0.0.2', port: 0 } })).commit();
     const moved = h.http.address()!;
     expect(moved.host).toBe('127.0.0.2');
     expect((await get(`http://127.0.0.2:${moved.port}/healthz`)).text).toBe('ok\n');
