@@ -299,7 +299,7 @@ export class Runtime implements ControlTarget {
     }
     try {
       const bound = await this.probe(this.table, new Map());
-      await this.pool.start({ table: this.table, slots: plan.map, ports: portsOf(bound), generation: 1 });
+      await this.pool.start({ table: this.table, slots: plan.map, ports: portsOf(bound) });
       plan.commit();
       this.install(this.table, plan.map, bound);
       this.setDraining(restored);
@@ -463,7 +463,7 @@ export class Runtime implements ControlTarget {
         await control.start({ staged: true });
       }
       http = await stageHttp(this.http, table.control, this.httpTarget, this.log);
-      const next = { table, slots: plan.map, ports: portsOf(bound), generation: this.pool.generation + 1 };
+      const next = { table, slots: plan.map, ports: portsOf(bound) };
       await this.pool.stage(next);
       report = await this.pool.commit(next);
     } catch (err) {

@@ -88,7 +88,7 @@ export interface Snapshot {
 }
 
 export interface ConfigFigures {
-  /** The table generation every worker confirmed: 1 at start, one more at each change (reload, edit, discovery). */
+  /** The table generation every worker confirmed: 1 at start, a higher one at each change committed (reload, edit, discovery). */
   readonly generation: number;
   /** The generation each worker routes by (all equal outside a change). */
   readonly workerGenerations: readonly number[];

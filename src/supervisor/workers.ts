@@ -31,12 +31,15 @@ const START_MS = 15_000;
 const CONVERGE_ROUNDS = 3;
 
 /** A table as the workers get it. */
-export interface PoolTable {
+export interface TableSet {
   readonly table: RoutingTable;
   readonly slots: SlotMap;
   /** Concrete ports of its listeners (port 0 resolved by the supervisor). */
   readonly ports: Record<string, number>;
-  /** Which table this is: 1 at start, one more at each change committed (`show info` Generation). */
+}
+
+/** A table with its generation (`show info` Generation): 1 at start, a new number at each commit. */
+interface PoolTable extends TableSet {
   readonly generation: number;
 }
 
@@ -89,6 +92,11 @@ export class WorkerPool {
   private current: PoolTable | null = null;
   /** The table being committed: what a replacement starts with during the commit. */
   private committing: PoolTable | null = null;
+  /**
+   * The last generation handed out. A commit rolled back has used its number, which is never reused: a
+   * generation names one table, even in a worker that could not be brought back from it.
+   */
+  private issued = 0;
   /** Test builds only: regions whose next start is made to fail (to test a commit's roll-back). */
   private readonly failStarts = new Set<number>();
   private stopped = false;
@@ -108,7 +116,8 @@ export class WorkerPool {
   }
 
   /** Starts every worker on `first`; rejects (every worker stopped) if any cannot bind. */
-  async start(first: PoolTable): Promise<void> {
+  async start(tables: TableSet): Promise<void> {
+    const first = { ...tables, generation: ++this.issued };
     this.current = first;
     const started = Array.from({ length: this.size }, (_, region) => this.spawn(region, first).started);
     try {
@@ -233,7 +242,7 @@ export class WorkerPool {
   }
 
   /** Phase one of a table change: every worker binds what the new table adds or moves. */
-  async stage(next: PoolTable): Promise<void> {
+  async stage(next: TableSet): Promise<void> {
     try {
       await this.all({ t: 'stage', table: next.table, slots: next.slots, ports: next.ports });
     } catch (err) {
@@ -247,8 +256,9 @@ export class WorkerPool {
    * died meanwhile replaced by workers started on it); rejects once every worker is back on the old
    * table, if one could not get there.
    */
-  async commit(next: PoolTable): Promise<CommitReport> {
+  async commit(tables: TableSet): Promise<CommitReport> {
     const prev = this.current!;
+    const next = { ...tables, generation: ++this.issued };
     const restarted = new Set<number>();
     this.committing = next;
     try {

@@ -128,8 +128,8 @@ describe('a worker that dies during the commit', () => {
     for (let i = 0; i < 10; i++) expect(await refused(newPort), `connect ${i} to the listener the reload would have added`).toBe(true);
     expect(lb.rt.snapshot().listeners.map((l) => l.name)).toEqual(['old']);
 
-    // Nothing is left half-done: the same file reloads now.
-    expect(await ctl(lb, 'reload')).toBe('reloaded: generation 2 in force in every worker');
+    // Nothing is left half-done: the same file reloads now (generation 2 was the table rolled back: never reused).
+    expect(await ctl(lb, 'reload')).toBe('reloaded: generation 3 in force in every worker');
     expect(await serve(lb, newPort, 20)).toEqual({ backends: new Set(['b']), workers: new Set([0, 1]) });
   }, 60_000);
 });
