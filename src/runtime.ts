@@ -38,11 +38,11 @@ import { createLogger, type Logger } from './log.ts';
 import type { ControlTarget } from './control/commands.ts';
 import { ControlServer } from './control/server.ts';
 import { HealthMonitor } from './health/monitor.ts';
-import { stageHttp, type HttpServer } from './http/server.ts';
+import { stageHttp, type HttpServer, type StagedFace } from './http/server.ts';
 import { httpTargetOf } from './http/target.ts';
 import { backendId, SlotAllocator, slotsFor, type SlotMap } from './shared/slots.ts';
 import { SharedState } from './shared/state.ts';
-import { takeSnapshot, type ProcessInfo, type Snapshot } from './stats/snapshot.ts';
+import { takeSnapshot, type ProcessInfo, type ReloadFigures, type Snapshot } from './stats/snapshot.ts';
 import { NameRetry, resolvedNames, withKnownAddresses } from './discovery/name-retry.ts';
 import { FailureLog, RateMeter, type FailureRecord } from './stats/rates.ts';
 import { checkListen, describePortCheck, portCheck } from './supervisor/ports.ts';
@@ -74,15 +74,6 @@ export interface ReloadResult {
   restarted?: number[];
 }
 
-/** The last reload (SIGHUP, `reload`) and the reloads so far, for `show info` and /metrics. */
-export interface ReloadRecord {
-  reloads: number;
-  failures: number;
-  /** null until the first reload. */
-  last: { ok: boolean; at: number; error: string | null } | null;
-  /** When the table in force was last loaded from the file successfully (start or reload). */
-  lastSuccessAt: number;
-}
 
 /** A listener as the supervisor sees it: its entry, the shared state's view, where it is bound. */
 export class ListenerView {
@@ -153,8 +144,8 @@ export class Runtime implements ControlTarget {
   private readonly health: HealthMonitor;
   /** Table changes run one at a time, in order. */
   private chain: Promise<unknown> = Promise.resolve();
-  /** Reloads so far and how the last one went (`show info`, /metrics). */
-  private readonly reloadRecord: ReloadRecord = { reloads: 0, failures: 0, last: null, lastSuccessAt: this.startedAt };
+  /** Reloads so far and how the last one went (`show info`, /metrics); replaced whole at each reload. */
+  private reloadFigures: ReloadFigures = { reloads: 0, reloadFailures: 0, lastReload: null, lastSuccessAt: this.startedAt };
   /** A reload waiting for its turn: later requests join it (it reads the newest file when it runs). */
   private queuedReload: Promise<ReloadResult> | null = null;
   /**
@@ -449,7 +440,7 @@ export class Runtime implements ControlTarget {
     checkTableLimits(table, this.tableLimits);
     const plan = this.slots.plan(table, renamed);
     let control: ControlServer | null = null;
-    let http: Awaited<ReturnType<typeof stageHttp>> | null = null;
+    let http: StagedFace | null = null;
     let report: CommitReport;
     let bound: Map<string, { address: string; port: number }>;
     const after = table.control;
@@ -511,9 +502,7 @@ export class Runtime implements ControlTarget {
       splice,
       portCheck: describePortCheck(portCheck()),
       conns: this.shared.connFigures(),
-      generation: this.pool.generation,
-      workerGenerations: this.pool.generations(),
-      reloads: { ...this.reloadRecord },
+      config: { generation: this.pool.generation, workerGenerations: this.pool.generations(), ...this.reloadFigures },
     };
   }
 
@@ -624,12 +613,14 @@ export class Runtime implements ControlTarget {
 
   private recordReload(r: Omit<ReloadResult, 'generation'>): void {
     const at = Date.now();
-    const rec = this.reloadRecord;
-    rec.reloads++;
-    if (r.ok) rec.lastSuccessAt = at;
-    else rec.failures++;
+    const f = this.reloadFigures;
     const error = r.ok ? null : (r.error ?? (r.diagnostics.length > 0 ? `${r.diagnostics[0]!.message}${r.diagnostics.length > 1 ? ` (and ${r.diagnostics.length - 1} more)` : ''}` : 'failed'));
-    rec.last = { ok: r.ok, at, error };
+    this.reloadFigures = {
+      reloads: f.reloads + 1,
+      reloadFailures: f.reloadFailures + (r.ok ? 0 : 1),
+      lastReload: { ok: r.ok, at, error },
+      lastSuccessAt: r.ok ? at : f.lastSuccessAt,
+    };
   }
 
   private async reloadNow(): Promise<Omit<ReloadResult, 'generation'>> {

@@ -534,6 +534,12 @@ export interface HttpStaged {
   abort(): Promise<void>;
 }
 
+/** The face of a new table, staged (stageHttp): `commit` gives the face then running, null for none. */
+export interface StagedFace {
+  commit(): Promise<HttpServer | null>;
+  abort(): Promise<void>;
+}
+
 /**
  * The HTTP face of a new table (start, reload), staged: a new face or a new address is bound now, and a
  * failure throws before anything switches (the reload is refused, the running face stays). `commit`
@@ -544,7 +550,7 @@ export async function stageHttp(
   control: ControlEntry | null,
   target: HttpTarget,
   log: Logger,
-): Promise<{ commit(): Promise<HttpServer | null>; abort(): Promise<void> }> {
+): Promise<StagedFace> {
   const config = httpConfigOf(control);
   if (!config) {
     return {

@@ -101,6 +101,9 @@ export interface ConfigFigures {
   readonly lastSuccessAt: number;
 }
 
+/** The reload half of ConfigFigures: what the supervisor records at each reload. */
+export type ReloadFigures = Omit<ConfigFigures, 'generation' | 'workerGenerations'>;
+
 export interface ConnFigures {
   /** The limit (0: none). */
   readonly max: number;
@@ -119,9 +122,7 @@ export interface ProcessInfo {
   readonly splice: string;
   readonly portCheck: string;
   readonly conns: ConnFigures;
-  readonly generation: number;
-  readonly workerGenerations: readonly number[];
-  readonly reloads: { reloads: number; failures: number; last: ConfigFigures['lastReload']; lastSuccessAt: number };
+  readonly config: ConfigFigures;
 }
 
 export interface SnapshotSource {
@@ -175,14 +176,7 @@ export function takeSnapshot(src: SnapshotSource, version: string, now = Date.no
       splice: w.splice,
       portCheck: w.portCheck,
       conns: w.conns,
-      config: {
-        generation: w.generation,
-        workerGenerations: w.workerGenerations,
-        reloads: w.reloads.reloads,
-        reloadFailures: w.reloads.failures,
-        lastReload: w.reloads.last,
-        lastSuccessAt: w.reloads.lastSuccessAt,
-      },
+      config: w.config,
     }))(src.processInfo()),
     listeners: src.listenerViews().map(({ entry, state, address }) => ({
       name: entry.name,

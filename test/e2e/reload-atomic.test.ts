@@ -80,19 +80,27 @@ async function serve(lb: FileLb, port: number, n: number): Promise<{ backends: S
   return { backends, workers: regionsOf(lb.logs.lines.slice(mark).filter((l) => l.event === 'conn')) };
 }
 
+/**
+ * lb on a file with listener "old" (to backend a); the file is then rewritten, for the next reload, to
+ * drop "old" and add "new" (to backend b) on a port known in advance.
+ */
+async function oldAndNew(): Promise<{ lb: FileLb; oldPort: number; newPort: number }> {
+  const a = await namedEcho('a');
+  const b = await namedEcho('b');
+  const file = path.join(dir, 'lb.toml');
+  const lb = await startLbFromFile(file, configText([{ name: 'old', listen: '127.0.0.1:0', backend: a.port }]));
+  const newPort = await freePort();
+  writeFileSync(file, configText([{ name: 'new', listen: `127.0.0.1:${newPort}`, backend: b.port }]));
+  return { lb, oldPort: lb.port('old'), newPort };
+}
+
 describe('a worker that dies during the commit', () => {
   it('is restarted on the new table: the reload completes in every worker, and says so', async () => {
-    const a = await namedEcho('a');
-    const b = await namedEcho('b');
-    const file = path.join(dir, 'lb.toml');
-    const lb = await startLbFromFile(file, configText([{ name: 'old', listen: '127.0.0.1:0', backend: a.port }]));
-    const oldPort = lb.port('old');
+    const { lb, oldPort, newPort } = await oldAndNew();
     expect(await serve(lb, oldPort, 20)).toEqual({ backends: new Set(['a']), workers: new Set([0, 1]) });
     expect(await showInfo(lb)).toMatchObject({ Generation: '1', WorkerGenerations: '1,1', Reloads: '0', LastReload: 'none' });
 
-    // The reload drops "old" and adds "new"; worker 0 switches, then dies before it confirms.
-    const newPort = await freePort();
-    writeFileSync(file, configText([{ name: 'new', listen: `127.0.0.1:${newPort}`, backend: b.port }]));
+    // Worker 0 switches, then dies before it confirms.
     await lb.rt.crashWorker(0, 'commit');
     const reply = await ctl(lb, 'reload');
     expect(reply).toBe('reloaded: generation 2 in force in every worker (worker 0 died during it and was restarted on it)');
@@ -108,13 +116,7 @@ describe('a worker that dies during the commit', () => {
   }, 60_000);
 
   it('whose replacement cannot start on the new table: every worker returns to the old one and the reload is reported failed', async () => {
-    const a = await namedEcho('a');
-    const b = await namedEcho('b');
-    const file = path.join(dir, 'lb.toml');
-    const lb = await startLbFromFile(file, configText([{ name: 'old', listen: '127.0.0.1:0', backend: a.port }]));
-    const oldPort = lb.port('old');
-    const newPort = await freePort();
-    writeFileSync(file, configText([{ name: 'new', listen: `127.0.0.1:${newPort}`, backend: b.port }]));
+    const { lb, oldPort, newPort } = await oldAndNew();
     await lb.rt.crashWorker(0, 'commit', true);
     const reply = await ctl(lb, 'reload');
     expect(reply).toMatch(/^error: reload failed, the running configuration \(generation 1\) is unchanged: worker 0 could not start on the new table \[LB_RELOAD_FAILED\]$/);
